@@ -1,0 +1,35 @@
+# The two entry points a newcomer needs: `make demo` and `make test`.
+# Both create their own virtual environment (.venv) and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE_PREFIX := .ci/node
+OLD_PYMONGO_VENV := .ci/venv-pymongo410
+
+.PHONY: demo test setup clean
+
+$(PY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(PY)
+
+$(NODE_PREFIX)/node_modules/.bin/mongosh:
+	npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) mongosh@2
+
+$(OLD_PYMONGO_VENV)/bin/python:
+	$(PYTHON) -m venv $(OLD_PYMONGO_VENV)
+	$(OLD_PYMONGO_VENV)/bin/python -m pip install --quiet 'pymongo==4.10.1'
+
+setup: $(PY) $(NODE_PREFIX)/node_modules/.bin/mongosh $(OLD_PYMONGO_VENV)/bin/python
+
+demo: $(PY)
+	$(PY) -m scripts.demo
+
+test: setup
+	MONGOSH=$(CURDIR)/$(NODE_PREFIX)/node_modules/.bin/mongosh \
+	OLD_PYMONGO_PYTHON=$(CURDIR)/$(OLD_PYMONGO_VENV)/bin/python \
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(NODE_PREFIX) $(OLD_PYMONGO_VENV)

@@ -1,0 +1,323 @@
+"""The single write path: every change to data or catalog goes through here.
+
+One place decides write blocking, document validation, unique keys, capped eviction,
+transaction buffering and the oplog entry (with the images and update description change
+streams need), so no command can forget one of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bson.objectid import ObjectId
+
+from mongoemu.bsonvalues import encode, sort_key
+from mongoemu.clock import wall_clock
+from mongoemu.errors import CommandError
+from mongoemu.oplog import OplogEntry
+from mongoemu.storage.catalog import INTERNAL_DATABASES, validate_collection_name, validate_db_name
+from mongoemu.storage.collection import Collection
+from mongoemu.storage.indexes import ID_INDEX_NAME, id_index_spec
+
+if TYPE_CHECKING:
+    from mongoemu.context import Context
+    from mongoemu.server import Server
+
+
+def with_id_first(document: dict[str, Any]) -> dict[str, Any]:
+    """MongoDB stores ``_id`` as the first field, generating an ObjectId when absent."""
+    if "_id" not in document:
+        return {"_id": ObjectId(), **document}
+    if next(iter(document)) == "_id":
+        return document
+    reordered = {"_id": document["_id"]}
+    reordered.update((k, v) for k, v in document.items() if k != "_id")
+    return reordered
+
+
+class Writer:
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+
+    # -- guards ------------------------------------------------------------------------------
+    def check_writable(self, ctx: "Context | None", db: str) -> None:
+        server = self.server
+        if not server.write_blocked or db in INTERNAL_DATABASES or ctx is None:
+            return
+        if server.may_bypass_write_blocking(ctx.conn):
+            return
+        raise CommandError(371, "User writes blocked")
+
+    def _validate(self, ctx: "Context | None", collection: Collection, document: dict[str, Any],
+                  old_document: dict[str, Any] | None) -> None:
+        validator = collection.options.get("validator")
+        if not validator or collection.options.get("validationLevel") == "off":
+            return
+        if ctx is not None and ctx.body.get("bypassDocumentValidation"):
+            return
+        from mongoemu.query.matcher import Matcher
+        matcher = Matcher(validator)
+        if matcher.matches(document):
+            return
+        if (old_document is not None and collection.options.get("validationLevel") == "moderate"
+                and not matcher.matches(old_document)):
+            return
+        if collection.options.get("validationAction") == "warn":
+            return
+        raise CommandError(121, "Document failed validation", extra={"errInfo": {
+            "failingDocumentId": document.get("_id"),
+            "details": {"operatorName": "$jsonSchema" if "$jsonSchema" in validator else "$and",
+                        "schemaRulesNotSatisfied": []}}})
+
+    # -- oplog -------------------------------------------------------------------------------
+    def log(self, ctx: "Context | None", entry: OplogEntry) -> None:
+        txn = ctx.txn if ctx is not None else None
+        if txn is not None:
+            txn.operations.append(entry)
+            return
+        entry.ts = self.server.clock.tick()
+        if ctx is not None:
+            ctx.operation_time = entry.ts
+            if ctx.session is not None and "txnNumber" in ctx.body:
+                entry.lsid = ctx.session.lsid
+                entry.txn_number = ctx.body["txnNumber"]
+        self.server.oplog.append(entry)
+
+    def _entry(self, op: str, ns: str, collection: Collection | None = None,
+               **fields: Any) -> OplogEntry:
+        return OplogEntry(ts=self.server.clock.now, op=op, ns=ns, wall=wall_clock(),
+                          ui=collection.uuid if collection is not None else None, **fields)
+
+    def commit_transaction(self, ctx: "Context") -> None:
+        txn = ctx.txn
+        assert txn is not None
+        if txn.operations:
+            ts = self.server.clock.tick()
+            for index, operation in enumerate(txn.operations):
+                operation.ts = ts
+                operation.txn_op_index = index
+            entry = OplogEntry(ts=ts, op="c", ns="admin.$cmd", wall=wall_clock(),
+                               command={"applyOps": True}, apply_ops=list(txn.operations),
+                               lsid=ctx.session.lsid if ctx.session else None,
+                               txn_number=txn.txn_number)
+            self.server.oplog.append(entry)
+            ctx.operation_time = ts
+        txn.operations.clear()
+        txn.undo.clear()
+
+    def abort_transaction(self, txn: Any) -> None:
+        for undo in reversed(txn.undo):
+            undo()
+        txn.undo.clear()
+        txn.operations.clear()
+
+    def _remember_undo(self, ctx: "Context | None", undo: Any) -> None:
+        if ctx is not None and ctx.txn is not None:
+            ctx.txn.undo.append(undo)
+
+    def _lock(self, ctx: "Context | None", collection: Collection, key: tuple) -> None:
+        sessions = self.server.sessions
+        if sessions.locks or (ctx is not None and ctx.txn is not None):
+            sessions.lock_document(ctx.txn if ctx is not None else None, collection.ns, key)
+
+    def document_key(self, collection: Collection, document: dict[str, Any]) -> dict[str, Any]:
+        shard_key = self.server.sharding.shard_key(collection.ns) if self.server.sharding else None
+        if not shard_key:
+            return {"_id": document["_id"]}
+        key = {field: _dotted(document, field) for field in shard_key if field != "_id"}
+        key["_id"] = document["_id"]
+        return key
+
+    # -- catalog -----------------------------------------------------------------------------
+    def collection_for_write(self, ctx: "Context | None", db: str, name: str) -> Collection:
+        """The collection to write into, created implicitly (with its oplog entry) if absent."""
+        collection = self.server.catalog.collection(db, name)
+        if collection is not None:
+            if collection.is_view:
+                raise CommandError(166, f"Namespace {db}.{name} is a view, not a collection")
+            return collection
+        return self.create_collection(ctx, db, name, {})
+
+    def create_collection(self, ctx: "Context | None", db: str, name: str,
+                          options: dict[str, Any]) -> Collection:
+        validate_db_name(db)
+        validate_collection_name(db, name)
+        self.check_writable(ctx, db)
+        catalog = self.server.catalog
+        if catalog.collection(db, name) is not None:
+            raise CommandError(48, f"Collection {db}.{name} already exists.")
+        collection = Collection(db, name, options)
+        if collection.is_view:
+            self._store_view_definition(ctx, collection)
+        catalog.add(collection)
+        self._remember_undo(ctx, lambda: catalog.remove(db, name))
+        command: dict[str, Any] = {"create": name, **options}
+        if not collection.is_view and not collection.is_clustered and not collection.is_timeseries:
+            command["idIndex"] = id_index_spec()
+        self.log(ctx, self._entry("c", f"{db}.$cmd", collection, command=command))
+        return collection
+
+    def _store_view_definition(self, ctx: "Context | None", view: Collection) -> None:
+        definition: dict[str, Any] = {"_id": view.ns, "viewOn": view.options["viewOn"],
+                                      "pipeline": view.options.get("pipeline", [])}
+        if "collation" in view.options:
+            definition["collation"] = view.options["collation"]
+        system_views = self.server.catalog.collection(view.db, "system.views")
+        if system_views is None:
+            system_views = Collection(view.db, "system.views", {})
+            self.server.catalog.add(system_views)
+        key = sort_key(view.ns)
+        if system_views.get_raw(key) is not None:
+            system_views.remove(key)
+        system_views.insert(key, encode(definition), definition)
+
+    def drop_collection(self, ctx: "Context | None", collection: Collection) -> None:
+        self.check_writable(ctx, collection.db)
+        catalog = self.server.catalog
+        catalog.remove(collection.db, collection.name)
+        if collection.is_view:
+            system_views = catalog.collection(collection.db, "system.views")
+            key = sort_key(collection.ns)
+            if system_views is not None and system_views.get_raw(key) is not None:
+                system_views.remove(key)
+        self._remember_undo(ctx, lambda: catalog.add(collection))
+        if self.server.sharding:
+            self.server.sharding.forget(collection.ns)
+        self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
+                                  command={"drop": collection.name}))
+
+    def drop_database(self, ctx: "Context | None", db: str) -> None:
+        self.check_writable(ctx, db)
+        database = self.server.catalog.database(db)
+        if database is not None:
+            for collection in sorted(database.collections.values(), key=lambda c: c.name):
+                if collection.name.startswith("system."):
+                    self.server.catalog.remove(db, collection.name)
+                    continue
+                self.drop_collection(ctx, collection)
+        self.log(ctx, self._entry("c", f"{db}.$cmd", command={"dropDatabase": 1}))
+
+    def rename_collection(self, ctx: "Context | None", collection: Collection, to_db: str,
+                          to_name: str, drop_target: bool) -> None:
+        validate_db_name(to_db)
+        validate_collection_name(to_db, to_name)
+        self.check_writable(ctx, collection.db)
+        self.check_writable(ctx, to_db)
+        catalog = self.server.catalog
+        target = catalog.collection(to_db, to_name)
+        command: dict[str, Any] = {"renameCollection": collection.ns, "to": f"{to_db}.{to_name}",
+                                   "stayTemp": False}
+        if target is not None:
+            if not drop_target:
+                raise CommandError(48, "target namespace exists")
+            catalog.remove(to_db, to_name)
+            command["dropTarget"] = target.uuid
+        old_ns = collection.ns
+        catalog.remove(collection.db, collection.name)
+        collection.db, collection.name = to_db, to_name
+        catalog.add(collection)
+        if self.server.sharding:
+            self.server.sharding.forget(old_ns)
+        self.log(ctx, self._entry("c", f"{old_ns.split('.', 1)[0]}.$cmd", collection,
+                                  command=command))
+
+    def create_index(self, ctx: "Context | None", collection: Collection,
+                     spec: dict[str, Any]) -> None:
+        self.check_writable(ctx, collection.db)
+        collection.add_index(spec)
+        self._remember_undo(ctx, lambda: collection.drop_index(spec["name"]))
+        self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
+                                  command={"createIndexes": collection.name, "spec": dict(spec)}))
+
+    def drop_index(self, ctx: "Context | None", collection: Collection, name: str) -> dict[str, Any]:
+        self.check_writable(ctx, collection.db)
+        if name == ID_INDEX_NAME:
+            raise CommandError(72, "cannot drop _id index")
+        spec = collection.drop_index(name)
+        self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
+                                  command={"dropIndexes": collection.name, "spec": dict(spec)}))
+        return spec
+
+    def log_coll_mod(self, ctx: "Context | None", collection: Collection,
+                     command: dict[str, Any], old: dict[str, Any]) -> None:
+        self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
+                                  command={"collMod": collection.name, **command}, o2=old))
+
+    def noop(self, message: dict[str, Any], o2: dict[str, Any] | None = None) -> None:
+        self.log(None, self._entry("n", "", command=message, o2=o2))
+
+    # -- documents ---------------------------------------------------------------------------
+    def insert(self, ctx: "Context | None", collection: Collection, document: dict[str, Any],
+               raw: bytes | None = None) -> dict[str, Any]:
+        """Store a document whose ``_id`` is already first; ``raw`` is its BSON when known."""
+        self.check_writable(ctx, collection.db)
+        if collection.is_view:
+            raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
+        self._validate(ctx, collection, document, None)
+        if raw is None:
+            raw = encode(document)
+        if len(raw) > 16 * 1024 * 1024:
+            raise CommandError(10334, f"object to insert too large. size in bytes: {len(raw)}, "
+                                      f"max size: 16777216")
+        key = sort_key(document["_id"])
+        self._lock(ctx, collection, key)
+        collection.insert(key, raw, document)
+        self._remember_undo(ctx, lambda: collection.remove(key, document))
+        self.log(ctx, self._entry("i", collection.ns, collection, raw_document=raw,
+                                  document_key=self.document_key(collection, document)))
+        if collection.is_capped:
+            for victim in collection.capped_overflow():
+                self.delete(ctx, collection, victim, collection.get(victim) or {})
+        return document
+
+    def update(self, ctx: "Context | None", collection: Collection, key: tuple,
+               old_document: dict[str, Any], new_document: dict[str, Any],
+               replacement: bool) -> bool:
+        """Replace the stored document; False (and nothing logged) when nothing changed."""
+        self.check_writable(ctx, collection.db)
+        raw = encode(new_document)
+        old_raw = collection.get_raw(key)
+        if raw == old_raw:
+            return False
+        if len(raw) > 16 * 1024 * 1024 + 16 * 1024:
+            raise CommandError(17419, "Resulting document after update is larger than 16777216")
+        self._validate(ctx, collection, new_document, old_document)
+        self._lock(ctx, collection, key)
+        collection.replace(key, raw, new_document, old_document)
+        self._remember_undo(
+            ctx, lambda: collection.replace(key, old_raw, old_document, new_document))
+        description = None
+        if not replacement:
+            from mongoemu.query.update_description import describe_update
+            description = describe_update(old_document, new_document) or {
+                "updatedFields": {}, "removedFields": [], "truncatedArrays": []}
+        images = collection.images_enabled
+        self.log(ctx, self._entry(
+            "u", collection.ns, collection, raw_document=raw if replacement else None,
+            document_key=self.document_key(collection, old_document),
+            update_description=description, images_enabled=images,
+            pre_image=old_document if images else None,
+            post_image=new_document if images else None))
+        return True
+
+    def delete(self, ctx: "Context | None", collection: Collection, key: tuple,
+               old_document: dict[str, Any]) -> None:
+        self.check_writable(ctx, collection.db)
+        self._lock(ctx, collection, key)
+        old_raw = collection.get_raw(key)
+        collection.remove(key, old_document)
+        self._remember_undo(ctx, lambda: collection.insert(key, old_raw, old_document))
+        images = collection.images_enabled
+        self.log(ctx, self._entry("d", collection.ns, collection,
+                                  document_key=self.document_key(collection, old_document),
+                                  images_enabled=images,
+                                  pre_image=old_document if images else None))
+
+
+def _dotted(document: dict[str, Any], path: str) -> Any:
+    value: Any = document
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
