@@ -7,7 +7,7 @@ from typing import Any
 CODE_NAMES: dict[int, str] = {
     1: "InternalError", 2: "BadValue", 4: "NoSuchKey", 6: "HostUnreachable", 7: "HostNotFound",
     9: "FailedToParse", 11: "UserNotFound", 13: "Unauthorized", 14: "TypeMismatch",
-    17: "AuthenticationFailed", 18: "AuthenticationFailed", 20: "IllegalOperation",
+    17: "ProtocolError", 18: "AuthenticationFailed", 20: "IllegalOperation",
     23: "AlreadyInitialized", 26: "NamespaceNotFound", 27: "IndexNotFound", 28: "PathNotViable",
     31: "RoleNotFound", 40: "ConflictingUpdateOperators", 43: "CursorNotFound",
     47: "NoMatchingDocument", 48: "NamespaceExists", 50: "MaxTimeMSExpired",

@@ -58,7 +58,7 @@ class Server:
         self.failpoints = FailPoints()
         self.writer = Writer(self)
         from mongoemu.auth.manager import AuthManager
-        self.auth_store = AuthManager()
+        self.auth_store = AuthManager(config)
         if config.auth:
             self.auth_store.seed_root(config.root_user, config.root_password)
         self.sharding = None
