@@ -192,11 +192,14 @@ class ChangeEvent:
                        "removedFields": source.get("removedFields", []),
                        "truncatedArrays": source.get("truncatedArrays", [])}
         if expanded:
-            if "disambiguatedPaths" in source:
-                description["disambiguatedPaths"] = source["disambiguatedPaths"]
+            # Only the $v:2 diff tells an array index from a field named "0", so the writer
+            # keeps it in extra["diff"]; an entry without one has nothing ambiguous to report.
+            diff = self.operation.extra.get("diff")
+            if diff is None:
+                description["disambiguatedPaths"] = {}
             else:
                 from mongoemu.query.update_description import disambiguated_paths
-                description["disambiguatedPaths"] = disambiguated_paths(source)
+                description["disambiguatedPaths"] = disambiguated_paths(diff)
         return description
 
     def _describe(self) -> str:

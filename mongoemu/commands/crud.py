@@ -477,7 +477,7 @@ def distinct(ctx: Context) -> dict[str, Any]:
     collator = Collation.from_document(collation) if collation else None
     seen: dict[Any, Any] = {}
     for document in documents:
-        for value in get_path_values(document, key):
+        for value in get_path_values(document, key, expand_leaf_arrays=False):
             values = value if isinstance(value, list) else [value]
             for item in values:
                 marker = sort_key_collated(item, collator) if collator else sort_key(item)

@@ -16,9 +16,17 @@ from functools import lru_cache, partial
 from typing import Any
 
 from bson.dbref import DBRef
-from bson.decimal128 import Decimal128
 
-from mongoemu.bsonvalues import RANK_ARRAY, RANK_OBJECT, RANK_STRING, sort_key, type_name, type_rank
+from mongoemu.bsonvalues import (
+    RANK_ARRAY,
+    RANK_OBJECT,
+    RANK_STRING,
+    is_number,
+    numeric_value,
+    sort_key,
+    type_name,
+    type_rank,
+)
 from mongoemu.errors import CommandError
 
 # The ICU version MongoDB 4.x–8.x reports in collation documents.
@@ -68,7 +76,7 @@ class Collation:
         """Validate a ``collation`` option the way the server does (same codes and messages)."""
         if not isinstance(spec, dict):
             raise CommandError(
-                14, f"BSON field 'collation' is the wrong type '{_type_label(spec)}', expected type 'object'"
+                14, f"BSON field 'collation' is the wrong type '{type_name(spec)}', expected type 'object'"
             )
         for name in spec:
             if name not in _KNOWN_FIELDS:
@@ -78,7 +86,7 @@ class Collation:
         locale = spec["locale"]
         if not isinstance(locale, str):
             raise CommandError(
-                14, f"BSON field 'collation.locale' is the wrong type '{_type_label(locale)}', expected type 'string'"
+                14, f"BSON field 'collation.locale' is the wrong type '{type_name(locale)}', expected type 'string'"
             )
         if locale == "simple":
             return cls(locale="simple")
@@ -87,13 +95,13 @@ class Collation:
         options: dict[str, Any] = {"locale": locale}
         if "strength" in spec:
             strength = spec["strength"]
-            if not _is_number(strength):
+            if not is_number(strength):
                 raise CommandError(
                     14,
-                    f"BSON field 'collation.strength' is the wrong type '{_type_label(strength)}', "
+                    f"BSON field 'collation.strength' is the wrong type '{type_name(strength)}', "
                     "expected types '[long, int, decimal, double]'",
                 )
-            numeric = float(str(strength)) if isinstance(strength, Decimal128) else float(strength)
+            numeric = numeric_value(strength)
             if numeric not in (1, 2, 3, 4, 5):
                 raise CommandError(2, f"Field 'strength' must be an integer 1 through 5. Got: {strength}")
             options["strength"] = int(numeric)
@@ -102,7 +110,7 @@ class Collation:
                 if not isinstance(spec[name], bool):
                     raise CommandError(
                         14,
-                        f"BSON field 'collation.{name}' is the wrong type '{_type_label(spec[name])}', "
+                        f"BSON field 'collation.{name}' is the wrong type '{type_name(spec[name])}', "
                         "expected type 'bool'",
                     )
                 options[_snake(name)] = spec[name]
@@ -112,7 +120,7 @@ class Collation:
                 if not isinstance(value, str):
                     raise CommandError(
                         14,
-                        f"BSON field 'collation.{name}' is the wrong type '{_type_label(value)}', "
+                        f"BSON field 'collation.{name}' is the wrong type '{type_name(value)}', "
                         "expected type 'string'",
                     )
                 if value not in allowed:
@@ -121,7 +129,7 @@ class Collation:
         if "version" in spec and not isinstance(spec["version"], str):
             raise CommandError(
                 14,
-                f"BSON field 'collation.version' is the wrong type '{_type_label(spec['version'])}', "
+                f"BSON field 'collation.version' is the wrong type '{type_name(spec['version'])}', "
                 "expected type 'string'",
             )
         return cls(**options)
@@ -248,19 +256,11 @@ def _is_variable(c: str, space_only: bool) -> bool:
     category = unicodedata.category(c)
     if category[0] == "Z" or c in "\t\n\r\x0b\x0c":
         return True
-    return not space_only and category[0] in "PS" and category != "Sm" and category != "Sc"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, Decimal128)) and not isinstance(value, bool)
+    return not space_only and category[0] == "P"
 
 
 def _snake(name: str) -> str:
     return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), name)
-
-
-def _type_label(value: Any) -> str:
-    return type_name(value)
 
 
 def _render(spec: dict[str, Any]) -> str:

@@ -2420,3 +2420,559 @@ def _parse_meta(op: str, spec: Any) -> Compiled:
 @_parser("$function", "$accumulator", "$where")
 def _parse_unsupported(op: str, spec: Any) -> Compiled:
     raise CommandError(115, f"{op} is not supported by the emulator (no JavaScript engine)")
+
+
+# --------------------------------------------------------------------------------------------
+# Dates
+# --------------------------------------------------------------------------------------------
+
+_OFFSET_TZ = re.compile(r"([+-])(\d{2})(?::?(\d{2}))?")
+_MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August",
+                "September", "October", "November", "December")
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+@lru_cache(maxsize=512)
+def parse_timezone(name: str) -> datetime.tzinfo:
+    """An Olson identifier or a UTC offset (``+hh``, ``+hhmm``, ``+hh:mm``)."""
+    if name in ("UTC", "GMT", "Z"):
+        return _UTC
+    offset = _OFFSET_TZ.fullmatch(name)
+    if offset:
+        sign = -1 if offset.group(1) == "-" else 1
+        minutes = int(offset.group(2)) * 60 + int(offset.group(3) or 0)
+        return datetime.timezone(sign * datetime.timedelta(minutes=minutes))
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise CommandError(40485, f'unrecognized time zone identifier: "{name}"') from None
+
+
+def _timezone_value(op: str, value: Any) -> datetime.tzinfo:
+    if not isinstance(value, str):
+        raise CommandError(40517, f"timezone must evaluate to a string, found {type_name(value)}")
+    return parse_timezone(value)
+
+
+def date_millis(op: str, value: Any) -> int:
+    """A date-like operand (date, Timestamp, ObjectId) as milliseconds since the epoch."""
+    if is_date(value):
+        return datetime_to_millis(value)
+    if isinstance(value, Timestamp):
+        return value.time * 1000
+    if isinstance(value, ObjectId):
+        return datetime_to_millis(value.generation_time)
+    raise CommandError(16006, f"can't convert from BSON type {type_name(value)} to Date")
+
+
+def _local(millis: int, tz: datetime.tzinfo) -> datetime.datetime:
+    try:
+        return (_EPOCH + datetime.timedelta(milliseconds=millis)).astimezone(tz)
+    except OverflowError:
+        raise CommandError(
+            18537, f"Could not convert date to string: date component was outside the supported range of 0-9999: {millis}"
+        ) from None
+
+
+def _from_local(naive: datetime.datetime, tz: datetime.tzinfo) -> int:
+    """Milliseconds of a wall-clock time in ``tz``."""
+    return datetime_to_millis(naive.replace(tzinfo=tz).astimezone(_UTC))
+
+
+def _week_of_year(moment: datetime.datetime) -> int:
+    # strftime's %U (weeks start on Sunday, days before the first Sunday are week 0), computed
+    # directly because strftime is platform-dependent for years below 1000.
+    return (moment.timetuple().tm_yday - 1 + 7 - moment.isoweekday() % 7) // 7
+
+
+_DATE_PARTS: dict[str, Callable[[datetime.datetime], int]] = {
+    "$year": lambda d: d.year,
+    "$month": lambda d: d.month,
+    "$dayOfMonth": lambda d: d.day,
+    "$hour": lambda d: d.hour,
+    "$minute": lambda d: d.minute,
+    "$second": lambda d: d.second,
+    "$millisecond": lambda d: d.microsecond // 1000,
+    "$dayOfWeek": lambda d: d.isoweekday() % 7 + 1,
+    "$dayOfYear": lambda d: d.timetuple().tm_yday,
+    "$week": _week_of_year,
+    "$isoWeek": lambda d: d.isocalendar()[1],
+    "$isoWeekYear": lambda d: d.isocalendar()[0],
+    "$isoDayOfWeek": lambda d: d.isoweekday(),
+}
+
+
+def _date_and_timezone(op: str, spec: Any) -> tuple[Compiled, Compiled | None]:
+    if isinstance(spec, dict) and not is_operator_object(spec) and spec:
+        _named_args(op, spec, ("date",), ("timezone",), codes=(40536, 40535, 40539))
+        tz = compile_expression(spec["timezone"]) if "timezone" in spec else None
+        return compile_expression(spec["date"]), tz
+    args = _arg_list(spec)
+    _check_arity(op, len(args), 1, 1)
+    return compile_expression(args[0]), None
+
+
+def _resolve_tz(op: str, tz_fn: Compiled | None, env: Env) -> datetime.tzinfo | None:
+    """The timezone argument, or None when it evaluates to null (the result is then null)."""
+    if tz_fn is None:
+        return _UTC
+    value = tz_fn(env)
+    if _nullish(value):
+        return None
+    return _timezone_value(op, value)
+
+
+@_parser(*_DATE_PARTS)
+def _parse_date_part(op: str, spec: Any) -> Compiled:
+    date_fn, tz_fn = _date_and_timezone(op, spec)
+    extract = _DATE_PARTS[op]
+
+    def run(env: Env) -> Any:
+        value = date_fn(env)
+        tz = _resolve_tz(op, tz_fn, env)
+        if _nullish(value) or tz is None:
+            return None
+        return extract(_local(date_millis(op, value), tz))
+
+    return run
+
+
+def _utc_offset_minutes(moment: datetime.datetime) -> int:
+    offset = moment.utcoffset() or datetime.timedelta(0)
+    return int(offset.total_seconds() // 60)
+
+
+def _offset_text(moment: datetime.datetime) -> str:
+    minutes = _utc_offset_minutes(moment)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+
+
+_DATE_FORMATTERS: dict[str, Callable[[datetime.datetime], str]] = {
+    "d": lambda d: f"{d.day:02d}",
+    "G": lambda d: f"{d.isocalendar()[0]:04d}",
+    "H": lambda d: f"{d.hour:02d}",
+    "j": lambda d: f"{d.timetuple().tm_yday:03d}",
+    "L": lambda d: f"{d.microsecond // 1000:03d}",
+    "m": lambda d: f"{d.month:02d}",
+    "M": lambda d: f"{d.minute:02d}",
+    "S": lambda d: f"{d.second:02d}",
+    "w": lambda d: str(d.isoweekday() % 7 + 1),
+    "u": lambda d: str(d.isoweekday()),
+    "U": lambda d: f"{_week_of_year(d):02d}",
+    "V": lambda d: f"{d.isocalendar()[1]:02d}",
+    "Y": lambda d: f"{d.year:04d}",
+    "z": _offset_text,
+    "Z": lambda d: f"{'-' if _utc_offset_minutes(d) < 0 else '+'}{abs(_utc_offset_minutes(d))}",
+    "b": lambda d: _MONTH_NAMES[d.month - 1][:3],
+    "B": lambda d: _MONTH_NAMES[d.month - 1],
+    "%": lambda d: "%",
+}
+_DEFAULT_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%LZ"
+# With an explicit timezone the default format drops the "Z", which would be a lie.
+_DEFAULT_LOCAL_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%L"
+
+
+def _check_date_format(text: str, known: Iterable[str]) -> None:
+    allowed = set(known)
+    i = 0
+    while i < len(text):
+        if text[i] == "%":
+            if i + 1 >= len(text):
+                raise CommandError(18535, "Unmatched '%' at end of format string")
+            if text[i + 1] not in allowed:
+                raise CommandError(18536, f"Invalid format character '%{text[i + 1]}' in format string")
+            i += 2
+        else:
+            i += 1
+
+
+def format_date_with(moment: datetime.datetime, text: str) -> str:
+    _check_date_format(text, _DATE_FORMATTERS)
+    out = []
+    i = 0
+    while i < len(text):
+        if text[i] == "%":
+            out.append(_DATE_FORMATTERS[text[i + 1]](moment))
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+@_parser("$dateToString")
+def _parse_date_to_string(op: str, spec: Any) -> Compiled:
+    _named_args(op, spec, ("date",), ("format", "timezone", "onNull"), codes=(18629, 18534, 18628))
+    if isinstance(spec.get("format"), str):
+        _check_date_format(spec["format"], _DATE_FORMATTERS)
+    args = _compile_named(spec, ("date", "format", "timezone", "onNull"))
+
+    def run(env: Env) -> Any:
+        value = args["date"](env)
+        fmt = args["format"](env) if "format" in args else (
+            _DEFAULT_LOCAL_DATE_FORMAT if "timezone" in args else _DEFAULT_DATE_FORMAT
+        )
+        tz = _resolve_tz(op, args.get("timezone"), env)
+        if _nullish(fmt) or tz is None:
+            return None
+        if not isinstance(fmt, str):
+            raise CommandError(18533, f"$dateToString requires that 'format' be a string, found: {type_name(fmt)} "
+                                      f"with value {show(fmt)}")
+        if _nullish(value):
+            return args["onNull"](env) if "onNull" in args else None
+        return format_date_with(_local(date_millis(op, value), tz), fmt)
+
+    return run
+
+
+_ISO_DATE = re.compile(
+    r"(?P<Y>\d{4})[-/](?P<m>\d{1,2})[-/](?P<d>\d{1,2})"
+    r"(?:[T ](?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<F>\d+))?)?)?"
+    r"\s*(?P<tz>Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?"
+)
+_PARSE_PATTERNS: dict[str, str] = {
+    "Y": r"(?P<Y>\d{4})", "m": r"(?P<m>\d{1,2})", "d": r"(?P<d>\d{1,2})", "H": r"(?P<H>\d{1,2})",
+    "M": r"(?P<M>\d{1,2})", "S": r"(?P<S>\d{1,2})", "L": r"(?P<L>\d{1,3})", "j": r"(?P<j>\d{1,3})",
+    "z": r"(?P<tz>[+-]\d{2}:?\d{2}|Z)", "Z": r"(?P<Zmin>[+-]\d+)", "G": r"(?P<G>\d{4})",
+    "V": r"(?P<V>\d{1,2})", "u": r"(?P<u>\d)", "b": r"(?P<b>[A-Za-z]{3})", "B": r"(?P<B>[A-Za-z]+)",
+    "%": "%",
+}
+
+
+@lru_cache(maxsize=256)
+def _format_regex(fmt: str) -> re.Pattern:
+    _check_date_format(fmt, _PARSE_PATTERNS)
+    pattern = []
+    i = 0
+    while i < len(fmt):
+        if fmt[i] == "%":
+            pattern.append(_PARSE_PATTERNS[fmt[i + 1]])
+            i += 2
+        else:
+            pattern.append(re.escape(fmt[i]))
+            i += 1
+    return re.compile("".join(pattern))
+
+
+def _month_from_name(name: str) -> int:
+    for number, month in enumerate(_MONTH_NAMES, start=1):
+        if month.lower().startswith(name.lower()) and len(name) >= 3:
+            return number
+    raise ValueError(f"unknown month name {name}")
+
+
+def parse_date_string(text: str, fmt: str | None, tz: datetime.tzinfo | None) -> datetime.datetime:
+    """$dateFromString's parser: ISO-8601-like strings by default, or a %-format."""
+    match = (_format_regex(fmt) if fmt is not None else _ISO_DATE).fullmatch(text.strip())
+    if match is None:
+        raise _conversion_failure(f"Error parsing date string '{text}'; the string does not match the expected format")
+    parts = {key: value for key, value in match.groupdict().items() if value is not None}
+    has_zone = "tz" in parts or "Zmin" in parts
+    if has_zone and tz is not None:
+        raise CommandError(
+            40554,
+            f"you cannot pass in a date/time string with time zone information ('{text}') together with a timezone argument",
+        )
+    try:
+        if "G" in parts:
+            day = datetime.date.fromisocalendar(int(parts["G"]), int(parts.get("V", 1)), int(parts.get("u", 1)))
+        elif "j" in parts:
+            day = datetime.date(int(parts.get("Y", 1970)), 1, 1) + datetime.timedelta(days=int(parts["j"]) - 1)
+        else:
+            month = _month_from_name(parts.get("b") or parts["B"]) if ("b" in parts or "B" in parts) else int(parts.get("m", 1))
+            day = datetime.date(int(parts.get("Y", 1970)), month, int(parts.get("d", 1)))
+        fraction = parts.get("F") or parts.get("L") or "0"
+        millis = int((fraction + "000")[:3]) if "F" in parts else int(fraction)
+        naive = datetime.datetime(day.year, day.month, day.day, int(parts.get("H", 0)), int(parts.get("M", 0)),
+                                  int(parts.get("S", 0)), millis * 1000)
+    except ValueError as exc:
+        raise _conversion_failure(f"Error parsing date string '{text}'; {exc}") from None
+    if "tz" in parts:
+        zone = parse_timezone(parts["tz"])
+    elif "Zmin" in parts:
+        zone = datetime.timezone(datetime.timedelta(minutes=int(parts["Zmin"])))
+    else:
+        zone = tz or _UTC
+    return naive.replace(tzinfo=zone).astimezone(_UTC)
+
+
+@_parser("$dateFromString")
+def _parse_date_from_string(op: str, spec: Any) -> Compiled:
+    _named_args(op, spec, ("dateString",), ("format", "timezone", "onError", "onNull"),
+                codes=(40540, 40541, 40542))
+    if isinstance(spec.get("format"), str):
+        _check_date_format(spec["format"], _PARSE_PATTERNS)
+    args = _compile_named(spec, ("dateString", "format", "timezone", "onError", "onNull"))
+
+    def run(env: Env) -> Any:
+        text = args["dateString"](env)
+        fmt = args["format"](env) if "format" in args else None
+        tz = None
+        if "timezone" in args:
+            tz = _resolve_tz(op, args["timezone"], env)
+            if tz is None:
+                return None
+        if "format" in args and _nullish(fmt):
+            return None
+        if fmt is not None and not isinstance(fmt, str):
+            raise CommandError(40684, f"$dateFromString requires that 'format' be a string, found: {type_name(fmt)} "
+                                      f"with value {show(fmt)}")
+        if _nullish(text):
+            return args["onNull"](env) if "onNull" in args else None
+        try:
+            if not isinstance(text, str):
+                raise _conversion_failure(
+                    f"$dateFromString requires that 'dateString' be a string, found: {type_name(text)} with value {show(text)}"
+                )
+            return parse_date_string(text, fmt, tz)
+        except CommandError as exc:
+            if exc.code == 241 and "onError" in args:
+                return args["onError"](env)
+            raise
+
+    return run
+
+
+_PART_LIMIT = (-32768, 32767)
+
+
+def _integral_part(name: str, value: Any) -> int:
+    if not is_number(value) or not _is_integral(value):
+        raise CommandError(40515, f"'{name}' must evaluate to an integer, found {type_name(value)} with value {show(value)}")
+    return int(numeric_value(value))
+
+
+_NATURAL_PARTS = ("year", "month", "day", "hour", "minute", "second", "millisecond")
+_ISO_PARTS = ("isoWeekYear", "isoWeek", "isoDayOfWeek", "hour", "minute", "second", "millisecond")
+_PART_DEFAULTS = {"month": 1, "day": 1, "isoWeek": 1, "isoDayOfWeek": 1}
+
+
+@_parser("$dateFromParts")
+def _parse_date_from_parts(op: str, spec: Any) -> Compiled:
+    allowed = set(_NATURAL_PARTS) | set(_ISO_PARTS) | {"timezone"}
+    _named_args(op, spec, (), allowed, codes=(40519, 40518, 40516))
+    iso = any(name in spec for name in ("isoWeekYear", "isoWeek", "isoDayOfWeek"))
+    if iso and any(name in spec for name in ("year", "month", "day")):
+        raise CommandError(40489, "$dateFromParts does not allow mixing natural dates with ISO dates")
+    year_name = "isoWeekYear" if iso else "year"
+    if year_name not in spec:
+        raise CommandError(40516, "$dateFromParts requires either 'year' or 'isoWeekYear' to be present")
+    names = _ISO_PARTS if iso else _NATURAL_PARTS
+    parts = _compile_named(spec, names)
+    tz_fn = compile_expression(spec["timezone"]) if "timezone" in spec else None
+
+    def run(env: Env) -> Any:
+        values: dict[str, int] = {}
+        for name in names:
+            if name not in parts:
+                values[name] = _PART_DEFAULTS.get(name, 0)
+                continue
+            value = parts[name](env)
+            if _nullish(value):
+                return None
+            values[name] = _integral_part(name, value)
+        tz = _resolve_tz(op, tz_fn, env)
+        if tz is None:
+            return None
+        year = values[year_name]
+        if not 1 <= year <= 9999:
+            raise CommandError(40523, f"'{year_name}' must evaluate to an integer in the range 1 to 9999, found {year}")
+        for name in names[1:]:
+            if not _PART_LIMIT[0] <= values[name] <= _PART_LIMIT[1]:
+                raise CommandError(31034, f"'{name}' must evaluate to a value in the range [-32768, 32767]; "
+                                          f"value {values[name]} is not in range")
+        try:
+            if iso:
+                start = datetime.datetime.combine(datetime.date.fromisocalendar(year, 1, 1), datetime.time())
+                start += datetime.timedelta(weeks=values["isoWeek"] - 1, days=values["isoDayOfWeek"] - 1)
+            else:
+                carry_year, month = divmod(year * 12 + values["month"] - 1, 12)
+                start = datetime.datetime(carry_year, month + 1, 1) + datetime.timedelta(days=values["day"] - 1)
+            naive = start + datetime.timedelta(hours=values["hour"], minutes=values["minute"],
+                                               seconds=values["second"], milliseconds=values["millisecond"])
+        except (ValueError, OverflowError):
+            raise CommandError(40523, "$dateFromParts produced a date outside the range 1 to 9999") from None
+        return date_from_millis(_from_local(naive, tz))
+
+    return run
+
+
+@_parser("$dateToParts")
+def _parse_date_to_parts(op: str, spec: Any) -> Compiled:
+    _named_args(op, spec, ("date",), ("timezone", "iso8601"), codes=(40524, 40520, 40522))
+    args = _compile_named(spec, ("date", "timezone", "iso8601"))
+
+    def run(env: Env) -> Any:
+        value = args["date"](env)
+        tz = _resolve_tz(op, args.get("timezone"), env)
+        iso = args["iso8601"](env) if "iso8601" in args else False
+        if _nullish(value) or tz is None or _nullish(iso):
+            return None
+        if not isinstance(iso, bool):
+            raise CommandError(40521, f"iso8601 must evaluate to a bool, found {type_name(iso)}")
+        moment = _local(date_millis(op, value), tz)
+        if iso:
+            year, week, weekday = moment.isocalendar()
+            head = {"isoWeekYear": year, "isoWeek": week, "isoDayOfWeek": weekday}
+        else:
+            head = {"year": moment.year, "month": moment.month, "day": moment.day}
+        return {**head, "hour": moment.hour, "minute": moment.minute, "second": moment.second,
+                "millisecond": moment.microsecond // 1000}
+
+    return run
+
+
+# Units with a fixed length in milliseconds; longer units follow the calendar of the timezone.
+_FIXED_UNITS = {"millisecond": 1, "second": 1000, "minute": 60_000, "hour": 3_600_000}
+_CALENDAR_MONTHS = {"month": 1, "quarter": 3, "year": 12}
+_TIME_UNITS = frozenset({*_FIXED_UNITS, *_CALENDAR_MONTHS, "day", "week"})
+
+
+def _time_unit(op: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise CommandError(5439013, f"{op} requires 'unit' to be a string, but got {type_name(value)}")
+    if value not in _TIME_UNITS:
+        raise CommandError(2, f"unknown time unit value: {value}")
+    return value
+
+
+def _start_of_week(op: str, value: Any) -> int:
+    """Weekday index (Monday = 0) of a startOfWeek name ("monday", "mon", any case)."""
+    if not isinstance(value, str):
+        raise CommandError(5439015, f"{op} requires 'startOfWeek' to be a string, but got {type_name(value)}")
+    lowered = value.lower()
+    for index, name in enumerate(_DAY_NAMES):
+        if lowered in (name, name[:3]):
+            return index
+    raise CommandError(5439016, f"{op} parameter 'startOfWeek' value cannot be recognized as a day of a week: {value}")
+
+
+def _days_in_month(year: int, month: int) -> int:
+    following = datetime.date(year + month // 12, month % 12 + 1, 1)
+    return (following - datetime.timedelta(days=1)).day
+
+
+def add_to_date(millis: int, unit: str, amount: int, tz: datetime.tzinfo) -> int:
+    """$dateAdd: fixed units add milliseconds, calendar units move the wall clock in ``tz``."""
+    if unit in _FIXED_UNITS:
+        return millis + amount * _FIXED_UNITS[unit]
+    local = _local(millis, tz).replace(tzinfo=None)
+    if unit in ("day", "week"):
+        moved = local + datetime.timedelta(days=amount * (7 if unit == "week" else 1))
+    else:
+        year, month = divmod(local.year * 12 + local.month - 1 + amount * _CALENDAR_MONTHS[unit], 12)
+        # Past the end of a shorter month the server clamps to its last day (Jan 31 + 1 month → Feb 28).
+        moved = local.replace(year=year, month=month + 1, day=min(local.day, _days_in_month(year, month + 1)))
+    return _from_local(moved, tz)
+
+
+def date_difference(start: int, end: int, unit: str, tz: datetime.tzinfo, week_start: int) -> int:
+    """$dateDiff: how many ``unit`` boundaries lie between two instants (in ``tz``)."""
+    a, b = _local(start, tz), _local(end, tz)
+    if unit in _FIXED_UNITS:
+        size = _FIXED_UNITS[unit]
+        wall_a = start + _utc_offset_minutes(a) * 60_000
+        wall_b = end + _utc_offset_minutes(b) * 60_000
+        return wall_b // size - wall_a // size
+    if unit == "day":
+        return b.toordinal() - a.toordinal()
+    if unit == "week":
+        return (b.toordinal() - 1 - week_start) // 7 - (a.toordinal() - 1 - week_start) // 7
+    months = _CALENDAR_MONTHS[unit]
+    return (b.year * 12 + b.month - 1) // months - (a.year * 12 + a.month - 1) // months
+
+
+_TRUNC_REFERENCE = datetime.datetime(2000, 1, 1)
+
+
+def truncate_date(millis: int, unit: str, bin_size: int, tz: datetime.tzinfo, week_start: int) -> int:
+    """$dateTrunc: bins of ``bin_size`` units aligned on 2000-01-01 in ``tz``."""
+    local = _local(millis, tz).replace(tzinfo=None)
+    if unit in _FIXED_UNITS or unit == "day":
+        size = (_FIXED_UNITS.get(unit) or 86_400_000) * bin_size
+        elapsed = (local - _TRUNC_REFERENCE) // datetime.timedelta(milliseconds=1)
+        start = _TRUNC_REFERENCE + datetime.timedelta(milliseconds=elapsed // size * size)
+    elif unit == "week":
+        # Weeks are aligned on the first startOfWeek day on or after the reference date.
+        reference = _TRUNC_REFERENCE + datetime.timedelta(days=(week_start - _TRUNC_REFERENCE.weekday()) % 7)
+        days = (local - reference).days
+        start = reference + datetime.timedelta(days=days // (7 * bin_size) * 7 * bin_size)
+    else:
+        size = _CALENDAR_MONTHS[unit] * bin_size
+        elapsed = (local.year - 2000) * 12 + local.month - 1
+        year, month = divmod(elapsed // size * size, 12)
+        start = datetime.datetime(2000 + year, month + 1, 1)
+    return _from_local(start, tz)
+
+
+def _integral_amount(op: str, name: str, value: Any) -> int:
+    if not is_number(value) or not _is_integral(value):
+        raise CommandError(5166405, f"{op} expects integer amount of time units")
+    return int(numeric_value(value))
+
+
+@_parser("$dateAdd", "$dateSubtract")
+def _parse_date_add(op: str, spec: Any) -> Compiled:
+    _named_args(op, spec, ("startDate", "unit", "amount"), ("timezone",), codes=(5166400, 5166401, 5166402))
+    args = _compile_named(spec, ("startDate", "unit", "amount", "timezone"))
+    sign = -1 if op == "$dateSubtract" else 1
+
+    def run(env: Env) -> Any:
+        start, unit, amount = args["startDate"](env), args["unit"](env), args["amount"](env)
+        tz = _resolve_tz(op, args.get("timezone"), env)
+        if _nullish(start) or _nullish(unit) or _nullish(amount) or tz is None:
+            return None
+        if not (is_date(start) or isinstance(start, (Timestamp, ObjectId))):
+            raise CommandError(5166403, f"{op} requires startDate to be convertible to a date")
+        unit_name = _time_unit(op, unit)
+        count = _integral_amount(op, "amount", amount) * sign
+        try:
+            return date_from_millis(add_to_date(date_millis(op, start), unit_name, count, tz))
+        except (OverflowError, ValueError):
+            raise CommandError(5166406, f"{op} overflowed") from None
+
+    return run
+
+
+@_parser("$dateDiff")
+def _parse_date_diff(op: str, spec: Any) -> Compiled:
+    _named_args(op, spec, ("startDate", "endDate", "unit"), ("timezone", "startOfWeek"),
+                codes=(5166301, 5166302, 5166303))
+    args = _compile_named(spec, ("startDate", "endDate", "unit", "timezone", "startOfWeek"))
+
+    def run(env: Env) -> Any:
+        start, end, unit = args["startDate"](env), args["endDate"](env), args["unit"](env)
+        tz = _resolve_tz(op, args.get("timezone"), env)
+        week = args["startOfWeek"](env) if "startOfWeek" in args else "sunday"
+        if _nullish(start) or _nullish(end) or _nullish(unit) or tz is None or _nullish(week):
+            return None
+        unit_name = _time_unit(op, unit)
+        week_start = _start_of_week(op, week) if unit_name == "week" else 6
+        return Int64(date_difference(date_millis(op, start), date_millis(op, end), unit_name, tz, week_start))
+
+    return run
+
+
+@_parser("$dateTrunc")
+def _parse_date_trunc(op: str, spec: Any) -> Compiled:
+    _named_args(op, spec, ("date", "unit"), ("binSize", "timezone", "startOfWeek"),
+                codes=(5439007, 5439008, 5439009))
+    args = _compile_named(spec, ("date", "unit", "binSize", "timezone", "startOfWeek"))
+
+    def run(env: Env) -> Any:
+        value, unit = args["date"](env), args["unit"](env)
+        bin_value = args["binSize"](env) if "binSize" in args else 1
+        tz = _resolve_tz(op, args.get("timezone"), env)
+        week = args["startOfWeek"](env) if "startOfWeek" in args else "sunday"
+        if _nullish(value) or _nullish(unit) or _nullish(bin_value) or tz is None or _nullish(week):
+            return None
+        unit_name = _time_unit(op, unit)
+        if not is_number(bin_value) or not _is_integral(bin_value) or numeric_value(bin_value) <= 0:
+            raise CommandError(5439017, f"{op} requires 'binSize' to be a positive 64-bit integer, but got value "
+                                        f"'{show(bin_value)}' of type {type_name(bin_value)}")
+        week_start = _start_of_week(op, week) if unit_name == "week" else 6
+        millis = date_millis(op, value)
+        return date_from_millis(truncate_date(millis, unit_name, int(numeric_value(bin_value)), tz, week_start))
+
+    return run

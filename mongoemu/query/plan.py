@@ -27,18 +27,18 @@ class Match:
         return self.document
 
 
-def _id_bounds(filter_doc: dict[str, Any]) -> tuple[Any, Any, tuple[bool, bool]] | None:
+def _id_bounds(filter_doc: dict[str, Any], collation: Any
+               ) -> tuple[Any, Any, tuple[bool, bool]] | None:
     from mongoemu.query.matcher import id_range, is_simple_id_equality
-    is_equality, value = is_simple_id_equality(filter_doc)
+    is_equality, value = is_simple_id_equality(filter_doc, collation)
     if is_equality and not isinstance(value, (dict, list)) and not hasattr(value, "pattern"):
         key = sort_key(value)
         return key, key, (True, True)
-    bounds = id_range(filter_doc)
+    bounds = id_range(filter_doc, collation)
     if bounds is None:
         return None
     lower, lower_inclusive, upper, upper_inclusive = bounds
-    return (None if lower is None else sort_key(lower),
-            None if upper is None else sort_key(upper), (lower_inclusive, upper_inclusive))
+    return sort_key(lower), sort_key(upper), (lower_inclusive, upper_inclusive)
 
 
 def scan(collection: Collection, filter_doc: dict[str, Any] | None, *,
@@ -52,12 +52,12 @@ def scan(collection: Collection, filter_doc: dict[str, Any] | None, *,
     if filter_doc:
         from mongoemu.query.collation import Collation
         from mongoemu.query.matcher import Matcher
-        matcher = Matcher(filter_doc, Collation.from_document(collation) if collation else None,
-                          variables)
-        bounds = None if natural else _id_bounds(filter_doc)
+        collator = Collation.from_document(collation) if collation else None
+        matcher = Matcher(filter_doc, collator, variables)
+        bounds = None if natural else _id_bounds(filter_doc, collator)
         if bounds is not None:
             lower, upper, inclusive = bounds
-            if lower is not None and upper is not None and lower > upper:
+            if lower > upper or (lower == upper and inclusive != (True, True)):
                 return
     if id_min is not None:
         lower, inclusive = sort_key(id_min), (True, inclusive[1])

@@ -254,3 +254,12 @@ def test_nested_callback_operations_are_scanned() -> None:
     test = {"operations": [{"name": "withTransaction", "object": "session0", "arguments": {"callback": [
         {"name": "insertOne", "object": "c", "arguments": {}, "expectError": {"isClientError": True}}]}}]}
     assert skips.static_skip({}, test, SUPPORTED_OPERATIONS) == skips.reason("client-error")
+
+
+def test_driver_generated_error_messages_are_skipped() -> None:
+    test = {"operations": [{"name": "find", "object": "c", "arguments": {"filter": {}},
+                            "expectError": {"errorContains": "read preference in a transaction must be primary"}}]}
+    assert skips.static_skip({}, test, SUPPORTED_OPERATIONS) == skips.reason("driver-error-message")
+    server = {"operations": [{"name": "insertOne", "object": "c", "arguments": {"document": {}},
+                              "expectError": {"errorContains": "E11000"}}]}
+    assert skips.static_skip({}, server, SUPPORTED_OPERATIONS) is None

@@ -1,0 +1,390 @@
+"""Opening change streams and serving their cursors (brief §3.1–§3.3, §3.8).
+
+A :class:`ChangeStreamCursor` reads the emulated oplog by position. Each scanned entry becomes
+0..n pending events (see :mod:`mongoemu.changestream.events`); while resuming, events up to the
+client's token are dropped; the rest are rendered, passed through the user's tail stages and
+encoded once. The initial ``aggregate`` never waits; ``getMore`` waits for oplog appends up to
+its ``maxTimeMS`` (awaitData).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import TYPE_CHECKING, Any
+
+from bson.int64 import Int64
+from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
+
+from mongoemu.bsonvalues import deep_copy, encode
+from mongoemu.changestream.events import (BEFORE_CHANGE_MODES, FULL_DOCUMENT_MODES,
+                                          ChangeEvent, StreamOptions, StreamScope,
+                                          events_for_entry)
+from mongoemu.changestream.resume_token import (ResumeTokenData, Token, build_high_water_mark,
+                                                decode_token)
+from mongoemu.cursors import DEFAULT_FIRST_BATCH, MAX_BATCH_BYTES
+from mongoemu.errors import RETRIABLE_CODES, CommandError
+
+if TYPE_CHECKING:
+    from mongoemu.context import Context
+    from mongoemu.server import Server
+
+DEFAULT_AWAIT_MS = 1000
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+# Stages a user may append to $changeStream.
+ALLOWED_STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot",
+                            "$replaceWith", "$redact", "$changeStreamSplitLargeEvent"})
+# Every other stage the server knows: refused with IllegalOperation, not "unrecognized".
+KNOWN_STAGES = frozenset({
+    "$bucket", "$bucketAuto", "$changeStream", "$changeStreamSplitLargeEvent", "$collStats",
+    "$count", "$currentOp", "$densify", "$documents", "$facet", "$fill", "$geoNear",
+    "$graphLookup", "$group", "$indexStats", "$limit", "$listLocalSessions", "$listSampledQueries",
+    "$listSearchIndexes", "$listSessions", "$lookup", "$merge", "$out", "$planCacheStats",
+    "$queryStats", "$sample", "$search", "$searchMeta", "$setWindowFields", "$shardedDataDistribution",
+    "$skip", "$sort", "$sortByCount", "$unionWith", "$unwind", "$vectorSearch",
+}) | ALLOWED_STAGES
+
+SPEC_FIELDS = frozenset({"fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter",
+                         "startAtOperationTime", "allChangesForCluster", "showExpandedEvents",
+                         # Internal/undocumented options: accepted and ignored.
+                         "showSystemEvents", "showRawUpdateDescription", "allowToRunOnConfigDB",
+                         "allowToRunOnSystemNS"})
+
+# Besides RETRIABLE_CODES, the "needs re-targeting" family, RetryChangeStream and
+# FailedToSatisfyReadPreference make a change-stream error resumable (server error_labels.cpp).
+_RESUMABLE_EXTRA = frozenset({13388, 150, 249, 234, 133})
+_NON_RESUMABLE = frozenset({280, 286})
+
+
+def change_stream_error_labels(code: int, server_version: str) -> list[str]:
+    """Labels a server puts on an error of a change stream's ``aggregate``/``getMore``."""
+    if code in _NON_RESUMABLE:
+        return ["NonResumableChangeStreamError"]
+    # StaleShardVersion (63) left the re-targeting category after 6.0.
+    if code in RETRIABLE_CODES or code in _RESUMABLE_EXTRA or (code == 63
+                                                                and server_version == "6.0"):
+        return ["ResumableChangeStreamError"]
+    return []
+
+
+def _labelled(exc: CommandError, server: "Server") -> CommandError:
+    if exc.labels is None:
+        exc.labels = change_stream_error_labels(exc.code, server.config.server_version)
+    return exc
+
+
+def _history_lost(ts: Timestamp) -> CommandError:
+    return CommandError(286, "Resume of change stream was not possible, as the resume point may "
+                             f"no longer be in the oplog. Resume point: {ts}")
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def open_change_stream(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
+                       cursor_options: dict[str, Any]) -> dict[str, Any]:
+    """Handle ``aggregate`` whose first stage is ``$changeStream``; never waits for events."""
+    try:
+        return _open(ctx, spec, rest_pipeline, cursor_options)
+    except CommandError as exc:
+        raise _labelled(exc, ctx.server) from None
+
+
+def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
+          cursor_options: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise CommandError(50808, "$changeStream stage expects a document as argument")
+    for name in spec:
+        if name not in SPEC_FIELDS:
+            raise CommandError(40415, f"BSON field '$changeStream.{name}' is an unknown field.")
+    full_document = _enum(spec, "fullDocument", FULL_DOCUMENT_MODES)
+    before_change = _enum(spec, "fullDocumentBeforeChange", BEFORE_CHANGE_MODES)
+    show_expanded = _flag(spec, "showExpandedEvents")
+    all_changes = _flag(spec, "allChangesForCluster")
+    for name in ("resumeAfter", "startAfter"):
+        if name in spec and not isinstance(spec[name], dict):
+            raise _wrong_type(name, spec[name], "object")
+    if "startAtOperationTime" in spec and not isinstance(spec["startAtOperationTime"], Timestamp):
+        raise _wrong_type("startAtOperationTime", spec["startAtOperationTime"], "timestamp")
+    if "resumeAfter" in spec and "startAfter" in spec:
+        raise CommandError(50865, "Do not specify both 'resumeAfter' and 'startAfter' in a "
+                                  "$changeStream stage.")
+    if "startAtOperationTime" in spec and ("resumeAfter" in spec or "startAfter" in spec):
+        raise CommandError(40674, "Only one type of resume option is allowed, but multiple were "
+                                  "found.")
+
+    scope, ns = _scope(ctx, spec, all_changes)
+    tail = _tail_stages(rest_pipeline)
+    options = StreamOptions(scope=scope, full_document=full_document,
+                            full_document_before_change=before_change,
+                            show_expanded_events=show_expanded,
+                            raw_documents=not _transforming(tail))
+
+    server = ctx.server
+    oplog = server.oplog
+    resume_token: ResumeTokenData | None = None
+    if "resumeAfter" in spec or "startAfter" in spec:
+        resume_token = decode_token(spec.get("resumeAfter", spec.get("startAfter")))
+        if "resumeAfter" in spec and resume_token.from_invalidate:
+            raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is "
+                                    "not allowed from an invalidate notification.")
+        if (scope.kind == "collection" and not resume_token.is_high_water_mark
+                and resume_token.uuid is None):
+            raise CommandError(260, "Attempted to resume a single-collection stream, but the "
+                                    "resume token does not include a UUID.")
+        start = resume_token.cluster_time
+        initial = Token(dict(spec.get("resumeAfter", spec.get("startAfter"))),
+                        resume_token.sort_key)
+    elif "startAtOperationTime" in spec:
+        start = spec["startAtOperationTime"]
+        initial = build_high_water_mark(start)
+    else:
+        # One tick after the newest write: the latest write is not returned.
+        now = server.clock.now
+        start = Timestamp(now.time, now.inc + 1)
+        initial = build_high_water_mark(start)
+    if not oplog.covers(start):
+        raise _history_lost(start)
+
+    session_id = ctx.session.key if ctx.session is not None else None
+    cursor = ChangeStreamCursor(
+        cursor_id=server.cursors.new_id(), ns=ns, session_id=session_id, server=server,
+        options=options, tail_stages=tail, position=oplog.position_at_or_after(start),
+        initial_token=initial,
+        resume_key=None if resume_token is None or resume_token.is_high_water_mark
+        else resume_token.sort_key)
+    batch = cursor.take(_batch_size(cursor_options))
+    if cursor.exhausted:
+        cursor.close()
+    else:
+        server.cursors.register(cursor)
+    return {"cursor": {"firstBatch": batch, "postBatchResumeToken": cursor.post_batch_token,
+                       "id": Int64(0 if cursor.exhausted else cursor.id), "ns": ns}}
+
+
+def _enum(spec: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    value = spec.get(name, allowed[0])
+    if not isinstance(value, str):
+        raise _wrong_type(name, value, "string")
+    if value not in allowed:
+        raise CommandError(2, f"Enumeration value '{value}' for field '$changeStream.{name}' is "
+                              f"not a valid value.")
+    return value
+
+
+def _flag(spec: dict[str, Any], name: str) -> bool:
+    value = spec.get(name, False)
+    if not isinstance(value, bool):
+        raise _wrong_type(name, value, "bool")
+    return value
+
+
+def _wrong_type(name: str, value: Any, expected: str) -> CommandError:
+    from mongoemu.bsonvalues import type_name
+    return CommandError(14, f"BSON field '$changeStream.{name}' is the wrong type "
+                            f"'{type_name(value)}', expected type '{expected}'")
+
+
+def _scope(ctx: "Context", spec: dict[str, Any], all_changes: bool) -> tuple[StreamScope, str]:
+    db = ctx.db
+    target = ctx.body.get(ctx.name)
+    whole_db = target == 1 and not isinstance(target, bool)
+    if all_changes and not (db == "admin" and whole_db):
+        raise CommandError(72, "A $changeStream with 'allChangesForCluster:true' may only be "
+                               "opened on the 'admin' database, and with no collection name")
+    if db == "local":
+        raise CommandError(73, "$changeStream may not be opened on the internal local database")
+    if db == "config" and not spec.get("allowToRunOnConfigDB"):
+        raise CommandError(73, "$changeStream may not be opened on the internal config database")
+    if db == "admin" and not all_changes:
+        raise CommandError(73, "$changeStream may not be opened on the internal admin database")
+    if all_changes:
+        return StreamScope(), "admin.$cmd.aggregate"
+    if whole_db:
+        return StreamScope(db=db), f"{db}.$cmd.aggregate"
+    coll = ctx.collection_name()
+    if coll.startswith("system.") and not spec.get("allowToRunOnSystemNS"):
+        raise CommandError(73, f"$changeStream may not be opened on the internal {db}.{coll} "
+                               f"collection")
+    collection = ctx.server.catalog.collection(db, coll)
+    if collection is not None and collection.is_view:
+        raise CommandError(166, f"Namespace {db}.{coll} is a view, not a collection")
+    return StreamScope(db=db, coll=coll), f"{db}.{coll}"
+
+
+def _tail_stages(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for index, stage in enumerate(stages):
+        if not isinstance(stage, dict) or len(stage) != 1:
+            raise CommandError(40323, "A pipeline stage specification object must contain "
+                                      "exactly one field.")
+        name = next(iter(stage))
+        if name not in KNOWN_STAGES:
+            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+        if name == "$changeStream":
+            raise CommandError(40602, "$changeStream is only valid as the first stage in a "
+                                      "pipeline")
+        if name not in ALLOWED_STAGES:
+            raise CommandError(20, f"{name} is not permitted in a $changeStream pipeline")
+        if name == "$changeStreamSplitLargeEvent" and index != len(stages) - 1:
+            raise CommandError(7182802, "$changeStreamSplitLargeEvent must be the last stage "
+                                        "in the pipeline")
+    return stages
+
+
+def _transforming(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stages that look at event documents (the split stage only matters for huge ones)."""
+    return [stage for stage in stages if "$changeStreamSplitLargeEvent" not in stage]
+
+
+def _batch_size(cursor_options: dict[str, Any]) -> int:
+    value = cursor_options.get("batchSize", DEFAULT_FIRST_BATCH)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CommandError(14, "cursor.batchSize must be a number")
+    if value < 0:
+        raise CommandError(51024, f"BSON field 'batchSize' value must be >= 0, actual value "
+                                  f"'{int(value)}'")
+    return int(value)
+
+
+# -- the cursor ------------------------------------------------------------------------------
+
+
+class ChangeStreamCursor:
+    """A tailable, awaitData cursor over the oplog; its id stays live until invalidated/killed."""
+
+    awaits_data = True
+
+    def __init__(self, cursor_id: int, ns: str, session_id: bytes | None, server: "Server",
+                 options: StreamOptions, tail_stages: list[dict[str, Any]], position: int,
+                 initial_token: Token, resume_key: tuple | None) -> None:
+        self.id = cursor_id
+        self.ns = ns
+        self.session_id = session_id
+        self.last_used = time.monotonic()
+        self.server = server
+        self.options = options
+        self.stages = _transforming(tail_stages)
+        self.position = position  # next oplog position to scan
+        self.pending: collections.deque[ChangeEvent] = collections.deque()
+        # Sort key of the client's event token until the stream has met it.
+        self.resume_key = resume_key
+        self.post_batch_token = initial_token.document
+        self._pbrt = initial_token
+        self._scanned_ts: Timestamp | None = None
+        self.exhausted = False  # an invalidate was consumed: no later event is ever returned
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def get_more(self, ctx: "Context", batch_size: int | None,
+                       max_time_ms: Any) -> dict[str, Any]:
+        """Return ready events at once, else wait for oplog appends up to ``maxTimeMS``."""
+        if max_time_ms is not None and (isinstance(max_time_ms, bool)
+                                        or not isinstance(max_time_ms, (int, float))
+                                        or max_time_ms < 0):
+            raise CommandError(2, "maxTimeMS must be a non-negative number")
+        wait_ms = DEFAULT_AWAIT_MS if max_time_ms is None else max_time_ms
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000.0
+        try:
+            while True:
+                batch = self.take(batch_size)
+                remaining = deadline - loop.time()
+                if batch or self.exhausted or self.closed or remaining <= 0:
+                    break
+                await self.server.oplog.wait_for_append(remaining)
+        except CommandError as exc:
+            # A failed getMore destroys the cursor, as on a real server.
+            ctx.server.cursors.kill(self.id)
+            raise _labelled(exc, ctx.server) from None
+        finished = self.exhausted or self.closed
+        if finished:
+            ctx.server.cursors.kill(self.id)
+        return {"cursor": {"nextBatch": batch, "postBatchResumeToken": self.post_batch_token,
+                           "id": Int64(0 if finished else self.id), "ns": self.ns}}
+
+    def take(self, limit: int | None) -> list[RawBSONDocument]:
+        """Up to ``limit`` events (None: no count limit) without waiting, within 16 MiB."""
+        self.last_used = time.monotonic()
+        oplog = self.server.oplog
+        batch: list[RawBSONDocument] = []
+        size = 0
+        last_returned: Token | None = None
+        while not self.exhausted and (limit is None or len(batch) < limit):
+            if not self.pending:
+                if self.position < oplog.start_position:
+                    raise _history_lost(self._scanned_ts or Timestamp(0, 0))
+                entry = oplog.entry_at(self.position)
+                if entry is None:
+                    break
+                self.position += 1
+                self._scanned_ts = entry.ts
+                self.pending.extend(events_for_entry(entry, self.options))
+                last_returned = None  # something was scanned after the last returned event
+                continue
+            event = self.pending[0]
+            if self.resume_key is not None:
+                self._skip_until_resume_point(event)
+                continue
+            raw = self._output(event)
+            if raw is not None and batch and size + len(raw) > MAX_BATCH_BYTES:
+                break  # stays pending; rendered again for the next batch
+            self.pending.popleft()
+            if event.is_invalidate:
+                self.exhausted = True
+            if raw is None:
+                continue
+            batch.append(RawBSONDocument(raw))
+            size += len(raw)
+            last_returned = event.token
+        self._advance_post_batch_token(last_returned)
+        return batch
+
+    def _skip_until_resume_point(self, event: ChangeEvent) -> None:
+        assert self.resume_key is not None
+        if event.token.sort_key > self.resume_key:
+            raise CommandError(280, "cannot resume stream; the resume token was not found. "
+                                    f"{self._pbrt.document}")
+        if event.token.sort_key == self.resume_key:
+            self.resume_key = None
+        self.pending.popleft()
+
+    def _output(self, event: ChangeEvent) -> bytes | None:
+        """The encoded event after the tail stages, or None when they filter it out."""
+        document = event.render(self.options, self.server.catalog)
+        if self.stages:
+            from mongoemu.query.aggregate import run_pipeline
+            results = list(run_pipeline([deep_copy(document)], self.stages, None))
+            if not results:
+                return None
+            document = results[0]
+            if document.get("_id") != event.token.document:
+                raise CommandError(280, "Encountered an event whose _id field, which contains "
+                                        "the resume token, was modified by the pipeline. "
+                                        "Modifying the _id field of an event makes it impossible "
+                                        "to resume the stream from that point. Only "
+                                        "transformations that retain the unmodified _id field "
+                                        "are allowed.")
+        raw = encode(document)
+        if len(raw) > MAX_EVENT_BYTES:
+            raise CommandError(10334, f"BSONObj size: {len(raw)} (0x{len(raw):X}) is invalid. "
+                                      f"Size must be between 0 and 16793600(16MB) First element: "
+                                      f"_id: {event.token.document}")
+        return raw
+
+    def _advance_post_batch_token(self, last_returned: Token | None) -> None:
+        """PBRT: the last event's token if nothing was scanned after it, else a high-water
+        mark at the newest scanned entry; never moving backwards."""
+        if last_returned is not None:
+            candidate = last_returned
+        elif self._scanned_ts is not None:
+            candidate = build_high_water_mark(self._scanned_ts)
+        else:
+            return
+        if candidate.sort_key > self._pbrt.sort_key:
+            self._pbrt = candidate
+            self.post_batch_token = candidate.document
