@@ -36,8 +36,8 @@ from mongoemu.writer import Writer
 log = logging.getLogger("mongoemu")
 
 _ZERO_SIGNATURE = {"hash": bson.Binary(b"\x00" * 20, 0), "keyId": Int64(0)}
+STATE_CHANGE_CODES = frozenset({91, 189, 10058, 10107, 11600, 11602, 13435, 13436})
 RETRYABLE_WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify", "bulkWrite"})
-_WRITE_COMMANDS = RETRYABLE_WRITE_COMMANDS
 
 
 def _load_commands() -> None:
@@ -212,6 +212,11 @@ class Server:
         except CommandError as exc:
             reply = exc.to_reply()
             self._label(ctx, reply, exc)
+            if exc.code in STATE_CHANGE_CODES:
+                # With the current topologyVersion, drivers treat the error as stale and
+                # retry at once instead of marking the server unknown.
+                reply["topologyVersion"] = {"processId": self.process_id,
+                                            "counter": Int64(self.topology_counter)}
         except CloseConnection:
             raise
         except Exception as exc:  # a handler bug becomes an InternalError reply

@@ -184,7 +184,8 @@ class Writer:
         if self.server.sharding:
             self.server.sharding.forget(collection.ns)
         self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
-                                  command={"drop": collection.name}))
+                                  command={"drop": collection.name},
+                                  extra=_view_marker(collection)))
 
     def drop_database(self, ctx: "Context | None", db: str) -> None:
         self.check_writable(ctx, db)
@@ -241,10 +242,13 @@ class Writer:
     def log_coll_mod(self, ctx: "Context | None", collection: Collection,
                      command: dict[str, Any], old: dict[str, Any]) -> None:
         self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
-                                  command={"collMod": collection.name, **command}, o2=old))
+                                  command={"collMod": collection.name, **command}, o2=old,
+                                  extra=_view_marker(collection)))
 
-    def noop(self, message: dict[str, Any], o2: dict[str, Any] | None = None) -> None:
-        self.log(None, self._entry("n", "", command=message, o2=o2))
+    def noop(self, message: dict[str, Any], o2: dict[str, Any] | None = None,
+             collection: Collection | None = None) -> None:
+        self.log(None, self._entry("n", collection.ns if collection else "", collection,
+                                   command=message, o2=o2))
 
     # -- documents ---------------------------------------------------------------------------
     def insert(self, ctx: "Context | None", collection: Collection, document: dict[str, Any],
@@ -287,17 +291,21 @@ class Writer:
         self._remember_undo(
             ctx, lambda: collection.replace(key, old_raw, old_document, new_document))
         description = None
+        extra: dict[str, Any] = {}
         if not replacement:
-            from mongoemu.query.update_description import describe_update
-            description = describe_update(old_document, new_document) or {
-                "updatedFields": {}, "removedFields": [], "truncatedArrays": []}
+            from mongoemu.query.update_description import compute_diff, describe_diff
+            # The $v:2 diff is kept because only it can tell an array index from a field
+            # named "0" (change streams' disambiguatedPaths).
+            diff = compute_diff(old_document, new_document) or {}
+            description = describe_diff(diff)
+            extra["diff"] = diff
         images = collection.images_enabled
         self.log(ctx, self._entry(
             "u", collection.ns, collection, raw_document=raw if replacement else None,
             document_key=self.document_key(collection, old_document),
             update_description=description, images_enabled=images,
             pre_image=old_document if images else None,
-            post_image=new_document if images else None))
+            post_image=new_document if images else None, extra=extra))
         return True
 
     def delete(self, ctx: "Context | None", collection: Collection, key: tuple,
@@ -312,6 +320,11 @@ class Writer:
                                   document_key=self.document_key(collection, old_document),
                                   images_enabled=images,
                                   pre_image=old_document if images else None))
+
+
+def _view_marker(collection: Collection) -> dict[str, Any]:
+    """Views have no UUID and never invalidate streams; their DDL events say so."""
+    return {"nsType": "view"} if collection.is_view else {}
 
 
 def _dotted(document: dict[str, Any], path: str) -> Any:

@@ -79,6 +79,7 @@ class StreamOptions:
     full_document: str = "default"
     full_document_before_change: str = "off"
     show_expanded_events: bool = False
+    disambiguated_paths: bool = False  # updateDescription.disambiguatedPaths (expanded, 6.1+)
     # Embed stored documents as raw BSON; False when tail stages need plain, mutable dicts.
     raw_documents: bool = True
 
@@ -123,7 +124,7 @@ class ChangeEvent:
             doc["collectionUUID"] = Binary.from_uuid(self.collection_uuid)
         doc["wallTime"] = self.wall
         if self.operation_type in ("insert", "replace"):
-            doc["fullDocument"] = self._stored(self.operation.raw_document, options)
+            doc["fullDocument"] = _document(self.operation.raw_document, options)
         elif self.operation_type == "update" and options.full_document != "default":
             doc["fullDocument"] = self._post_image(options, catalog)
         doc["ns"] = self.ns
@@ -132,18 +133,13 @@ class ChangeEvent:
         if expanded and self.operation_description is not None:
             doc["operationDescription"] = self.operation_description
         if self.operation_type == "update":
-            doc["updateDescription"] = self._update_description(expanded)
+            doc["updateDescription"] = self._update_description(options.disambiguated_paths)
         if expanded and self.state_before_change is not None:
             doc["stateBeforeChange"] = self.state_before_change
         if (options.full_document_before_change != "off"
                 and self.operation_type in ("update", "replace", "delete")):
             doc["fullDocumentBeforeChange"] = self._pre_image(options)
         return doc
-
-    def _stored(self, raw: bytes | None, options: StreamOptions) -> Any:
-        if raw is None:
-            return None
-        return RawBSONDocument(raw) if options.raw_documents else decode(raw)
 
     def _post_image(self, options: StreamOptions, catalog: "Catalog") -> Any:
         operation = self.operation
@@ -184,14 +180,14 @@ class ChangeEvent:
             if not all(values_equal(_dotted(current, path), value)
                        for path, value in key.items()):
                 return None
-        return RawBSONDocument(raw) if options.raw_documents else decode(raw)
+        return _document(raw, options)
 
-    def _update_description(self, expanded: bool) -> dict[str, Any]:
+    def _update_description(self, disambiguate: bool) -> dict[str, Any]:
         source = self.operation.update_description or {}
         description = {"updatedFields": source.get("updatedFields", {}),
                        "removedFields": source.get("removedFields", []),
                        "truncatedArrays": source.get("truncatedArrays", [])}
-        if expanded:
+        if disambiguate:
             # Only the $v:2 diff tells an array index from a field named "0", so the writer
             # keeps it in extra["diff"]; an entry without one has nothing ambiguous to report.
             diff = self.operation.extra.get("diff")
@@ -350,6 +346,13 @@ def _invalidate(cause: ChangeEvent) -> ChangeEvent:
                        wall=cause.wall, ns=cause.ns, collection_uuid=cause.collection_uuid,
                        operation=cause.operation, identifier=cause.identifier,
                        txn_op_index=cause.txn_op_index, is_invalidate=True)
+
+
+def _document(raw: bytes | None, options: StreamOptions) -> Any:
+    """A stored document for an event: its raw BSON embedded as is, or decoded for tail stages."""
+    if raw is None:
+        return None
+    return RawBSONDocument(raw) if options.raw_documents else decode(raw)
 
 
 def _bson_value(value: Any) -> Any:

@@ -9,10 +9,12 @@ comparing ``_data`` strings, so the layout is reproduced byte for byte (brief §
 ``_typeBits`` records what the ordering encoding loses (int vs long vs double, string vs
 symbol); it is omitted when all of its bits are zero, as the server does.
 
-Documented simplification: a Decimal128 that is not exactly a double is encoded like the
-double nearest to it towards zero (the server adds a "decimal continuation"); such tokens still
-sort by numeric value, only decimals sharing that double tie, and decoding returns the double's
-decimal value. Every other BSON type, including non-integral doubles, is encoded exactly.
+Documented simplification: a Decimal128 with more than 15 significant digits that is not
+exactly a double (or one outside the double range) is encoded like the double nearest to it
+towards zero, where the server appends a "decimal continuation"; such tokens still sort by
+numeric value, only decimals sharing that double tie, and decoding returns the double's value
+rounded to 15 digits. Every other value, including non-integral doubles and decimals of up to 15
+digits, is encoded exactly as the server does.
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ class _Encoder:
         self.out.append(0)
 
     def _string_like(self, text: str) -> None:
-        self.out += text.encode("utf-8", "surrogatepass").replace(b"\x00", b"\x00\xff") + b"\x00"
+        self.out += text.encode().replace(b"\x00", b"\x00\xff") + b"\x00"
 
     def _bindata(self, data: bytes, subtype: int) -> None:
         self.out.append(_BINDATA)
@@ -538,7 +540,7 @@ class _Decoder:
         while self.position < len(self.data) and self.data[self.position] == 0xFF:
             self.position += 1
             parts.append(self.cstring())
-        return b"\x00".join(parts).decode("utf-8", "surrogatepass")
+        return b"\x00".join(parts).decode()
 
     def value(self, ctype: int) -> Any:
         if ctype == _MINKEY:
@@ -597,7 +599,7 @@ class _Decoder:
     def fields(self) -> dict[str, Any]:
         document: dict[str, Any] = {}
         while self.byte() != 0:
-            name = self.cstring().decode("utf-8", "surrogatepass")
+            name = self.cstring().decode()
             document[name] = self.value(self.byte())
         return document
 
@@ -700,9 +702,10 @@ class _Decoder:
         # represents the value exactly within 34 digits.
         for exponent in range(highest, highest - (34 - digits) - 1, -1):
             if (exponent + _DECIMAL_BIAS) & ((1 << _DECIMAL_EXPONENT_BITS) - 1) == stored:
-                normalized = normalized.quantize(decimal.Decimal((0, (1,), exponent)), context=context)
+                normalized = normalized.quantize(decimal.Decimal((0, (1,), exponent)),
+                                                 context=context)
                 break
-        return Decimal128(-normalized if negative else normalized)
+        return Decimal128(normalized.copy_negate() if negative else normalized)
 
 
 def _malformed(message: str, code: int = 9) -> CommandError:

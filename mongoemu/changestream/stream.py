@@ -18,12 +18,11 @@ from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from mongoemu.bsonvalues import deep_copy, encode
+from mongoemu.bsonvalues import deep_copy, encode, type_name
 from mongoemu.changestream.events import (BEFORE_CHANGE_MODES, FULL_DOCUMENT_MODES,
                                           ChangeEvent, StreamOptions, StreamScope,
                                           events_for_entry)
-from mongoemu.changestream.resume_token import (ResumeTokenData, Token, build_high_water_mark,
-                                                decode_token)
+from mongoemu.changestream.resume_token import Token, build_high_water_mark, decode_token
 from mongoemu.cursors import DEFAULT_FIRST_BATCH, MAX_BATCH_BYTES
 from mongoemu.errors import RETRIABLE_CODES, CommandError
 
@@ -43,13 +42,14 @@ KNOWN_STAGES = frozenset({
     "$count", "$currentOp", "$densify", "$documents", "$facet", "$fill", "$geoNear",
     "$graphLookup", "$group", "$indexStats", "$limit", "$listLocalSessions", "$listSampledQueries",
     "$listSearchIndexes", "$listSessions", "$lookup", "$merge", "$out", "$planCacheStats",
-    "$queryStats", "$sample", "$search", "$searchMeta", "$setWindowFields", "$shardedDataDistribution",
-    "$skip", "$sort", "$sortByCount", "$unionWith", "$unwind", "$vectorSearch",
+    "$queryStats", "$sample", "$search", "$searchMeta", "$setWindowFields",
+    "$shardedDataDistribution", "$skip", "$sort", "$sortByCount", "$unionWith", "$unwind", "$vectorSearch",
 }) | ALLOWED_STAGES
 
 SPEC_FIELDS = frozenset({"fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter",
                          "startAtOperationTime", "allChangesForCluster", "showExpandedEvents",
-                         # Internal/undocumented options: accepted and ignored.
+                         # Internal options: the last two lift the namespace restrictions, the
+                         # first two are accepted and ignored.
                          "showSystemEvents", "showRawUpdateDescription", "allowToRunOnConfigDB",
                          "allowToRunOnSystemNS"})
 
@@ -118,16 +118,20 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
 
     scope, ns = _scope(ctx, spec, all_changes)
     tail = _tail_stages(rest_pipeline)
+    server = ctx.server
     options = StreamOptions(scope=scope, full_document=full_document,
                             full_document_before_change=before_change,
                             show_expanded_events=show_expanded,
+                            # disambiguatedPaths arrived in 6.1.
+                            disambiguated_paths=show_expanded
+                            and server.config.server_version != "6.0",
                             raw_documents=not _transforming(tail))
 
-    server = ctx.server
     oplog = server.oplog
-    resume_token: ResumeTokenData | None = None
+    resume_key: tuple | None = None  # an event token the stream must meet before reporting
     if "resumeAfter" in spec or "startAfter" in spec:
-        resume_token = decode_token(spec.get("resumeAfter", spec.get("startAfter")))
+        token_document = spec.get("resumeAfter", spec.get("startAfter"))
+        resume_token = decode_token(token_document)
         if "resumeAfter" in spec and resume_token.from_invalidate:
             raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is "
                                     "not allowed from an invalidate notification.")
@@ -136,8 +140,9 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
             raise CommandError(260, "Attempted to resume a single-collection stream, but the "
                                     "resume token does not include a UUID.")
         start = resume_token.cluster_time
-        initial = Token(dict(spec.get("resumeAfter", spec.get("startAfter"))),
-                        resume_token.sort_key)
+        initial = Token(dict(token_document), resume_token.sort_key)
+        if not resume_token.is_high_water_mark:
+            resume_key = resume_token.sort_key
     elif "startAtOperationTime" in spec:
         start = spec["startAtOperationTime"]
         initial = build_high_water_mark(start)
@@ -153,9 +158,7 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
     cursor = ChangeStreamCursor(
         cursor_id=server.cursors.new_id(), ns=ns, session_id=session_id, server=server,
         options=options, tail_stages=tail, position=oplog.position_at_or_after(start),
-        initial_token=initial,
-        resume_key=None if resume_token is None or resume_token.is_high_water_mark
-        else resume_token.sort_key)
+        initial_token=initial, resume_key=resume_key)
     batch = cursor.take(_batch_size(cursor_options))
     if cursor.exhausted:
         cursor.close()
@@ -183,7 +186,6 @@ def _flag(spec: dict[str, Any], name: str) -> bool:
 
 
 def _wrong_type(name: str, value: Any, expected: str) -> CommandError:
-    from mongoemu.bsonvalues import type_name
     return CommandError(14, f"BSON field '$changeStream.{name}' is the wrong type "
                             f"'{type_name(value)}', expected type '{expected}'")
 
@@ -231,6 +233,11 @@ def _tail_stages(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if name == "$changeStreamSplitLargeEvent" and index != len(stages) - 1:
             raise CommandError(7182802, "$changeStreamSplitLargeEvent must be the last stage "
                                         "in the pipeline")
+    transforming = _transforming(stages)
+    if transforming:
+        # Malformed stage arguments fail the aggregate, not the first getMore with an event.
+        from mongoemu.query.aggregate import validate_pipeline
+        validate_pipeline(transforming)
     return stages
 
 
@@ -247,6 +254,18 @@ def _batch_size(cursor_options: dict[str, Any]) -> int:
         raise CommandError(51024, f"BSON field 'batchSize' value must be >= 0, actual value "
                                   f"'{int(value)}'")
     return int(value)
+
+
+def _encode_event(document: dict[str, Any]) -> bytes:
+    """BSON of an event in its own field order.
+
+    ``bson.encode`` moves ``_id`` to the front of a top-level document, but transaction events
+    start with ``txnNumber`` and ``lsid``; nested documents keep their order, so the event is
+    encoded as the value of a one-field wrapper and cut out of it (4-byte size, type byte 0x03,
+    empty name, ..., trailing NUL).
+    """
+    wrapper = encode({"": document})
+    return wrapper[6:-1]
 
 
 # -- the cursor ------------------------------------------------------------------------------
@@ -271,6 +290,7 @@ class ChangeStreamCursor:
         self.pending: collections.deque[ChangeEvent] = collections.deque()
         # Sort key of the client's event token until the stream has met it.
         self.resume_key = resume_key
+        self._client_token = initial_token.document
         self.post_batch_token = initial_token.document
         self._pbrt = initial_token
         self._scanned_ts: Timestamp | None = None
@@ -290,20 +310,21 @@ class ChangeStreamCursor:
         wait_ms = DEFAULT_AWAIT_MS if max_time_ms is None else max_time_ms
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000.0
+        limit = batch_size or None  # 0, like absent, means "as many as fit"
         try:
             while True:
-                batch = self.take(batch_size)
+                batch = self.take(limit)
                 remaining = deadline - loop.time()
                 if batch or self.exhausted or self.closed or remaining <= 0:
                     break
                 await self.server.oplog.wait_for_append(remaining)
         except CommandError as exc:
             # A failed getMore destroys the cursor, as on a real server.
-            ctx.server.cursors.kill(self.id)
-            raise _labelled(exc, ctx.server) from None
+            self.server.cursors.kill(self.id)
+            raise _labelled(exc, self.server) from None
         finished = self.exhausted or self.closed
         if finished:
-            ctx.server.cursors.kill(self.id)
+            self.server.cursors.kill(self.id)
         return {"cursor": {"nextBatch": batch, "postBatchResumeToken": self.post_batch_token,
                            "id": Int64(0 if finished else self.id), "ns": self.ns}}
 
@@ -348,7 +369,7 @@ class ChangeStreamCursor:
         assert self.resume_key is not None
         if event.token.sort_key > self.resume_key:
             raise CommandError(280, "cannot resume stream; the resume token was not found. "
-                                    f"{self._pbrt.document}")
+                                    f"{self._client_token}")
         if event.token.sort_key == self.resume_key:
             self.resume_key = None
         self.pending.popleft()
@@ -369,7 +390,7 @@ class ChangeStreamCursor:
                                         "to resume the stream from that point. Only "
                                         "transformations that retain the unmodified _id field "
                                         "are allowed.")
-        raw = encode(document)
+        raw = _encode_event(document)
         if len(raw) > MAX_EVENT_BYTES:
             raise CommandError(10334, f"BSONObj size: {len(raw)} (0x{len(raw):X}) is invalid. "
                                       f"Size must be between 0 and 16793600(16MB) First element: "

@@ -193,8 +193,8 @@ def shard_collection(ctx: Context) -> dict[str, Any]:
     writer.noop({"msg": {"shardCollection": ns}}, o2={
         "shardCollection": ns, "key": dict(key), "unique": bool(ctx.body.get("unique", False)),
         "numInitialChunks": Int64(int(ctx.body.get("numInitialChunks", 0) or 0)),
-        "presplitHashedZones": bool(ctx.body.get("presplitHashedZones", False)),
-        "uuid": collection.uuid})
+        "presplitHashedZones": bool(ctx.body.get("presplitHashedZones", False))},
+        collection=collection)
     ctx.operation_time = ctx.server.clock.now
     return {"collectionsharded": ns}
 

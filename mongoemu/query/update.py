@@ -57,13 +57,6 @@ MODIFIERS: frozenset[str] = frozenset({
 _UPDATE_PIPELINE_STAGES = frozenset({
     "$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith",
 })
-_KNOWN_STAGES = _UPDATE_PIPELINE_STAGES | frozenset({
-    "$bucket", "$bucketAuto", "$changeStream", "$changeStreamSplitLargeEvent", "$collStats",
-    "$count", "$currentOp", "$densify", "$documents", "$facet", "$fill", "$geoNear",
-    "$graphLookup", "$group", "$indexStats", "$limit", "$listLocalSessions", "$listSessions",
-    "$lookup", "$match", "$merge", "$out", "$planCacheStats", "$redact", "$sample", "$search",
-    "$searchMeta", "$setWindowFields", "$skip", "$sort", "$sortByCount", "$unionWith", "$unwind",
-})
 
 # Operators whose $pull argument is matched against the element itself (parsePathAcceptingKeyword).
 _PATH_ACCEPTING_KEYWORDS = frozenset({
@@ -231,15 +224,9 @@ def _split_path(path: str) -> list[str]:
 # Classification
 
 
-def classify_update(update: Any) -> UpdateKind:
-    """Which kind of update ``update`` is, raising the server's parse errors.
-
-    A document whose first field starts with ``$`` is an operator update and every field must
-    then be a known operator with a document argument ({$set: ..., a: 1} fails with
-    FailedToParse).  Any other document is a replacement — a ``$``-prefixed field after a plain
-    one is rejected only when the replacement is applied (DollarPrefixedFieldName), as the server
-    does.  A list is a pipeline.
-    """
+def _kind_of(update: Any) -> UpdateKind:
+    """write_ops::UpdateModification: a list is a pipeline, a document whose first field starts
+    with ``$`` is an operator update, any other document (even ``{}``) a replacement."""
     if isinstance(update, list):
         for stage in update:
             if not isinstance(stage, Mapping):
@@ -250,15 +237,33 @@ def classify_update(update: Any) -> UpdateKind:
     first = next(iter(update), None)
     if first is None or not first.startswith("$"):
         return "replacement"
-    for name, argument in update.items():
-        if name not in MODIFIERS:
-            raise CommandError(9, f"Unknown modifier: {name}. Expected a valid update modifier or "
-                                  "pipeline-style update specified as an array")
-        if not isinstance(argument, Mapping):
-            raise CommandError(9, f"Modifiers operate on fields but we found type "
-                                  f"{type_name(argument)} instead. For example: {{$mod: {{<field>:"
-                                  f" ...}}}} not {{{_elem_str(name, argument)}}}")
     return "operators"
+
+
+def _validate_modifier(name: str, argument: Any) -> None:
+    """validateMod (update_driver.cpp)."""
+    if name not in MODIFIERS:
+        raise CommandError(9, f"Unknown modifier: {name}. Expected a valid update modifier or "
+                              "pipeline-style update specified as an array")
+    if not isinstance(argument, Mapping):
+        raise CommandError(9, f"Modifiers operate on fields but we found type "
+                              f"{type_name(argument)} instead. For example: {{$mod: {{<field>:"
+                              f" ...}}}} not {{{_elem_str(name, argument)}}}")
+
+
+def classify_update(update: Any) -> UpdateKind:
+    """Which kind of update ``update`` is, raising the server's parse errors for its shape.
+
+    In an operator update every field must be a known operator with a document argument
+    (``{$set: ..., a: 1}`` fails with FailedToParse).  A document that does not start with a
+    ``$`` field is a replacement — a ``$``-prefixed field after a plain one is rejected only when
+    the replacement is applied (DollarPrefixedFieldName), as the server does.
+    """
+    kind = _kind_of(update)
+    if kind == "operators":
+        for name, argument in update.items():
+            _validate_modifier(name, argument)
+    return kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +286,9 @@ def _top_level_field_name(expression: Mapping[str, Any]) -> str | None:
             if found is None:
                 found = name
             elif name != found:
-                raise CommandError(9, "Error parsing array filter :: caused by :: Expected a single "
-                                      f"top-level field name, found '{found}' and '{name}'")
+                raise CommandError(9, "Error parsing array filter :: caused by :: Expected a "
+                                      f"single top-level field name, found '{found}' and "
+                                      f"'{name}'")
     return found
 
 
@@ -548,7 +554,8 @@ def _make_leaf(op: str, path: str, raw: Any, collation: Collation | None,
     """UpdateLeafNode::init: validates the operator argument."""
     if op in ("$inc", "$mul") and not is_number(raw):
         verb = "increment" if op == "$inc" else "multiply"
-        raise CommandError(14, f"Cannot {verb} with non-numeric argument: {{{_elem_str(path, raw)}}}")
+        raise CommandError(14, f"Cannot {verb} with non-numeric argument: "
+                               f"{{{_elem_str(path, raw)}}}")
     if op == "$push":
         return _Leaf(op, path, _init_push(raw))
     if op == "$addToSet":
@@ -630,6 +637,7 @@ def _parse_operator_update(update: Mapping[str, Any], filters: Mapping[str, Any]
     root = _ObjectNode()
     used: set[str] = set()
     for op, fields in update.items():
+        _validate_modifier(op, fields)  # one operator at a time, after the previous one's paths
         for path, raw in fields.items():
             if op != "$rename":
                 _merge_into_tree(root, op, path, raw, filters, used, collation)
@@ -648,7 +656,7 @@ def _parse_operator_update(update: Mapping[str, Any], filters: Mapping[str, Any]
 
 
 def _merge_nodes(left: Any, right: Any, path: list[str]) -> Any:
-    """UpdateNode::createUpdateNodeByMerging (positional or array-filter updates hitting one path)."""
+    """UpdateNode::createUpdateNodeByMerging: positional/array-filter updates reaching one path."""
     if isinstance(left, _ObjectNode) and isinstance(right, _ObjectNode):
         merged = _ObjectNode(children=dict(left.children))
         for name, child in right.children.items():
@@ -849,7 +857,9 @@ def _apply_to_missing(op: str, arg: Any, loc: _Loc, taken: list[str], to_create:
 def _check_viability(loc: _Loc, taken: list[str], to_create: list[str]) -> None:
     """UpdateLeafNode::checkViability, for $pop/$pull/$pullAll on a missing path."""
     value = loc.value
-    if isinstance(value, dict) or (isinstance(value, list) and _parse_index(to_create[0]) is not None):
+    if isinstance(value, dict):
+        return
+    if isinstance(value, list) and _parse_index(to_create[0]) is not None:
         return
     raise CommandError(28, f"Cannot use the part ({to_create[0]}) of ({'.'.join(taken)}."
                            f"{'.'.join(to_create)}) to traverse the element "
@@ -919,8 +929,8 @@ def _updated_value(op: str, arg: Any, old: Any, taken: list[str], st: _State) ->
     if op == "$bit":
         if _num_kind(old) not in ("int", "long"):
             raise CommandError(2, "Cannot apply $bit to a value of non-integral type."
-                                  f"{_id_str(st.doc)} has the field {taken[-1]} of non-integer type "
-                                  f"{type_name(old)}")
+                                  f"{_id_str(st.doc)} has the field {taken[-1]} of non-integer "
+                                  f"type {type_name(old)}")
         result = _apply_bits(old, arg)
         return _NOOP if bson_identical(result, old) else result
     if op == "$push":
@@ -968,7 +978,7 @@ def _apply_rename(leaf: _Leaf, loc: _Loc, taken: list[str], to_create: list[str]
     chain = _source_chain(st.doc, source, source_parts)
     if chain is None:
         return  # renaming a missing field is a no-op
-    for container, name in reversed(chain[:-1]):
+    for container, name in reversed(chain[1:-1]):
         if isinstance(container, list):
             raise CommandError(2, f"The source field cannot be an array element, '{source}' in "
                                   f"doc with {_id_str(st.doc)} has an array field called '{name}'")
@@ -980,8 +990,7 @@ def _apply_rename(leaf: _Leaf, loc: _Loc, taken: list[str], to_create: list[str]
             raise CommandError(2, f"The destination field cannot be an array element, '{target}' "
                                   f"in doc with {_id_str(st.doc)} has an array field called "
                                   f"'{name}'")
-    source_parent, _ = chain[-2] if len(chain) > 1 else (st.doc, "")
-    value = chain[-1][0]
+    source_parent, value = chain[-2][0], chain[-1][0]
     if to_create:
         _apply_to_missing("$set", value, loc, taken, to_create, st)
     else:
@@ -1170,6 +1179,18 @@ def _max_element_level(value: Any, level: int) -> int:
     return deepest
 
 
+def _container_depth(document: Mapping[str, Any]) -> int:
+    """Documents and arrays nested in each other, the document itself included (validateDepth)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = current.values() if isinstance(current, Mapping) else current
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 def _validate_stored_element(name: str, value: Any, level: int, in_array: bool,
                              path: list[str]) -> None:
     """storage_validation::scanDocument on a modified element (5.0+ rules)."""
@@ -1237,7 +1258,7 @@ def validate_new_document(doc: Mapping[str, Any]) -> None:
     undefined, which the driver decodes as null and cannot be told apart here), nor contain
     '$'-prefixed names.  The nesting limit is 180 levels.
     """
-    if _max_element_level(doc, 0) > _MAX_USER_DEPTH:
+    if _container_depth(doc) > _MAX_USER_DEPTH:
         raise CommandError(15, "cannot insert document because it exceeds "
                                f"{_MAX_USER_DEPTH} levels of nesting",
                            code_name_override="Overflow")
@@ -1276,27 +1297,38 @@ def _replace(old: Mapping[str, Any], new: Mapping[str, Any], *, allow_top_level_
                                code_name_override="NotSingleValueField")
         if "_id" in old and compare(result["_id"], old["_id"]) != 0:
             raise CommandError(66, "After applying the update, the (immutable) field '_id' was "
-                                   f"found to have been altered to {_elem_str('_id', result['_id'])}")
+                                   "found to have been altered to "
+                                   f"{_elem_str('_id', result['_id'])}")
     return result
 
 
 def _check_update_pipeline(pipeline: list) -> None:
-    """The stage checks the server makes when it parses a pipeline-style update."""
+    """PipelineExecutor's parse: the pipeline itself, then the stages an update may use."""
+    from mongoemu.query.aggregate import validate_pipeline  # lazy: aggregation is another module
+
+    validate_pipeline(pipeline)
     for stage in pipeline:
-        if len(stage) != 1:
-            raise CommandError(40323, "A pipeline stage specification object must contain "
-                                      "exactly one field.")
         name = next(iter(stage))
-        if name not in _KNOWN_STAGES:
-            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
         if name not in _UPDATE_PIPELINE_STAGES:
             raise CommandError(72, f"{name} is not allowed to be used within an update")
 
 
-def _run_update_pipeline(doc: Mapping[str, Any], pipeline: list) -> dict[str, Any]:
+@dataclass
+class _UpdatePipelineContext:
+    """The part of aggregate.PipelineContext an update pipeline can use (no other collections)."""
+
+    collation: Collation | None
+    variables: Mapping[str, Any] | None
+    now: datetime.datetime | None
+    cluster_time: Timestamp | None
+    current_db: str = ""
+
+
+def _run_update_pipeline(doc: Mapping[str, Any], pipeline: list,
+                         context: _UpdatePipelineContext) -> dict[str, Any]:
     from mongoemu.query.aggregate import run_pipeline  # lazy: aggregation is another module
 
-    for result in run_pipeline([deep_copy(doc)], pipeline, None):
+    for result in run_pipeline([deep_copy(dict(doc))], pipeline, context):
         return result
     return {}
 
@@ -1328,6 +1360,7 @@ class ParsedUpdate:
     kind: UpdateKind
     update: Mapping[str, Any] | list
     collation: Collation | None
+    variables: Mapping[str, Any] | None
     filters: Mapping[str, Any]
     tree: _ObjectNode | None
 
@@ -1338,7 +1371,8 @@ class ParsedUpdate:
         validate = not is_upsert_insert
         if self.kind == "pipeline":
             assert isinstance(self.update, list)
-            result = _replace(doc, _run_update_pipeline(doc, self.update),
+            context = _UpdatePipelineContext(self.collation, self.variables, now, cluster_time)
+            result = _replace(doc, _run_update_pipeline(doc, self.update, context),
                               allow_top_level_dollar=True, validate=validate)
         elif self.kind == "replacement":
             assert isinstance(self.update, Mapping)
@@ -1364,9 +1398,13 @@ class ParsedUpdate:
 
 
 def parse_update(update: Mapping[str, Any] | list, *, array_filters: list | None = None,
-                 collation: Collation | None = None) -> ParsedUpdate:
-    """Validate ``update`` (and its ``arrayFilters``) in the server's order, ready to apply."""
-    kind = classify_update(update)
+                 collation: Collation | None = None,
+                 variables: Mapping[str, Any] | None = None) -> ParsedUpdate:
+    """Validate ``update`` (and its ``arrayFilters``) in the server's order, ready to apply.
+
+    ``variables`` is the command's raw ``let`` document, visible to pipeline-style updates.
+    """
+    kind = _kind_of(update)
     filters = _parse_array_filters(array_filters, collation)
     tree = None
     if kind == "pipeline":
@@ -1377,13 +1415,13 @@ def parse_update(update: Mapping[str, Any] | list, *, array_filters: list | None
     elif kind == "operators":
         assert isinstance(update, Mapping)
         tree = _parse_operator_update(update, filters, collation)
-    return ParsedUpdate(kind, update, collation, filters, tree)
+    return ParsedUpdate(kind, update, collation, variables, filters, tree)
 
 
 def apply_update(doc: Mapping[str, Any], update: Mapping[str, Any] | list, *,
                  array_filters: list | None = None, is_upsert_insert: bool = False,
-                 matched_position: int | None = None, now: datetime.datetime | None = None,
-                 cluster_time: Timestamp | None = None,
+                 matched_position: int | None = None, variables: Mapping[str, Any] | None = None,
+                 now: datetime.datetime | None = None, cluster_time: Timestamp | None = None,
                  collation: Collation | None = None) -> dict[str, Any]:
     """The document ``doc`` becomes after ``update``; ``doc`` itself is left untouched.
 
@@ -1391,11 +1429,13 @@ def apply_update(doc: Mapping[str, Any], update: Mapping[str, Any] | list, *,
     ``is_upsert_insert`` applies ``$setOnInsert`` and the upsert's validation rules (start from
     :func:`upsert_seed`; generating a missing ``_id`` is left to the caller).  ``now`` and
     ``cluster_time`` are what ``$currentDate`` writes (defaults: the wall clock, and a Timestamp
-    of its seconds).  ``_id`` always ends up first.  Whether anything changed is
-    ``not bson_identical(doc, result)``.  To apply one update to many documents, or to report
-    parse errors when nothing matches, use :func:`parse_update`.
+    of its seconds) and what pipelines see as ``$$NOW``/``$$CLUSTER_TIME``; ``variables`` is the
+    command's raw ``let`` document for pipelines.  ``_id`` always ends up first.  Whether
+    anything changed is ``not bson_identical(doc, result)``.  To apply one update to many
+    documents, or to report parse errors when nothing matches, use :func:`parse_update`.
     """
-    parsed = parse_update(update, array_filters=array_filters, collation=collation)
+    parsed = parse_update(update, array_filters=array_filters, collation=collation,
+                          variables=variables)
     return parsed.apply(doc, is_upsert_insert=is_upsert_insert, matched_position=matched_position,
                         now=now, cluster_time=cluster_time)
 
@@ -1415,8 +1455,9 @@ def _equality_operand(condition: Mapping[str, Any]) -> list[Any]:
                                                         for v in argument):
             values.append(argument[0])  # a one-value $in is rewritten to $eq
         elif op == "$all" and isinstance(argument, list):
-            values.extend(v for v in argument  # $all is an $and of equalities
-                          if not _is_regex(v) and not (isinstance(v, Mapping) and "$elemMatch" in v))
+            # $all is parsed as an $and of equalities.
+            values.extend(v for v in argument if not _is_regex(v)
+                          and not (isinstance(v, Mapping) and "$elemMatch" in v))
     return values
 
 
@@ -1445,7 +1486,7 @@ def upsert_seed(query: Mapping[str, Any], update: Mapping[str, Any] | list) -> d
     one-clause ``$or``, ``$eq``, a one-value ``$in``, ``$all``), dotted paths becoming
     sub-documents, in path order; a replacement takes only ``_id``.
     """
-    kind = classify_update(update)
+    kind = _kind_of(update)
     equalities: list[tuple[str, Any]] = []
     _collect_equalities(query, equalities)
     if kind == "replacement":

@@ -327,8 +327,8 @@ def compute_diff(before: Mapping[str, Any], after: Mapping[str, Any], *,
 
     Returns None when the documents are identical.  With ``size_limited`` (what the server does
     for pipeline-style updates) sub-diffs larger than the value they describe are replaced by the
-    whole value, and None is also returned when the diff is not smaller than ``after`` itself — the
-    server then logs a full replacement, which change streams report as a ``replace`` event.
+    whole value, and None is also returned when the diff is not smaller than ``after`` itself —
+    the server then logs a full replacement, which change streams report as a ``replace`` event.
     Check :func:`bson_identical` first to tell the two None cases apart.
     """
     if bson_identical(before, after):

@@ -27,10 +27,15 @@ def format_key_value(key_value: dict[str, Any]) -> str:
 
 
 class UniqueIndex:
-    """Maps every key of a unique index to the ``_id`` sort key of the document holding it."""
+    """Maps every key of a unique index to the ``_id`` sort key of the document holding it.
+
+    A ``prepareUnique`` index is one too, except that duplicates already present when it was
+    built are tolerated: only new writes are refused.
+    """
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
+        self.tolerates_existing = not spec.get("unique")
         self.entries: dict[tuple, tuple] = {}
         self._matcher = None
         partial = spec.get("partialFilterExpression")
@@ -214,13 +219,15 @@ class Collection:
 
     # -- indexes -----------------------------------------------------------------------------
     def add_index(self, spec: dict[str, Any]) -> None:
-        if spec.get("unique") and spec["name"] != ID_INDEX_NAME:
+        if (spec.get("unique") or spec.get("prepareUnique")) and spec["name"] != ID_INDEX_NAME:
             index = UniqueIndex(spec)
             for key, raw in self.documents.items():
                 document = decode(raw)
                 keys = index.conflict(document, key)
                 if keys is None:
-                    raise self.duplicate_key_error(spec, document)
+                    if not index.tolerates_existing:
+                        raise self.duplicate_key_error(spec, document)
+                    keys = [k for k in index.keys_for(document) if k not in index.entries]
                 for index_key in keys:
                     index.entries[index_key] = key
             self.unique[spec["name"]] = index

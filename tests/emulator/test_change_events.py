@@ -124,10 +124,20 @@ def test_disambiguated_paths_only_with_expanded_events() -> None:
     op = update(1, describe_diff(diff), extra={"diff": diff})
     [plain] = events(op)
     assert "disambiguatedPaths" not in plain["updateDescription"]
-    [expanded] = events(op, show_expanded_events=True)
+    [expanded] = events(op, show_expanded_events=True, disambiguated_paths=True)
     assert expanded["updateDescription"]["disambiguatedPaths"] == {"a.1": ["a", "1"]}
-    [without_diff] = events(update(1, SIMPLE_UPDATE), show_expanded_events=True)
+    [without_diff] = events(update(1, SIMPLE_UPDATE), show_expanded_events=True,
+                            disambiguated_paths=True)
     assert without_diff["updateDescription"]["disambiguatedPaths"] == {}
+
+
+@pytest.mark.parametrize("version, expected", [("6.0", False), ("7.0", True), ("8.0", True)])
+def test_disambiguated_paths_need_6_1(version: str, expected: bool) -> None:
+    server = fake_server(version)
+    cursor_id = open_stream(server, {"showExpandedEvents": True})["id"]
+    log(server, update(1, SIMPLE_UPDATE))
+    [event] = get_more(server, cursor_id)["nextBatch"]
+    assert ("disambiguatedPaths" in event["updateDescription"]) is expected
 
 
 def test_replace_and_delete_events() -> None:
@@ -603,6 +613,7 @@ def _fake_pipeline(documents: list[dict[str, Any]], stages: list[dict[str, Any]]
 def fake_aggregate(monkeypatch: pytest.MonkeyPatch) -> None:
     module = types.ModuleType("mongoemu.query.aggregate")
     module.run_pipeline = _fake_pipeline  # type: ignore[attr-defined]
+    module.validate_pipeline = lambda stages: None  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "mongoemu.query.aggregate", module)
 
 
@@ -650,6 +661,8 @@ def test_transaction_split_across_batches_resumes_inside_it() -> None:
     log(server, _transaction(*(insert({"_id": i}) for i in range(3))))
     first = get_more(server, cursor_id, batch_size=2)
     assert [doc["documentKey"]["_id"] for doc in first["nextBatch"]] == [0, 1]
+    # Encoded in the server's order: bson.encode would have moved _id to the front.
+    assert list(first["nextBatch"][0])[:3] == ["txnNumber", "lsid", "_id"]
     assert first["postBatchResumeToken"] == first["nextBatch"][-1]["_id"]
     resumed = open_stream(server, {"resumeAfter": first["postBatchResumeToken"]})
     assert [doc["documentKey"]["_id"] for doc in resumed["firstBatch"]] == [2]

@@ -113,8 +113,11 @@ def test_unique_index_and_duplicate_key(db) -> None:
     with pytest.raises(DuplicateKeyError):
         db.c.insert_one({"_id": 1})
     with pytest.raises(pymongo.errors.BulkWriteError) as bulk:
-        db.c.insert_many([{"_id": 3}, {"_id": 3}, {"_id": 4}], ordered=False)
+        db.d.insert_many([{"_id": 3}, {"_id": 3}, {"_id": 4}], ordered=False)
     assert bulk.value.details["nInserted"] == 2
+    with pytest.raises(pymongo.errors.BulkWriteError) as missing:  # missing key = null key
+        db.c.insert_many([{"_id": 5}, {"_id": 6}])
+    assert missing.value.details["writeErrors"][0]["keyValue"] == {"email": None}
 
 
 def test_find_sort_skip_limit_projection_and_batches(db) -> None:

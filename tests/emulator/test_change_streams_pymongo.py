@@ -1,0 +1,269 @@
+"""Change streams as PyMongo's ``watch()`` sees them on a running emulator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+import pymongo
+import pytest
+from bson.binary import Binary
+from bson.int64 import Int64
+from bson.timestamp import Timestamp
+from pymongo.errors import OperationFailure
+
+from mongoemu.changestream import decode_token
+from mongoemu.testing import EmulatorProcess
+
+AWAIT_MS = 300
+
+
+@pytest.fixture(scope="module")
+def client(replset: EmulatorProcess) -> Iterator[pymongo.MongoClient]:
+    with pymongo.MongoClient(replset.uri, serverSelectionTimeoutMS=5000) as client:
+        yield client
+
+
+@pytest.fixture
+def db(client: pymongo.MongoClient, request: pytest.FixtureRequest):
+    name = "cs_" + request.node.name[:40].replace("[", "_").replace("]", "_")
+    client.drop_database(name)
+    yield client[name]
+    client.drop_database(name)
+
+
+def next_change(stream: pymongo.change_stream.ChangeStream, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        change = stream.try_next()
+        if change is not None:
+            return change
+    raise AssertionError("no change event arrived")
+
+
+def test_collection_stream_reports_crud_events(db) -> None:
+    coll = db.c
+    coll.insert_one({"_id": 0})  # before the stream opens: not reported
+    with coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        coll.insert_one({"_id": 1, "a": 1})
+        db.other.insert_one({"_id": 1})
+        coll.update_one({"_id": 1}, {"$set": {"a": 2}, "$unset": {"b": ""}})
+        coll.replace_one({"_id": 1}, {"b": 1})
+        coll.delete_one({"_id": 1})
+        insert, update, replace, delete = (next_change(stream) for _ in range(4))
+    assert list(insert) == ["_id", "operationType", "clusterTime", "wallTime", "fullDocument",
+                            "ns", "documentKey"]
+    assert insert["fullDocument"] == {"_id": 1, "a": 1}
+    assert insert["ns"] == {"db": db.name, "coll": "c"} and insert["documentKey"] == {"_id": 1}
+    assert update["operationType"] == "update" and "fullDocument" not in update
+    assert update["updateDescription"] == {"updatedFields": {"a": 2}, "removedFields": [],
+                                           "truncatedArrays": []}
+    assert replace["operationType"] == "replace" and replace["fullDocument"] == {"_id": 1, "b": 1}
+    assert delete["operationType"] == "delete" and delete["documentKey"] == {"_id": 1}
+    times = [change["clusterTime"] for change in (insert, update, replace, delete)]
+    assert times == sorted(times) and len(set(times)) == 4
+
+
+def test_token_layout_starts_with_the_cluster_time(db) -> None:
+    with db.c.watch(max_await_time_ms=AWAIT_MS) as stream:
+        db.c.insert_one({"_id": 1})
+        change = next_change(stream)
+    ts = change["clusterTime"]
+    assert change["_id"]["_data"].startswith(f"82{ts.time:08X}{ts.inc:08X}2B042C0100")
+    token = decode_token(change["_id"])
+    assert token.cluster_time == ts and token.uuid is not None
+    assert token.event_identifier == {"operationType": "insert", "documentKey": {"_id": 1}}
+    assert stream.resume_token == change["_id"]
+
+
+def test_database_and_cluster_streams(client: pymongo.MongoClient, db) -> None:
+    other = client[db.name + "_x"]
+    try:
+        with db.watch(max_await_time_ms=AWAIT_MS) as db_stream, \
+                client.watch(max_await_time_ms=AWAIT_MS) as cluster_stream:
+            db.a.insert_one({"_id": 1})
+            other.b.insert_one({"_id": 2})
+            db.b.insert_one({"_id": 3})
+            assert [next_change(db_stream)["ns"] for _ in range(2)] == [
+                {"db": db.name, "coll": "a"}, {"db": db.name, "coll": "b"}]
+            assert [next_change(cluster_stream)["ns"] for _ in range(3)] == [
+                {"db": db.name, "coll": "a"}, {"db": other.name, "coll": "b"},
+                {"db": db.name, "coll": "b"}]
+    finally:
+        client.drop_database(other.name)
+
+
+def test_idle_get_more_waits_then_returns_new_events(db) -> None:
+    with db.c.watch(max_await_time_ms=AWAIT_MS) as stream:
+        started = time.monotonic()
+        assert stream.try_next() is None
+        assert time.monotonic() - started >= AWAIT_MS / 1000 * 0.9
+        idle_token = stream.resume_token
+        assert decode_token(idle_token).is_high_water_mark
+        timer = threading.Timer(0.1, lambda: db.c.insert_one({"_id": 7}))
+        timer.start()
+        change = next_change(stream)
+        timer.join()
+    assert change["documentKey"] == {"_id": 7}
+    assert change["_id"]["_data"] > idle_token["_data"]
+
+
+def test_resume_after_start_after_and_start_at_operation_time(db) -> None:
+    coll = db.c
+    with coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        for i in range(3):
+            coll.insert_one({"_id": i})
+        changes = [next_change(stream) for _ in range(3)]
+    with coll.watch(resume_after=changes[0]["_id"], max_await_time_ms=AWAIT_MS) as stream:
+        assert [next_change(stream)["documentKey"]["_id"] for _ in range(2)] == [1, 2]
+    with coll.watch(start_after=changes[1]["_id"], max_await_time_ms=AWAIT_MS) as stream:
+        assert next_change(stream)["documentKey"]["_id"] == 2
+    with coll.watch(start_at_operation_time=changes[1]["clusterTime"],
+                    max_await_time_ms=AWAIT_MS) as stream:
+        assert [next_change(stream)["documentKey"]["_id"] for _ in range(2)] == [1, 2]
+
+
+def test_drop_invalidates_and_start_after_continues(db) -> None:
+    coll = db.c
+    coll.insert_one({"_id": 0})
+    with coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        coll.drop()
+        assert next_change(stream)["operationType"] == "drop"
+        invalidate = next_change(stream)
+        assert invalidate["operationType"] == "invalidate"
+        assert list(invalidate) == ["_id", "operationType", "clusterTime", "wallTime"]
+        assert not stream.alive
+    with pytest.raises(OperationFailure) as info:
+        coll.watch(resume_after=invalidate["_id"])
+    assert info.value.code == 260
+    coll.insert_one({"_id": 1})
+    with coll.watch(start_after=invalidate["_id"], max_await_time_ms=AWAIT_MS) as stream:
+        change = next_change(stream)
+    assert change["operationType"] == "insert" and change["documentKey"] == {"_id": 1}
+
+
+def test_rename_reports_target_and_invalidates(db) -> None:
+    db.c.insert_one({"_id": 1})
+    with db.c.watch(max_await_time_ms=AWAIT_MS) as stream:
+        db.c.rename("d")
+        rename = next_change(stream)
+        assert next_change(stream)["operationType"] == "invalidate"
+    assert rename["operationType"] == "rename"
+    assert rename["ns"] == {"db": db.name, "coll": "c"}
+    assert rename["to"] == {"db": db.name, "coll": "d"}
+
+
+def test_drop_database_events(client: pymongo.MongoClient, db) -> None:
+    db.a.insert_one({"_id": 1})
+    with db.watch(max_await_time_ms=AWAIT_MS) as stream:
+        client.drop_database(db.name)
+        drop, drop_database, invalidate = (next_change(stream) for _ in range(3))
+    assert drop["operationType"] == "drop" and drop["ns"] == {"db": db.name, "coll": "a"}
+    assert drop_database["operationType"] == "dropDatabase"
+    assert drop_database["ns"] == {"db": db.name}
+    assert invalidate["operationType"] == "invalidate"
+
+
+def test_update_lookup(db) -> None:
+    coll = db.c
+    coll.insert_one({"_id": 1, "n": 0})
+    with coll.watch(full_document="updateLookup", max_await_time_ms=AWAIT_MS) as stream:
+        coll.update_one({"_id": 1}, {"$inc": {"n": 1}})
+        coll.update_one({"_id": 1}, {"$inc": {"n": 1}})
+        first = next_change(stream)  # looked up when returned: the latest version
+        assert first["fullDocument"] == {"_id": 1, "n": 2}
+        coll.update_one({"_id": 1}, {"$inc": {"n": 1}})
+        coll.delete_one({"_id": 1})
+        next_change(stream)
+        after_delete = next_change(stream)
+    assert after_delete["operationType"] == "update" and after_delete["fullDocument"] is None
+
+
+def test_pre_and_post_images(db) -> None:
+    db.create_collection("c", changeStreamPreAndPostImages={"enabled": True})
+    db.c.insert_one({"_id": 1, "x": 0})
+    with db.c.watch(full_document="required", full_document_before_change="required",
+                    max_await_time_ms=AWAIT_MS) as stream:
+        db.c.update_one({"_id": 1}, {"$set": {"x": 1}})
+        db.c.delete_one({"_id": 1})
+        update, delete = next_change(stream), next_change(stream)
+    assert update["fullDocument"] == {"_id": 1, "x": 1}
+    assert update["fullDocumentBeforeChange"] == {"_id": 1, "x": 0}
+    assert list(update)[-1] == "fullDocumentBeforeChange"
+    assert delete["fullDocumentBeforeChange"] == {"_id": 1, "x": 1}
+
+    db.plain.insert_one({"_id": 1})
+    with db.plain.watch(full_document_before_change="required",
+                        max_await_time_ms=AWAIT_MS) as stream:
+        db.plain.delete_one({"_id": 1})
+        with pytest.raises(OperationFailure) as info:
+            next_change(stream)
+    assert info.value.code == 47
+
+
+def test_expanded_events(db) -> None:
+    with db.watch(show_expanded_events=True, max_await_time_ms=AWAIT_MS) as stream:
+        db.create_collection("c")
+        db.c.create_index("x")
+        db.c.insert_one({"_id": 1})
+        db.c.drop_index("x_1")
+        create, create_indexes, insert, drop_indexes = (next_change(stream) for _ in range(4))
+    assert create["operationType"] == "create"
+    assert create["operationDescription"]["idIndex"]["key"] == {"_id": 1}
+    assert isinstance(create["collectionUUID"], Binary) and create["collectionUUID"].subtype == 4
+    assert create_indexes["operationDescription"]["indexes"][0]["key"] == {"x": 1}
+    assert insert["collectionUUID"] == create["collectionUUID"]
+    assert drop_indexes["operationType"] == "dropIndexes"
+    with db.watch(max_await_time_ms=AWAIT_MS) as stream:
+        db.c.create_index("y")
+        db.c.insert_one({"_id": 2})
+        assert next_change(stream)["operationType"] == "insert"  # DDL hidden by default
+
+
+def test_pipeline_stages(db) -> None:
+    with db.c.watch([{"$match": {"fullDocument.keep": True}},
+                     {"$project": {"fullDocument": 1, "ns": 1}}],
+                    max_await_time_ms=AWAIT_MS) as stream:
+        db.c.insert_one({"_id": 1, "keep": False})
+        db.c.insert_one({"_id": 2, "keep": True})
+        change = next_change(stream)
+    assert change["fullDocument"] == {"_id": 2, "keep": True}
+    assert set(change) == {"_id", "fullDocument", "ns"}
+    with pytest.raises(OperationFailure) as info:
+        db.c.watch([{"$group": {"_id": None}}])
+    assert info.value.code == 20
+    with pytest.raises(OperationFailure):  # bad stage arguments fail the aggregate itself
+        db.c.watch([{"$match": {"$bogusOperator": 1}}])
+
+
+def test_transaction_events(client: pymongo.MongoClient, db) -> None:
+    db.create_collection("c")
+    with db.c.watch(max_await_time_ms=AWAIT_MS) as stream:
+        with client.start_session() as session:
+            with session.start_transaction():
+                db.c.insert_one({"_id": 1}, session=session)
+                db.c.insert_one({"_id": 2}, session=session)
+        first, second = next_change(stream), next_change(stream)
+    assert list(first)[:3] == ["txnNumber", "lsid", "_id"]
+    assert isinstance(first["txnNumber"], Int64) and first["lsid"] == second["lsid"]
+    assert first["clusterTime"] == second["clusterTime"]
+    assert [decode_token(c["_id"]).txn_op_index for c in (first, second)] == [0, 1]
+
+
+def test_history_lost(client: pymongo.MongoClient, db) -> None:
+    first = db.c.insert_one({"_id": 1})
+    assert first.acknowledged
+    with db.c.watch(max_await_time_ms=AWAIT_MS) as stream:
+        db.c.insert_one({"_id": 2})
+        change = next_change(stream)
+    db.c.insert_one({"_id": 3})
+    latest = client.admin.command("ping")["operationTime"]
+    client.admin.command({"emulatorTruncateOplog": 1, "before": latest})
+    with pytest.raises(OperationFailure) as info:
+        db.c.watch(resume_after=change["_id"])
+    assert info.value.code == 286
+    assert "NonResumableChangeStreamError" in info.value.details.get("errorLabels", [])
+    with pytest.raises(OperationFailure) as info:
+        db.c.watch(start_at_operation_time=Timestamp(1, 1))
+    assert info.value.code == 286
