@@ -42,6 +42,13 @@ class Context:
         self.operation_time = None
 
     @property
+    def catalog(self) -> Any:
+        """The catalog this command sees: inside a transaction, its private workspace."""
+        if self.txn is not None:
+            return self.txn.view(self.server.catalog)
+        return self.server.catalog
+
+    @property
     def target(self) -> Any:
         """The command's first value, e.g. the collection name of ``{find: "coll"}``."""
         return self.body[self.name]

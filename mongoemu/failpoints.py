@@ -79,6 +79,13 @@ class FailPoints:
                 point.mode = "off"
         return True
 
+    def triggered(self, name: str) -> dict[str, Any] | None:
+        """The data of fail point ``name`` when it fires now (counting the activation)."""
+        point = self.points.get(name)
+        if point is None or not point.active or not self._fires(point):
+            return None
+        return point.data
+
     async def intercept(self, ctx: "Context", server: "Server") -> dict[str, Any] | None:
         """Apply ``failCommand`` to this command: an error reply, a delay, or nothing."""
         point = self.points.get("failCommand")

@@ -261,7 +261,7 @@ class Server:
                                           if k != "errorLabels"}
             labels = injected_error.get("errorLabels")
             if labels is None:
-                labels = error_labels(name, body, int(injected_error.get("code", 0)))
+                labels = write_concern_error_labels(name, body, int(injected_error.get("code", 0)))
             if labels:
                 reply["errorLabels"] = list(labels)
         if ctx.txn is not None and reply.get("writeErrors"):
@@ -380,7 +380,9 @@ def error_labels(name: str, body: dict[str, Any], code: int) -> list[str]:
     """The labels a server attaches (server error_labels.cpp rules, simplified)."""
     in_txn = "autocommit" in body
     if name in ("commitTransaction", "abortTransaction"):
-        return ["RetryableWriteError"] if code in RETRIABLE_CODES else []
+        if code in RETRIABLE_CODES:
+            return ["RetryableWriteError"]
+        return [TRANSIENT] if code in (112, 251, 24) and in_txn else []
     if in_txn:
         if code in (112, 251, 24) or code in RETRIABLE_CODES:
             return [TRANSIENT]
@@ -388,6 +390,14 @@ def error_labels(name: str, body: dict[str, Any], code: int) -> list[str]:
     if "txnNumber" in body and name in RETRYABLE_WRITE_COMMANDS and code in RETRIABLE_CODES:
         return ["RetryableWriteError"]
     return []
+
+
+def write_concern_error_labels(name: str, body: dict[str, Any], code: int) -> list[str]:
+    """A write-concern error never makes a transaction statement transient."""
+    retryable = (name in ("commitTransaction", "abortTransaction")
+                 or ("txnNumber" in body and "autocommit" not in body
+                     and name in RETRYABLE_WRITE_COMMANDS))
+    return ["RetryableWriteError"] if retryable and code in RETRIABLE_CODES else []
 
 
 class _DocumentSequence(list):

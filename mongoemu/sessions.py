@@ -1,19 +1,22 @@
 """Logical sessions, retryable-write de-duplication and multi-document transactions.
 
-Transactions write through to storage and keep an undo log, so a transaction reads its own
-writes; commit publishes one ``applyOps`` oplog entry at a single cluster time and abort
-rolls the undo log back. Other clients can observe uncommitted writes (documented deviation
-from snapshot isolation, acceptable for a single-writer test server).
+A transaction works on private copies of the collections it touches (its workspace), so it
+reads its own writes while nobody else sees them; commit merges the changed documents into
+the shared collections and publishes one ``applyOps`` oplog entry at a single cluster time,
+abort simply forgets the workspace. Documents a transaction wrote are locked: another write
+to them gets ``WriteConflict``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from mongoemu.errors import CommandError
 from mongoemu.oplog import OplogEntry
+from mongoemu.storage.catalog import Catalog
+from mongoemu.storage.collection import Collection
 
 TRANSIENT = "TransientTransactionError"
 
@@ -23,10 +26,82 @@ class Transaction:
     txn_number: int
     state: str = "in_progress"  # in_progress | committed | aborted
     operations: list[OplogEntry] = field(default_factory=list)
-    undo: list[Callable[[], None]] = field(default_factory=list)
     read_concern: dict[str, Any] | None = None
     touched: set[tuple[str, tuple]] = field(default_factory=set)
-    commit_reply: dict[str, Any] | None = None
+    # (db, name) -> the transaction's private copy; None marks "does not exist here".
+    workspace: dict[tuple[str, str], Collection | None] = field(default_factory=dict)
+    changed: dict[tuple[str, str], set[tuple]] = field(default_factory=dict)
+
+    def view(self, shared: Catalog) -> "TransactionCatalog":
+        return TransactionCatalog(self, shared)
+
+    def record_change(self, collection: Collection, key: tuple) -> None:
+        self.changed.setdefault((collection.db, collection.name), set()).add(key)
+
+    def discard(self) -> None:
+        self.operations.clear()
+        self.workspace.clear()
+        self.changed.clear()
+
+
+class TransactionCatalog:
+    """The catalog as a transaction sees it: shared collections overlaid by its copies."""
+
+    def __init__(self, txn: Transaction, shared: Catalog) -> None:
+        self.txn = txn
+        self.shared = shared
+
+    def collection(self, db: str, name: str) -> Collection | None:
+        key = (db, name)
+        if key not in self.txn.workspace:
+            shared = self.shared.collection(db, name)
+            self.txn.workspace[key] = None if shared is None or shared.is_view else shared.clone()
+            if shared is not None and shared.is_view:
+                return shared
+        return self.txn.workspace[key]
+
+    def require(self, db: str, name: str) -> Collection:
+        collection = self.collection(db, name)
+        if collection is None:
+            raise CommandError(26, f"ns does not exist: {db}.{name}")
+        return collection
+
+    def add(self, collection: Collection) -> None:
+        self.txn.workspace[(collection.db, collection.name)] = collection
+        self.txn.changed.setdefault((collection.db, collection.name), set())
+
+    def remove(self, db: str, name: str) -> Collection | None:
+        collection = self.collection(db, name)
+        self.txn.workspace[(db, name)] = None
+        return collection
+
+    def database(self, db: str) -> Any:
+        return self.shared.database(db)
+
+    def merge_into_shared(self) -> None:
+        """Apply the transaction's changes to the shared collections (at commit)."""
+        from mongoemu.bsonvalues import decode
+        for (db, name), keys in self.txn.changed.items():
+            private = self.txn.workspace.get((db, name))
+            if private is None:
+                continue
+            shared = self.shared.collection(db, name)
+            if shared is None:
+                shared = Collection(db, name, private.options, private.uuid)
+                self.shared.add(shared)
+            for index_name, spec in private.indexes.items():
+                if index_name not in shared.indexes:
+                    shared.add_index(spec)
+            for key in keys:
+                new_raw = private.get_raw(key)
+                old_raw = shared.get_raw(key)
+                if new_raw is None:
+                    if old_raw is not None:
+                        shared.remove(key)
+                elif old_raw is None:
+                    shared.insert(key, new_raw, decode(new_raw))
+                elif old_raw != new_raw:
+                    shared.replace(key, new_raw, decode(new_raw), decode(old_raw))
 
 
 @dataclass

@@ -88,9 +88,13 @@ class Writer:
         return OplogEntry(ts=self.server.clock.now, op=op, ns=ns, wall=wall_clock(),
                           ui=collection.uuid if collection is not None else None, **fields)
 
+    def _catalog(self, ctx: "Context | None") -> Any:
+        return ctx.catalog if ctx is not None else self.server.catalog
+
     def commit_transaction(self, ctx: "Context") -> None:
         txn = ctx.txn
         assert txn is not None
+        txn.view(self.server.catalog).merge_into_shared()
         if txn.operations:
             ts = self.server.clock.tick()
             for index, operation in enumerate(txn.operations):
@@ -102,18 +106,14 @@ class Writer:
                                txn_number=txn.txn_number)
             self.server.oplog.append(entry)
             ctx.operation_time = ts
-        txn.operations.clear()
-        txn.undo.clear()
+        txn.discard()
 
     def abort_transaction(self, txn: Any) -> None:
-        for undo in reversed(txn.undo):
-            undo()
-        txn.undo.clear()
-        txn.operations.clear()
+        txn.discard()
 
-    def _remember_undo(self, ctx: "Context | None", undo: Any) -> None:
+    def _track(self, ctx: "Context | None", collection: Collection, key: tuple) -> None:
         if ctx is not None and ctx.txn is not None:
-            ctx.txn.undo.append(undo)
+            ctx.txn.record_change(collection, key)
 
     def _lock(self, ctx: "Context | None", collection: Collection, key: tuple) -> None:
         sessions = self.server.sessions
@@ -131,7 +131,7 @@ class Writer:
     # -- catalog -----------------------------------------------------------------------------
     def collection_for_write(self, ctx: "Context | None", db: str, name: str) -> Collection:
         """The collection to write into, created implicitly (with its oplog entry) if absent."""
-        collection = self.server.catalog.collection(db, name)
+        collection = self._catalog(ctx).collection(db, name)
         if collection is not None:
             if collection.is_view:
                 raise CommandError(166, f"Namespace {db}.{name} is a view, not a collection")
@@ -143,14 +143,13 @@ class Writer:
         validate_db_name(db)
         validate_collection_name(db, name)
         self.check_writable(ctx, db)
-        catalog = self.server.catalog
+        catalog = self._catalog(ctx)
         if catalog.collection(db, name) is not None:
             raise CommandError(48, f"Collection {db}.{name} already exists.")
         collection = Collection(db, name, options)
         if collection.is_view:
             self._store_view_definition(ctx, collection)
         catalog.add(collection)
-        self._remember_undo(ctx, lambda: catalog.remove(db, name))
         command: dict[str, Any] = {"create": name, **options}
         if not collection.is_view and not collection.is_clustered and not collection.is_timeseries:
             command["idIndex"] = id_index_spec()
@@ -180,7 +179,6 @@ class Writer:
             key = sort_key(collection.ns)
             if system_views is not None and system_views.get_raw(key) is not None:
                 system_views.remove(key)
-        self._remember_undo(ctx, lambda: catalog.add(collection))
         if self.server.sharding:
             self.server.sharding.forget(collection.ns)
         self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
@@ -226,7 +224,8 @@ class Writer:
                      spec: dict[str, Any]) -> None:
         self.check_writable(ctx, collection.db)
         collection.add_index(spec)
-        self._remember_undo(ctx, lambda: collection.drop_index(spec["name"]))
+        if ctx is not None and ctx.txn is not None:
+            ctx.txn.changed.setdefault((collection.db, collection.name), set())
         self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
                                   command={"createIndexes": collection.name, "spec": dict(spec)}))
 
@@ -266,7 +265,7 @@ class Writer:
         key = sort_key(document["_id"])
         self._lock(ctx, collection, key)
         collection.insert(key, raw, document)
-        self._remember_undo(ctx, lambda: collection.remove(key, document))
+        self._track(ctx, collection, key)
         self.log(ctx, self._entry("i", collection.ns, collection, raw_document=raw,
                                   document_key=self.document_key(collection, document)))
         if collection.is_capped:
@@ -288,8 +287,7 @@ class Writer:
         self._validate(ctx, collection, new_document, old_document)
         self._lock(ctx, collection, key)
         collection.replace(key, raw, new_document, old_document)
-        self._remember_undo(
-            ctx, lambda: collection.replace(key, old_raw, old_document, new_document))
+        self._track(ctx, collection, key)
         description = None
         extra: dict[str, Any] = {}
         if not replacement:
@@ -312,9 +310,8 @@ class Writer:
                old_document: dict[str, Any]) -> None:
         self.check_writable(ctx, collection.db)
         self._lock(ctx, collection, key)
-        old_raw = collection.get_raw(key)
         collection.remove(key, old_document)
-        self._remember_undo(ctx, lambda: collection.insert(key, old_raw, old_document))
+        self._track(ctx, collection, key)
         images = collection.images_enabled
         self.log(ctx, self._entry("d", collection.ns, collection,
                                   document_key=self.document_key(collection, old_document),

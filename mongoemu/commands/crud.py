@@ -107,6 +107,16 @@ async def get_more(ctx: Context) -> dict[str, Any]:
         raise CommandError(40414 if collection is None else 14,
                            "BSON field 'getMore.collection' is missing but a required field")
     cursor = ctx.server.cursors.get(int(cursor_id), f"{ctx.db}.{collection}")
+    injected = ctx.server.failpoints.triggered("failGetMoreAfterCursorCheckout")
+    if injected is not None and "errorCode" in injected:
+        ctx.server.cursors.kill(cursor.id)
+        code = int(injected["errorCode"])
+        labels = injected.get("errorLabels")
+        if labels is None and hasattr(cursor, "get_more"):
+            from mongoemu.changestream.stream import change_stream_error_labels
+            labels = change_stream_error_labels(code, ctx.server.config.server_version)
+        raise CommandError(code, "Failing command via 'failGetMoreAfterCursorCheckout' "
+                                 "failpoint", labels=list(labels) if labels is not None else None)
     batch_size = _batch_size(ctx)
     max_time_ms = ctx.body.get("maxTimeMS")
     ctx.server.opcounters["getmore"] += 1
@@ -210,7 +220,7 @@ def find(ctx: Context) -> dict[str, Any]:
                                       f"'{int(limit)}'")
     batch_size = _batch_size(ctx)
     ctx.server.opcounters["query"] += 1
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     if collection is None:
         _document_arg(ctx, "filter")
         return {"cursor": {"firstBatch": [], "id": Int64(0), "ns": ns}}
@@ -257,7 +267,7 @@ class ServerPipelineContext:
         self.cluster_time = ctx.server.clock.now
 
     def read_collection(self, db: str, coll: str) -> Iterable[dict[str, Any]]:
-        collection = self.ctx.server.catalog.collection(db, coll)
+        collection = self.ctx.catalog.collection(db, coll)
         if collection is None:
             return []
         if collection.is_view:
@@ -266,7 +276,7 @@ class ServerPipelineContext:
 
     def write_out(self, db: str, coll: str, docs: Iterable[dict[str, Any]]) -> None:
         writer = self.ctx.server.writer
-        catalog = self.ctx.server.catalog
+        catalog = self.ctx.catalog
         existing = catalog.collection(db, coll)
         if existing is not None and existing.is_view:
             raise CommandError(166, f"Namespace {db}.{coll} is a view, not a collection")
@@ -355,11 +365,11 @@ def run_aggregation(ctx: Context, db: str, coll: str | None,
                     pipeline: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Run ``pipeline`` over a collection (views resolved) or, for ``coll=None``, no input."""
     from mongoemu.query.aggregate import run_pipeline
-    collection = ctx.server.catalog.collection(db, coll) if coll is not None else None
+    collection = ctx.catalog.collection(db, coll) if coll is not None else None
     depth = 0
     while collection is not None and collection.is_view:
         pipeline = list(collection.options.get("pipeline", [])) + list(pipeline)
-        collection = ctx.server.catalog.collection(db, collection.options["viewOn"])
+        collection = ctx.catalog.collection(db, collection.options["viewOn"])
         depth += 1
         if depth > 20:
             raise CommandError(40431, "View depth too deep or view cycle detected")
@@ -434,7 +444,7 @@ def count(ctx: Context) -> dict[str, Any]:
     query = _document_arg(ctx, "query") or {}
     skip = _non_negative(ctx, "skip") or 0
     limit = ctx.body.get("limit") or 0
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     if collection is None:
         return {"n": 0}
     if collection.is_view:
@@ -462,7 +472,7 @@ def distinct(ctx: Context) -> dict[str, Any]:
                                "'string'")
     query = _document_arg(ctx, "query") or {}
     collation = _document_arg(ctx, "collation")
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     if collection is None:
         return {"values": []}
     from mongoemu.query.paths import get_path_values
@@ -553,6 +563,8 @@ def insert(ctx: Context) -> dict[str, Any]:
             writer.insert(ctx, collection, stored, raw)
             result.n += 1
         except CommandError as exc:
+            if ctx.txn is not None and exc.code == 112:
+                raise  # a conflict fails the whole transaction statement, labelled transient
             result.errors.append(exc.to_write_error(index))
             if ordered:
                 break
@@ -609,7 +621,7 @@ def update(ctx: Context) -> dict[str, Any]:
                                       "update")
             variables = _variables(ctx, statement)
             array_filters = statement.get("arrayFilters")
-            collection = ctx.server.catalog.collection(ctx.db, name)
+            collection = ctx.catalog.collection(ctx.db, name)
             if collection is not None and collection.is_view:
                 raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
             matched = 0
@@ -640,6 +652,8 @@ def update(ctx: Context) -> dict[str, Any]:
                 result.n += 1
                 result.upserted.append({"index": index, "_id": document["_id"]})
         except CommandError as exc:
+            if ctx.txn is not None and exc.code == 112:
+                raise  # a conflict fails the whole transaction statement, labelled transient
             result.errors.append(exc.to_write_error(index))
             if ordered:
                 break
@@ -663,7 +677,7 @@ def delete(ctx: Context) -> dict[str, Any]:
             if limit not in (0, 1):
                 raise CommandError(9, f"The limit field in delete objects must be 0 or 1. Got "
                                       f"{limit}")
-            collection = ctx.server.catalog.collection(ctx.db, name)
+            collection = ctx.catalog.collection(ctx.db, name)
             if collection is None:
                 if statement.get("hint") not in (None, {}, ""):
                     raise CommandError(2, "error processing query: planner returned error :: "
@@ -681,6 +695,8 @@ def delete(ctx: Context) -> dict[str, Any]:
                 if limit == 1:
                     break
         except CommandError as exc:
+            if ctx.txn is not None and exc.code == 112:
+                raise  # a conflict fails the whole transaction statement, labelled transient
             result.errors.append(exc.to_write_error(index))
             if ordered:
                 break
@@ -711,7 +727,7 @@ def find_and_modify(ctx: Context) -> dict[str, Any]:
         raise CommandError(14, "Update argument must be either an object or an array")
     writer = ctx.server.writer
     variables = _variables(ctx)
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     if collection is not None and collection.is_view:
         raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
     match = None

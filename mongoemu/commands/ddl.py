@@ -103,7 +103,7 @@ def create(ctx: Context) -> dict[str, Any]:
     validate_db_name(ctx.db)
     validate_collection_name(ctx.db, name)
     options = _check_create_options(ctx.db, _options_of(ctx))
-    existing = ctx.server.catalog.collection(ctx.db, name)
+    existing = ctx.catalog.collection(ctx.db, name)
     if existing is not None:
         if existing.options == options and not existing.is_view:
             return {}
@@ -115,7 +115,7 @@ def create(ctx: Context) -> dict[str, Any]:
 @command("drop", in_transaction=False)
 def drop(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     if collection is None:
         ctx.server.writer.check_writable(ctx, ctx.db)
         if ctx.server.config.server_version == "6.0":
@@ -142,7 +142,7 @@ def rename_collection(ctx: Context) -> dict[str, Any]:
         raise CommandError(73, "Invalid namespace specified")
     source_db, source_name = source.split(".", 1)
     target_db, target_name = target.split(".", 1)
-    collection = ctx.server.catalog.collection(source_db, source_name)
+    collection = ctx.catalog.collection(source_db, source_name)
     if collection is None:
         raise CommandError(26, "source namespace does not exist")
     if collection.is_view:
@@ -165,7 +165,7 @@ def create_indexes(ctx: Context) -> dict[str, Any]:
         raise CommandError(9 if specs is None else 14, "Must specify at least one index to create")
     normalized = [validate_index_spec(spec) for spec in specs]
     writer = ctx.server.writer
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     created_collection = collection is None
     if collection is None:
         collection = writer.create_collection(ctx, ctx.db, name, {})
@@ -209,7 +209,7 @@ def create_indexes(ctx: Context) -> dict[str, Any]:
 @command("dropIndexes", "deleteIndexes")
 def drop_indexes(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     if collection is None:
         raise CommandError(26, f"ns not found {ctx.db}.{name}")
     if collection.is_view:
@@ -238,7 +238,7 @@ def drop_indexes(ctx: Context) -> dict[str, Any]:
 @command("collMod")
 def coll_mod(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     if collection is None:
         raise CommandError(26, f"ns does not exist: {ctx.db}.{name}")
     writer = ctx.server.writer
@@ -339,7 +339,7 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
 @command("convertToCapped")
 def convert_to_capped(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
-    collection = ctx.server.catalog.require(ctx.db, name)
+    collection = ctx.catalog.require(ctx.db, name)
     size = ctx.body.get("size")
     if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
         raise CommandError(72, "invalid size for capped collection")
@@ -377,7 +377,7 @@ def list_collections(ctx: Context) -> dict[str, Any]:
     if filter_doc is not None and not isinstance(filter_doc, dict):
         raise CommandError(14, "BSON field 'listCollections.filter' is the wrong type")
     name_only = bool(ctx.body.get("nameOnly"))
-    database = ctx.server.catalog.database(ctx.db)
+    database = ctx.catalog.database(ctx.db)
     collections = sorted(database.collections.values(), key=lambda c: c.name) if database else []
     entries = [collection_entry(c, name_only) for c in collections]
     if filter_doc:
@@ -391,7 +391,7 @@ def list_collections(ctx: Context) -> dict[str, Any]:
 @command("listIndexes")
 def list_indexes(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
-    collection = ctx.server.catalog.collection(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
     if collection is None:
         raise CommandError(26, f"ns does not exist: {ctx.db}.{name}")
     if collection.is_view:

@@ -122,13 +122,14 @@ class _Runtime:
             raise CommandError(115, f"{stage} needs a server context, which this pipeline run has none of")
         return self.ctx
 
-    def namespace(self, db: str | None, coll: str) -> tuple[str, str]:
-        return (db or getattr(self.ctx, "current_db", None) or "test", coll)
+    def namespace(self, db: str | None, coll: str, stage: str) -> tuple[str, str]:
+        """``db.coll``, a missing database meaning the one the command runs in."""
+        return (db or self.context(stage).current_db, coll)
 
     def read(self, db: str | None, coll: str | None, stage: str) -> list[Doc]:
-        if coll is None:
+        if coll is None:  # the sub-pipeline starts with $documents
             return []
-        return list(self.context(stage).read_collection(*self.namespace(db, coll)))
+        return list(self.context(stage).read_collection(*self.namespace(db, coll, stage)))
 
 
 Stage = Callable[[_Runtime], Runner]
@@ -199,12 +200,9 @@ def _execute(stages: list[Stage], docs: Iterable[Doc], runtime: _Runtime) -> Ite
 
 @dataclass(frozen=True)
 class _Where:
-    """Where a stage sits, for the placement rules (first/last only, inside $facet/$lookup)."""
+    """Context a stage parser passes on to the pipelines it nests."""
 
-    index: int
-    count: int
-    facet: bool = False
-    sub: bool = False
+    sub: bool = False  # inside a $lookup/$unionWith sub-pipeline
 
 
 StageParser = Callable[[Any, _Where], Stage]
@@ -247,7 +245,7 @@ def _parse_pipeline(pipeline: Any, *, facet: bool = False, sub: bool = False, me
         if parser is None:
             raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
         _check_placement(name, index, len(pipeline), facet=facet, sub=sub, merge=merge)
-        stage = parser(argument, _Where(index, len(pipeline), facet, sub))
+        stage = parser(argument, _Where(sub))
         # $sort directly followed by $limit only needs to keep the top documents.
         if name == "$limit" and stages and isinstance(stages[-1], _SortStage) and stages[-1].limit is None:
             stages[-1].limit = _limit_value(argument)
@@ -955,17 +953,22 @@ def _evaluate_n(op: str, fn: Compiled, runtime: _Runtime, group_id: Any) -> int:
 
 
 class _Ranked(_Accumulator):
-    """$top/$bottom/$topN/$bottomN (sorted by a key) and $firstN/$lastN/$maxN/$minN."""
+    """$top/$bottom/$topN/$bottomN (sorted by a key) and $firstN/$lastN/$maxN/$minN.
 
-    __slots__ = ("key", "output", "count", "single", "reverse", "skip_null", "items")
+    Values are ordered by ``key`` (descending when ``reverse``); the first ``count`` are kept,
+    or the last ``count`` when ``from_end`` ($bottom*: the end of the sortBy order, in that order).
+    """
 
-    def __init__(self, key: Callable[[Env, Any], Any], output: Compiled, count: int, single: bool,
-                 reverse: bool, skip_null: bool) -> None:
+    __slots__ = ("key", "output", "count", "single", "reverse", "from_end", "skip_null", "items")
+
+    def __init__(self, key: Callable[[Env, Any], Any], output: Compiled, count: int, *, single: bool = False,
+                 reverse: bool = False, from_end: bool = False, skip_null: bool = False) -> None:
         self.key = key
         self.output = output
         self.count = count
         self.single = single
         self.reverse = reverse
+        self.from_end = from_end
         self.skip_null = skip_null
         self.items: list[tuple[Any, Any]] = []
 
@@ -977,19 +980,21 @@ class _Ranked(_Accumulator):
 
     def result(self) -> Any:
         ordered = sorted(self.items, key=lambda item: item[0], reverse=self.reverse)
-        values = [value for _, value in ordered[:self.count]]
+        kept = ordered[-self.count:] if self.from_end else ordered[:self.count]
+        values = [value for _, value in kept]
         if self.single:
             return values[0] if values else None
         return values
 
 
+# name → (keeps the end of the sortBy order, returns a single value)
 _SORTED_ACCUMULATORS = {"$top": (False, True), "$bottom": (True, True), "$topN": (False, False),
                         "$bottomN": (True, False)}
 
 
 @_accumulator(*_SORTED_ACCUMULATORS)
 def _parse_top_bottom(op: str, arg: Any) -> AccumulatorSpec:
-    reverse, single = _SORTED_ACCUMULATORS[op]
+    from_end, single = _SORTED_ACCUMULATORS[op]
     allowed = ("sortBy", "output") if single else ("sortBy", "output", "n")
     if not isinstance(arg, dict):
         raise CommandError(5788001, f"specification must be an object; found {show(arg)}")
@@ -1010,8 +1015,7 @@ def _parse_top_bottom(op: str, arg: Any) -> AccumulatorSpec:
     def build(runtime: _Runtime, group_id: Any) -> _Accumulator:
         doc_key = make_sort_key(arg["sortBy"], runtime.collation)
         count = 1 if count_fn is None else _evaluate_n(op, count_fn, runtime, group_id)
-        # $bottom takes the last documents of the ascending order: reversing also keeps later ties.
-        return _Ranked(lambda env, value: doc_key(env.current), output, count, single, reverse, False)
+        return _Ranked(lambda env, value: doc_key(env.current), output, count, single=single, from_end=from_end)
 
     return build
 
@@ -1032,29 +1036,11 @@ def _parse_n_accumulator(op: str, arg: Any) -> AccumulatorSpec:
     def build(runtime: _Runtime, group_id: Any) -> _Accumulator:
         count = _evaluate_n(op, count_fn, runtime, group_id)
         if op in ("$firstN", "$lastN"):
-            return _Ranked(lambda env, value: 0, output, count, False, False, False) if op == "$firstN" \
-                else _LastN(output, count)
-        return _Ranked(lambda env, value: env.key(value), output, count, False, op == "$maxN", True)
+            # Input order: every key is equal and the sort is stable.
+            return _Ranked(lambda env, value: 0, output, count, from_end=op == "$lastN")
+        return _Ranked(lambda env, value: env.key(value), output, count, reverse=op == "$maxN", skip_null=True)
 
     return build
-
-
-class _LastN(_Accumulator):
-    __slots__ = ("output", "count", "values")
-
-    def __init__(self, output: Compiled, count: int) -> None:
-        self.output = output
-        self.count = count
-        self.values: list = []
-
-    def feed(self, env: Env) -> None:
-        value = self.output(env)
-        self.values.append(None if value is MISSING else value)
-        if len(self.values) > self.count:
-            del self.values[0]
-
-    def result(self) -> Any:
-        return list(self.values)
 
 
 @_accumulator("$accumulator", "$median", "$percentile")
@@ -1502,7 +1488,7 @@ def _parse_lookup(spec: Any, where: _Where) -> Stage:
             raise _lookup_error(f"$lookup argument '{name}: {show(value)}' must be a string, is type {type_name(value)}")
     pipeline = spec.get("pipeline")
     if local is None and pipeline is None:
-        raise _lookup_error(f"$lookup requires either 'pipeline' or both 'localField' and 'foreignField' to be specified")
+        raise _lookup_error("$lookup requires either 'pipeline' or both 'localField' and 'foreignField' to be specified")
     if "let" in spec and pipeline is None:
         raise _lookup_error("$lookup with 'let' must also specify 'pipeline'")
     if "from" in spec:
@@ -1754,7 +1740,7 @@ def _parse_out(spec: Any, where: _Where) -> Stage:
 
         def run(docs: Iterator[Doc]) -> Iterator[Doc]:
             # Results may share sub-documents with stored ones; the target gets its own copies.
-            context.write_out(*runtime.namespace(db, coll), [deep_copy(doc) for doc in docs])
+            context.write_out(*runtime.namespace(db, coll, "$out"), [deep_copy(doc) for doc in docs])
             return iter(())
 
         return run
@@ -1807,7 +1793,7 @@ def _parse_merge(spec: Any, where: _Where) -> Stage:
         context = runtime.context("$merge")
 
         def run(docs: Iterator[Doc]) -> Iterator[Doc]:
-            target_db, target_coll = runtime.namespace(db, coll)
+            target_db, target_coll = runtime.namespace(db, coll, "$merge")
             context.merge_into(target_db, target_coll, [deep_copy(doc) for doc in docs], list(on_fields),
                                when_matched, when_not_matched, let)
             return iter(())

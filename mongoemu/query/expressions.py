@@ -28,9 +28,7 @@ from typing import Any, Callable, Iterable
 
 import bson
 from bson.binary import Binary
-from bson.code import Code
 from bson.datetime_ms import DatetimeMS
-from bson.dbref import DBRef
 from bson.decimal128 import Decimal128, create_decimal128_context
 from bson.int64 import Int64
 from bson.objectid import ObjectId
@@ -689,23 +687,23 @@ def _millis_offset(op: str, value: Any) -> int:
 @_values_op("$add", low=0, high=None)
 def _add(op: str, values: list, env: Env) -> Any:
     acc = NumericSum()
-    date_millis = None
+    date_ms = None
     for value in values:
         if is_number(value):
             acc.add(value)
         elif is_date(value):
-            if date_millis is not None:
+            if date_ms is not None:
                 raise CommandError(16612, "only one date allowed in an $add expression")
-            date_millis = datetime_to_millis(value)
+            date_ms = datetime_to_millis(value)
         elif _nullish(value):
             return None
         else:
             raise CommandError(16554, f"$add only supports numeric or date types, not {type_name(value)}")
-    if date_millis is not None:
+    if date_ms is not None:
         total = acc.total()
         if isinstance(total, decimal.Decimal):
             total = to_decimal128(total)
-        return date_from_millis(date_millis + _millis_offset(op, total))
+        return date_from_millis(date_ms + _millis_offset(op, total))
     return acc.result()
 
 
@@ -1122,7 +1120,7 @@ def _parse_literal(op: str, spec: Any) -> Compiled:
 def _parse_let(op: str, spec: Any) -> Compiled:
     _named_args(op, spec, ("vars", "in"), codes=(16874, 16875, 16876))
     if not isinstance(spec["vars"], dict):
-        raise CommandError(10065, f"invalid parameter: expected an object (vars)")
+        raise CommandError(10065, "invalid parameter: expected an object (vars)")
     bindings = []
     for name, value in spec["vars"].items():
         validate_variable_name(name)
@@ -1155,7 +1153,7 @@ def coerce_to_string(op: str, value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
-        raise CommandError(16007, f"can't convert from BSON type bool to String")
+        raise CommandError(16007, "can't convert from BSON type bool to String")
     if isinstance(value, float):
         return format_double(value)
     if isinstance(value, (int, Decimal128)):
@@ -1899,9 +1897,9 @@ def _parse_n_array(op: str, spec: Any) -> Compiled:
         if name not in ("n", "input"):
             raise CommandError(5787901, f"Unknown argument for 'n' operator: {name}")
     if "n" not in spec:
-        raise CommandError(5787906, f"Missing value for 'n'")
+        raise CommandError(5787906, "Missing value for 'n'")
     if "input" not in spec:
-        raise CommandError(5787907, f"Missing value for 'input'")
+        raise CommandError(5787907, "Missing value for 'input'")
     count_fn = compile_expression(spec["n"])
     source = compile_expression(spec["input"])
 
@@ -1911,7 +1909,7 @@ def _parse_n_array(op: str, spec: Any) -> Compiled:
         if _nullish(array):
             return None
         if not isinstance(array, list):
-            raise CommandError(5788200, f"Input must be an array")
+            raise CommandError(5788200, "Input must be an array")
         if op == "$firstN":
             return array[:count]
         if op == "$lastN":
@@ -2052,7 +2050,7 @@ def _to_integer(value: Any, target: str, low: int, high: int) -> int:
             raise _Unconvertible("Attempt to convert infinity value to integer type")
         number = int(number)
     if not low <= number <= high:
-        raise _Unconvertible(f"Conversion would overflow target type")
+        raise _Unconvertible("Conversion would overflow target type")
     return number
 
 

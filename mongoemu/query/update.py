@@ -1,7 +1,10 @@
 """The write side of the query engine: update operators, replacements, pipeline updates, upserts.
 
 Everything here is a pure function over plain documents (dicts decoded with ``bsonvalues.CODEC``):
-:func:`apply_update` returns a new document and never mutates its input.
+:func:`parse_update` validates an update statement once (parse-time errors, raised even when no
+document matches), :func:`apply_update` / :meth:`ParsedUpdate.apply` return a new document and
+never mutate their input, :func:`upsert_seed` builds the document an upsert starts from, and
+:func:`validate_new_document` applies an insert's storage rules.
 
 Operator updates follow the server's update tree (``src/mongo/db/update``): every ``{$op: {path:
 arg}}`` entry is merged into a prefix tree of paths, which is where ConflictingUpdateOperators is
@@ -295,8 +298,11 @@ def _top_level_field_name(expression: Mapping[str, Any]) -> str | None:
 def _parse_array_filters(array_filters: list | None,
                          collation: Collation | None) -> dict[str, Any]:
     """Identifier → matcher, validated the way the server validates ``arrayFilters``."""
-    if not array_filters:
+    if array_filters is None:
         return {}
+    if not isinstance(array_filters, list):
+        raise CommandError(14, "BSON field 'arrayFilters' is the wrong type "
+                               f"'{type_name(array_filters)}', expected type 'array'")
     from mongoemu.query.matcher import Matcher  # lazy: the matcher is another module's work
 
     parsed: dict[str, Any] = {}
@@ -1371,7 +1377,8 @@ class ParsedUpdate:
         validate = not is_upsert_insert
         if self.kind == "pipeline":
             assert isinstance(self.update, list)
-            context = _UpdatePipelineContext(self.collation, self.variables, now, cluster_time)
+            context = _UpdatePipelineContext(self.collation, self.variables,
+                                             now and _ms_precision(now), cluster_time)
             result = _replace(doc, _run_update_pipeline(doc, self.update, context),
                               allow_top_level_dollar=True, validate=validate)
         elif self.kind == "replacement":

@@ -127,10 +127,11 @@ def _scalar_equal(expected: Any, actual: Any) -> bool:
     return bool(expected == actual)
 
 
-def _regex_parts(value: Regex | re.Pattern[str]) -> tuple[str, str]:
+def _regex_parts(value: Regex[Any] | re.Pattern[str]) -> tuple[str, int]:
+    """Pattern and option bits: a bson Regex and a compiled pattern compare by these."""
     regex = value if isinstance(value, Regex) else Regex.from_native(value)
-    flags = regex.flags if isinstance(regex.flags, str) else str(regex.flags)
-    return str(regex.pattern), "".join(sorted(flags))
+    # Python sets re.UNICODE on every str pattern; BSON has no such option.
+    return str(regex.pattern), int(regex.flags) & ~re.UNICODE
 
 
 def _operator(expected: Any) -> tuple[str, Any] | None:

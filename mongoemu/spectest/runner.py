@@ -25,14 +25,14 @@ from bson import SON, json_util
 from bson.json_util import JSONOptions
 from pymongo import MongoClient, ReturnDocument, monitoring
 from pymongo.change_stream import ChangeStream
-from pymongo.client_session import ClientSession, TransactionOptions
+from pymongo.client_session import ClientSession
+from pymongo.client_session_shared import TransactionOptions
 from pymongo.collection import Collection
 from pymongo.command_cursor import CommandCursor
 from pymongo.database import Database
 from pymongo.errors import (
     BulkWriteError,
     ClientBulkWriteException,
-    ConnectionFailure,
     NotPrimaryError,
     OperationFailure,
     PyMongoError,
@@ -364,8 +364,8 @@ def _requirement_unmet(req: Mapping[str, Any], kind: str, version: tuple[int, ..
             return "topology-other", f"runOnRequirements: topologies {topologies}"
     shown = ".".join(map(str, version))
     if "minServerVersion" in req and version < _version_tuple(req["minServerVersion"]):
-        return "server-version", skips.reason("server-version", f">= {req['minServerVersion']} needed, "
-                                                                 f"emulator reports {shown}")
+        return "server-version", skips.reason("server-version", f"needs server version >= "
+                                                                 f"{req['minServerVersion']}, emulator reports {shown}")
     if "maxServerVersion" in req and version > _version_tuple(req["maxServerVersion"]):
         # One group for all tests written for older servers: their exact bounds do not matter.
         return "server-version", skips.reason("server-version", f"written for older servers "
@@ -449,7 +449,7 @@ def _bulk_result(result: BulkWriteResult) -> dict[str, Any]:
     return {"deletedCount": result.deleted_count, "insertedCount": result.inserted_count,
             "matchedCount": result.matched_count, "modifiedCount": result.modified_count,
             "upsertedCount": result.upserted_count,
-            "upsertedIds": {str(index): _id for index, _id in result.upserted_ids.items()}}
+            "upsertedIds": {str(index): _id for index, _id in (result.upserted_ids or {}).items()}}
 
 
 def _client_bulk_result(result: ClientBulkWriteResult) -> dict[str, Any]:
@@ -718,7 +718,7 @@ class SpecCase:
         return client
 
     def _make_session(self, spec: Mapping[str, Any]) -> ClientSession:
-        client = self.entity(spec["client"])
+        client: MongoClient[Any] = self.entity(spec["client"])
         options = spec.get("sessionOptions", {})
         kwargs: dict[str, Any] = {}
         if "causalConsistency" in options:
@@ -798,7 +798,7 @@ class SpecCase:
         handler = _handler(target, name)
         try:
             result = coerce_result(handler(self, target, args))
-        except (CaseFailure, RunnerError, SkipCase):
+        except (CaseFailure, RunnerError):
             raise
         except Exception as exc:
             if op.get("ignoreResultAndError") and isinstance(exc, PyMongoError):
@@ -881,7 +881,7 @@ class SpecCase:
     @staticmethod
     def _partial_result(exc: BaseException) -> Any:
         if isinstance(exc, BulkWriteError):
-            return _bulk_result(BulkWriteResult(exc.details, True))
+            return _bulk_result(BulkWriteResult(dict(exc.details or {}), True))
         if isinstance(exc, ClientBulkWriteException):
             partial = exc.partial_result
             return _client_bulk_result(partial) if partial is not None else None
@@ -1039,7 +1039,7 @@ def _write_models(case: SpecCase, requests: Iterable[Mapping[str, Any]]) -> list
     models = []
     for request in requests:
         (kind, spec), = request.items()
-        models.append(_call(case, _WRITE_MODELS[kind], spec, signature_of=_WRITE_MODELS[kind].__init__))
+        models.append(_call(case, _WRITE_MODELS[kind], spec))  # the class signature is its __init__
     return models
 
 
@@ -1247,7 +1247,8 @@ def _handler(target: Any, name: str) -> Handler:
 # ------------------------------------------------------------------------------------------------
 def load_spec_file(path: Path) -> dict[str, Any]:
     """Parse a spec file as extended JSON (relaxed or canonical), keeping key order."""
-    return json_util.loads(path.read_text(), json_options=_JSON_OPTIONS)
+    spec: dict[str, Any] = json_util.loads(path.read_text(), json_options=_JSON_OPTIONS)
+    return spec
 
 
 class SuiteRunner:
@@ -1311,26 +1312,30 @@ class SuiteRunner:
     def choose_deployment(self, file_spec: Mapping[str, Any], test: Mapping[str, Any]) -> Deployment:
         """Prefer the replica set; use the mongos only for tests that cannot run on a replica set.
 
-        Requirements are first judged on what is known without starting anything (the configured
-        version), so an emulator is only started for a case that will run on it.
+        The replica set is connected first (the version it reports judges every requirement); a
+        mongos is only started for a case whose requirements it would meet.
         """
-        reasons: list[tuple[str, str]] = []
-        for kind in Deployments.KINDS:
-            live = self.deployments.live(kind)
-            unmet = self._unmet(file_spec, test, kind, live)
-            if unmet is None and live is None:
-                if not self.deployments.available(kind):
-                    detail = self.deployments.start_error(kind)
-                    reasons.append(("no-mongos", skips.reason("no-mongos")
-                                    + (f" (start failed: {detail})" if detail else "")))
-                    continue
-                live = self.deployments.get(kind)
-                unmet = self._unmet(file_spec, test, kind, live)
-            if unmet is None and live is not None:
-                return live
-            if unmet is not None:
-                reasons.append(unmet)
+        replset_error = self.deployments.start_error("replicaset")
+        if replset_error:
+            raise RunnerError(f"the replica-set emulator could not start: {replset_error}")
+        replset = self.deployments.get("replicaset")
+        unmet_replset = self._unmet(file_spec, test, "replicaset", replset)
+        if unmet_replset is None:
+            return replset
+        mongos = self.deployments.live("sharded")
+        unmet_sharded = self._unmet(file_spec, test, "sharded", mongos)
+        if unmet_sharded is None and mongos is None:
+            try:
+                if not self.deployments.available("sharded"):
+                    raise RunnerError(self.deployments.start_error("sharded") or "")
+                mongos = self.deployments.get("sharded")
+            except RunnerError as exc:
+                raise SkipCase(skips.reason("no-mongos") + (f" (start failed: {exc})" if str(exc) else "")) from exc
+            unmet_sharded = self._unmet(file_spec, test, "sharded", mongos)
+        if unmet_sharded is None and mongos is not None:
+            return mongos
         # A mismatch between our own two topologies says less than any other reason.
+        reasons = [r for r in (unmet_replset, unmet_sharded) if r is not None]
         precise = [r for r in reasons if r[0] != "topology-other"]
         raise SkipCase((precise or reasons)[0][1])
 

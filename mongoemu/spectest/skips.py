@@ -40,7 +40,7 @@ SKIP_REASONS: dict[str, str] = {
     "serverless": "runOnRequirements: serverless is out of scope for the emulator",
     "auth": "runOnRequirements: needs authentication enabled; the emulator runs without auth",
     "csfle-requirement": "runOnRequirements: needs client-side encryption support (out of scope)",
-    "server-version": "runOnRequirements: server version {detail}",
+    "server-version": "runOnRequirements: {detail}",
     "server-parameters": "runOnRequirements: server parameters {detail} not set on the emulator",
     "test-skip-reason": "skipReason in the spec file: {detail}",
     "schema-version": "unsupported schemaVersion {detail} (runner supports 1.x)",

@@ -77,6 +77,24 @@ class Collection:
         if not self.is_view and not self.is_clustered:
             self.indexes[ID_INDEX_NAME] = id_index_spec()
 
+    def clone(self) -> "Collection":
+        """A private copy a transaction can change without anyone else seeing it."""
+        twin = Collection.__new__(Collection)
+        twin.db, twin.name, twin.uuid = self.db, self.name, self.uuid
+        twin.options = dict(self.options)
+        twin.documents = self.documents.copy()
+        twin.indexes = dict(self.indexes)
+        twin.unique = {}
+        for name, index in self.unique.items():
+            copy = UniqueIndex.__new__(UniqueIndex)
+            copy.__dict__.update(index.__dict__)
+            copy.entries = dict(index.entries)
+            twin.unique[name] = copy
+        twin.data_size = self.data_size
+        twin.insertion_order = (None if self.insertion_order is None
+                                else collections.OrderedDict(self.insertion_order))
+        return twin
+
     # -- identity ----------------------------------------------------------------------------
     @property
     def ns(self) -> str:

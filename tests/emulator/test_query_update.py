@@ -732,6 +732,12 @@ class TestArrayFilters:
         with fails(2, "Cannot have array filter identifier (i.e. '$[<id>]') element in the first "
                       "position in path '$[].a'"):
             update({"_id": 1}, {"$set": {"$[].a": 5}})
+        with fails(14, "BSON field 'arrayFilters' is the wrong type 'object', expected type "
+                       "'array'"):
+            update({"_id": 1}, {"$set": {"a.$[i]": 5}}, array_filters={"i": 0})
+        with fails(14, "BSON field 'arrayFilters.0' is the wrong type 'string', expected type "
+                       "'object'"):
+            update({"_id": 1}, {"$set": {"a.$[i]": 5}}, array_filters=["bad"])
         with fails(9, "arrayFilters may not be specified for pipeline-style updates"):
             update({"_id": 1}, [{"$set": {"a": 1}}], array_filters=[{"i": 0}])
 
@@ -818,7 +824,7 @@ class TestPipeline:
 
     def test_let_variables_and_now(self) -> None:
         result = update({"_id": 1}, [{"$set": {"v": "$$x", "t": "$$NOW"}}], variables={"x": 7})
-        assert result == {"_id": 1, "v": 7, "t": NOW}
+        assert result == {"_id": 1, "v": 7, "t": NOW.replace(microsecond=123000)}
         parsed = parse_update([{"$set": {"v": "$$x"}}], variables={"x": 8})
         assert parsed.apply({"_id": 1}) == {"_id": 1, "v": 8}
 

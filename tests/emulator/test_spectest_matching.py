@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
-from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
+from bson import Binary, Decimal128, Int64, ObjectId, Regex, Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -263,3 +264,10 @@ def test_driver_generated_error_messages_are_skipped() -> None:
     server = {"operations": [{"name": "insertOne", "object": "c", "arguments": {"document": {}},
                               "expectError": {"errorContains": "E11000"}}]}
     assert skips.static_skip({}, server, SUPPORTED_OPERATIONS) is None
+
+
+def test_regex_compares_pattern_and_options() -> None:
+    assert matches(Regex("^a", "i"), Regex("^a", "i"))
+    assert matches(Regex("^a", "i"), re.compile("^a", re.IGNORECASE))
+    assert not matches(Regex("^a", "i"), Regex("^a", ""))
+    assert exact_diff(Regex("^a", "i"), Regex("^b", "i")) is not None
