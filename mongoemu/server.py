@@ -36,6 +36,7 @@ from mongoemu.writer import Writer
 log = logging.getLogger("mongoemu")
 
 _ZERO_SIGNATURE = {"hash": bson.Binary(b"\x00" * 20, 0), "keyId": Int64(0)}
+SNAPSHOT_READ_COMMANDS = frozenset({"find", "aggregate", "distinct", "getMore"})
 STATE_CHANGE_CODES = frozenset({91, 189, 10058, 10107, 11600, 11602, 13435, 13436})
 RETRYABLE_WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify", "bulkWrite"})
 
@@ -255,6 +256,9 @@ class Server:
                 self._abort(ctx)
             raise
         reply = {**result, "ok": result.get("ok", 1.0)}
+        concern_error = unsatisfiable_write_concern(body.get("writeConcern"))
+        if concern_error is not None and "$emulatorWriteConcernError" not in body:
+            body["$emulatorWriteConcernError"] = concern_error
         injected_error = body.get("$emulatorWriteConcernError")
         if injected_error is not None:
             reply["writeConcernError"] = {k: v for k, v in injected_error.items()
@@ -274,6 +278,11 @@ class Server:
     def _await_cluster_time(self, body: dict[str, Any]) -> None:
         read_concern = body.get("readConcern")
         if isinstance(read_concern, dict):
+            name = next(iter(body))
+            if (read_concern.get("level") == "snapshot" and "autocommit" not in body
+                    and name not in SNAPSHOT_READ_COMMANDS):
+                raise CommandError(72, f"Command {name} does not support {{ readConcern: "
+                                       f"{{ level: \"snapshot\" }} }} outside transactions")
             after = read_concern.get("afterClusterTime")
             if isinstance(after, Timestamp) and (after.time, after.inc) > (
                     self.clock.now.time, self.clock.now.inc):
@@ -390,6 +399,20 @@ def error_labels(name: str, body: dict[str, Any], code: int) -> list[str]:
     if "txnNumber" in body and name in RETRYABLE_WRITE_COMMANDS and code in RETRIABLE_CODES:
         return ["RetryableWriteError"]
     return []
+
+
+def unsatisfiable_write_concern(concern: Any) -> dict[str, Any] | None:
+    """The writeConcernError a single-member set reports for a concern it cannot meet."""
+    if not isinstance(concern, dict):
+        return None
+    w = concern.get("w")
+    if isinstance(w, int) and not isinstance(w, bool) and w > 1:
+        return {"code": 100, "codeName": "UnsatisfiableWriteConcern",
+                "errmsg": "Not enough data-bearing nodes"}
+    if isinstance(w, str) and w != "majority":
+        return {"code": 79, "codeName": "UnknownReplWriteConcern",
+                "errmsg": f"Write Concern mode '{w}' not found in replica set configuration"}
+    return None
 
 
 def write_concern_error_labels(name: str, body: dict[str, Any], code: int) -> list[str]:

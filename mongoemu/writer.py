@@ -262,7 +262,7 @@ class Writer:
         if len(raw) > 16 * 1024 * 1024:
             raise CommandError(10334, f"object to insert too large. size in bytes: {len(raw)}, "
                                       f"max size: 16777216")
-        key = sort_key(document["_id"])
+        key = collection.key_for(document)
         self._lock(ctx, collection, key)
         collection.insert(key, raw, document)
         self._track(ctx, collection, key)
@@ -275,8 +275,13 @@ class Writer:
 
     def update(self, ctx: "Context | None", collection: Collection, key: tuple,
                old_document: dict[str, Any], new_document: dict[str, Any],
-               replacement: bool) -> bool:
-        """Replace the stored document; False (and nothing logged) when nothing changed."""
+               kind: str = "operators") -> bool:
+        """Store the updated document; False (and nothing logged) when nothing changed.
+
+        ``kind`` is how the update was written ("operators", "replacement" or "pipeline"):
+        like the server, replacements are logged whole and pipeline updates whole when a
+        diff would not be smaller.
+        """
         self.check_writable(ctx, collection.db)
         raw = encode(new_document)
         old_raw = collection.get_raw(key)
@@ -290,13 +295,17 @@ class Writer:
         self._track(ctx, collection, key)
         description = None
         extra: dict[str, Any] = {}
+        replacement = kind == "replacement"
         if not replacement:
             from mongoemu.query.update_description import compute_diff, describe_diff
             # The $v:2 diff is kept because only it can tell an array index from a field
             # named "0" (change streams' disambiguatedPaths).
-            diff = compute_diff(old_document, new_document) or {}
-            description = describe_diff(diff)
-            extra["diff"] = diff
+            diff = compute_diff(old_document, new_document, size_limited=kind == "pipeline")
+            if diff is None:
+                replacement = True
+            else:
+                description = describe_diff(diff)
+                extra["diff"] = diff
         images = collection.images_enabled
         self.log(ctx, self._entry(
             "u", collection.ns, collection, raw_document=raw if replacement else None,

@@ -261,7 +261,7 @@ class ServerPipelineContext:
         collation = ctx.body.get("collation")
         from mongoemu.query.collation import Collation
         self.collation = Collation.from_document(collation) if collation else None
-        self.variables = _variables(ctx) or {}
+        self.variables = ctx.body.get("let")  # raw: the pipeline evaluates it once
         from mongoemu.clock import wall_clock
         self.now = wall_clock()
         self.cluster_time = ctx.server.clock.now
@@ -291,11 +291,12 @@ class ServerPipelineContext:
         for document in documents:
             writer.insert(self.ctx, target, document)
 
-    def merge_into(self, db: str, coll: str, docs: Iterable[dict[str, Any]], on: Any,
-                   when_matched: Any, when_not_matched: str) -> None:
+    def merge_into(self, db: str, coll: str, docs: Iterable[dict[str, Any]], on: list[str],
+                   when_matched: Any, when_not_matched: str, let: dict[str, Any] | None) -> None:
+        from mongoemu.query.aggregate import apply_merge_pipeline
         writer = self.ctx.server.writer
         target = writer.collection_for_write(self.ctx, db, coll)
-        fields = [on] if isinstance(on, str) else list(on or ["_id"])
+        fields = list(on or ["_id"])
         for document in docs:
             query = {f: document.get(f) for f in fields}
             existing = next(plan.scan(target, query), None)
@@ -308,20 +309,19 @@ class ServerPipelineContext:
                                               "the source collection")
                 continue
             old = existing.decoded()
-            if when_matched in ("replace", None):
+            if when_matched == "replace":
                 new = {"_id": old["_id"], **{k: v for k, v in document.items() if k != "_id"}}
             elif when_matched == "keepExisting":
                 continue
             elif when_matched == "merge":
                 new = {**old, **{k: v for k, v in document.items() if k != "_id"}}
             elif when_matched == "fail":
-                raise CommandError(11000, "E11000 duplicate key error during $merge")
-            elif isinstance(when_matched, list):
-                from mongoemu.query.update import apply_update
-                new = apply_update(old, when_matched, variables={"new": document})
+                raise target.duplicate_key_error({"key": {f: 1 for f in fields},
+                                                  "name": "_id_" if fields == ["_id"] else
+                                                  "_".join(f"{f}_1" for f in fields)}, document)
             else:
-                raise CommandError(51191, f"invalid whenMatched: {when_matched!r}")
-            writer.update(self.ctx, target, existing.key, old, new, replacement=True)
+                new = apply_merge_pipeline(old, document, when_matched, let, self)
+            writer.update(self.ctx, target, existing.key, old, new, kind="replacement")
 
     def coll_stats(self, options: dict[str, Any]) -> list[dict[str, Any]]:
         from mongoemu.clock import wall_clock
@@ -344,6 +344,15 @@ class ServerPipelineContext:
             result["latencyStats"] = {k: {"latency": Int64(0), "ops": Int64(0)}
                                       for k in ("reads", "writes", "commands", "transactions")}
         return [result]
+
+    def server_stage(self, name: str, spec: Any) -> Iterable[dict[str, Any]]:
+        from mongoemu.clock import wall_clock
+        if name in ("$listLocalSessions", "$listSessions"):
+            return [{"_id": session.lsid, "lastUse": wall_clock()}
+                    for session in self.ctx.server.sessions.sessions.values()]
+        if name == "$currentOp":
+            return []
+        raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
 
     def index_stats(self) -> list[dict[str, Any]]:
         from mongoemu.clock import wall_clock
@@ -572,18 +581,23 @@ def insert(ctx: Context) -> dict[str, Any]:
     return result.reply()
 
 
-def _upsert(ctx: Context, collection: Collection, query: dict[str, Any], update: Any,
-            array_filters: Any, variables: Any) -> dict[str, Any]:
-    from mongoemu.query.update import apply_update, classify_update, upsert_seed, \
-        validate_new_document
-    seed = upsert_seed(query, update)
-    if classify_update(update) == "replacement":
-        document = dict(update)
-        if "_id" in seed and "_id" not in document:
-            document = {"_id": seed["_id"], **document}
-    else:
-        document = apply_update(seed, update, array_filters=array_filters, is_upsert_insert=True,
-                                variables=variables)
+def _parse_update(ctx: Context, update_spec: Any, array_filters: Any, collation: Any,
+                  statement: dict[str, Any] | None = None) -> Any:
+    """Parse once per statement, so a bad update fails even when nothing matches."""
+    from mongoemu.query.collation import Collation
+    from mongoemu.query.update import parse_update
+    let = dict(ctx.body.get("let") or {})
+    if statement is not None and isinstance(statement.get("c"), dict):
+        let.update({name: {"$literal": value} for name, value in statement["c"].items()})
+    return parse_update(update_spec, array_filters=array_filters,
+                        collation=Collation.from_document(collation) if collation else None,
+                        variables=let or None)
+
+
+def _upsert(ctx: Context, collection: Collection, query: dict[str, Any], parsed: Any) -> dict[str, Any]:
+    from mongoemu.query.update import upsert_seed, validate_new_document
+    document = parsed.apply(upsert_seed(query, parsed.update), is_upsert_insert=True,
+                            cluster_time=ctx.server.clock.now)
     document = with_id_first(document)
     validate_new_document(document)
     ctx.server.writer.insert(ctx, collection, document)
@@ -604,7 +618,6 @@ def _check_update_statement(statement: Any) -> None:
 
 @command("update", in_transaction=True)
 def update(ctx: Context) -> dict[str, Any]:
-    from mongoemu.query.update import apply_update, classify_update
     name = ctx.collection_name()
     statements = _statements(ctx, "updates")
     ordered = _ordered(ctx)
@@ -614,13 +627,16 @@ def update(ctx: Context) -> dict[str, Any]:
         try:
             _check_update_statement(statement)
             query, update_spec = statement["q"], statement["u"]
-            kind = classify_update(update_spec)
+            parsed = _parse_update(ctx, update_spec, statement.get("arrayFilters"),
+                                   statement.get("collation"), statement)
+            kind = parsed.kind
             multi = bool(statement.get("multi"))
             if multi and kind == "replacement":
                 raise CommandError(9, "multi update is not supported for replacement-style "
                                       "update")
+            if "sort" in statement and ctx.server.config.max_wire_version < 25:
+                raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
             variables = _variables(ctx, statement)
-            array_filters = statement.get("arrayFilters")
             collection = ctx.catalog.collection(ctx.db, name)
             if collection is not None and collection.is_view:
                 raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
@@ -631,10 +647,9 @@ def update(ctx: Context) -> dict[str, Any]:
                                  variables, want_position=True, hint=statement.get("hint"))
                 for match in matches:
                     old = match.decoded()
-                    new = apply_update(old, update_spec, array_filters=array_filters,
-                                       matched_position=match.position, variables=variables)
-                    if writer.update(ctx, collection, match.key, old, new,
-                                     replacement=kind == "replacement"):
+                    new = parsed.apply(old, matched_position=match.position,
+                                       cluster_time=ctx.server.clock.now)
+                    if writer.update(ctx, collection, match.key, old, new, kind=kind):
                         result.modified += 1
                     matched += 1
                     if not multi:
@@ -648,7 +663,7 @@ def update(ctx: Context) -> dict[str, Any]:
             elif statement.get("upsert"):
                 if collection is None:
                     collection = writer.collection_for_write(ctx, ctx.db, name)
-                document = _upsert(ctx, collection, query, update_spec, array_filters, variables)
+                document = _upsert(ctx, collection, query, parsed)
                 result.n += 1
                 result.upserted.append({"index": index, "_id": document["_id"]})
         except CommandError as exc:
@@ -706,7 +721,6 @@ def delete(ctx: Context) -> dict[str, Any]:
 
 @command("findAndModify", "findandmodify", in_transaction=True)
 def find_and_modify(ctx: Context) -> dict[str, Any]:
-    from mongoemu.query.update import apply_update, classify_update
     name = ctx.collection_name()
     body = ctx.body
     query = _document_arg(ctx, "query") or {}
@@ -753,21 +767,19 @@ def find_and_modify(ctx: Context) -> dict[str, Any]:
         old = match.decoded()
         writer.delete(ctx, collection, match.key, old)
         return {"lastErrorObject": {"n": 1}, "value": shown(old, match.position)}
-    kind = classify_update(update_spec)
+    parsed = _parse_update(ctx, update_spec, body.get("arrayFilters"), body.get("collation"))
     if match is None:
         if not body.get("upsert"):
             return {"lastErrorObject": {"n": 0, "updatedExisting": False}, "value": None}
         if collection is None:
             collection = writer.collection_for_write(ctx, ctx.db, name)
-        document = _upsert(ctx, collection, query, update_spec, body.get("arrayFilters"),
-                           variables)
+        document = _upsert(ctx, collection, query, parsed)
         return {"lastErrorObject": {"n": 1, "updatedExisting": False,
                                     "upserted": document["_id"]},
                 "value": shown(document) if body.get("new") else None}
     old = match.decoded()
-    new = apply_update(old, update_spec, array_filters=body.get("arrayFilters"),
-                       matched_position=match.position, variables=variables)
-    writer.update(ctx, collection, match.key, old, new, replacement=kind == "replacement")
+    new = parsed.apply(old, matched_position=match.position, cluster_time=ctx.server.clock.now)
+    writer.update(ctx, collection, match.key, old, new, kind=parsed.kind)
     return {"lastErrorObject": {"n": 1, "updatedExisting": True},
             "value": shown(new if body.get("new") else old, match.position)}
 

@@ -310,7 +310,8 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
                 raise CommandError(359, "Cannot convert the index to unique. Please resolve "
                                         "conflicting documents before running collMod again.",
                                    code_name_override="CannotConvertIndexToUnique",
-                                   extra={"violations": []}) from None
+                                   extra={"violations": collection.unique_violations(updated)}
+                                   ) from None
             raise
     for key in ("validator", "validationLevel", "validationAction", "viewOn", "pipeline",
                 "expireAfterSeconds", "changeStreamPreAndPostImages"):

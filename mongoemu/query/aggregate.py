@@ -47,6 +47,7 @@ from mongoemu.query.expressions import (
     is_operator_object,
     make_number,
     merge_object_into,
+    n_argument,
     now_millis,
     parse_timezone,
     show,
@@ -941,15 +942,9 @@ def _parse_std_dev(op: str, arg: Any) -> AccumulatorSpec:
     return lambda runtime, group_id: _StdDev(fn, op == "$stdDevSamp")
 
 
-def _evaluate_n(op: str, fn: Compiled, runtime: _Runtime, group_id: Any) -> int:
+def _evaluate_n(fn: Compiled, runtime: _Runtime, group_id: Any) -> int:
     # 'n' may depend on the group key only, so it is evaluated against {_id: <key>}.
-    value = fn(runtime.env({"_id": group_id} if group_id is not MISSING else {}))
-    count = _integral(value) if is_number(value) else None
-    if count is None:
-        raise CommandError(5787902, f"Value for 'n' must be of integral type, but found {show(value)}")
-    if count <= 0:
-        raise CommandError(5787908, f"'n' must be greater than 0, found {count}")
-    return count
+    return n_argument(fn(runtime.env({"_id": group_id} if group_id is not MISSING else {})))
 
 
 class _Ranked(_Accumulator):
@@ -1014,7 +1009,7 @@ def _parse_top_bottom(op: str, arg: Any) -> AccumulatorSpec:
 
     def build(runtime: _Runtime, group_id: Any) -> _Accumulator:
         doc_key = make_sort_key(arg["sortBy"], runtime.collation)
-        count = 1 if count_fn is None else _evaluate_n(op, count_fn, runtime, group_id)
+        count = 1 if count_fn is None else _evaluate_n(count_fn, runtime, group_id)
         return _Ranked(lambda env, value: doc_key(env.current), output, count, single=single, from_end=from_end)
 
     return build
@@ -1034,7 +1029,7 @@ def _parse_n_accumulator(op: str, arg: Any) -> AccumulatorSpec:
     count_fn = compile_expression(arg["n"])
 
     def build(runtime: _Runtime, group_id: Any) -> _Accumulator:
-        count = _evaluate_n(op, count_fn, runtime, group_id)
+        count = _evaluate_n(count_fn, runtime, group_id)
         if op in ("$firstN", "$lastN"):
             # Input order: every key is equal and the sort is stable.
             return _Ranked(lambda env, value: 0, output, count, from_end=op == "$lastN")
@@ -1048,7 +1043,7 @@ def _parse_unsupported_accumulator(op: str, arg: Any) -> AccumulatorSpec:
     raise CommandError(115, f"the {op} accumulator is not supported by the emulator")
 
 
-def _parse_accumulator_field(stage: str, name: str, value: Any) -> AccumulatorSpec:
+def _parse_accumulator_field(name: str, value: Any) -> AccumulatorSpec:
     if not isinstance(value, dict):
         raise CommandError(40234, f"The field '{name}' must be an accumulator object")
     if len(value) != 1:
@@ -1060,14 +1055,14 @@ def _parse_accumulator_field(stage: str, name: str, value: Any) -> AccumulatorSp
     return parser(op, arg)
 
 
-def _parse_output_fields(stage: str, spec: dict) -> list[tuple[str, AccumulatorSpec]]:
+def _parse_output_fields(spec: dict) -> list[tuple[str, AccumulatorSpec]]:
     fields = []
     for name, value in spec.items():
         if name.startswith("$"):
             raise CommandError(40236, f"The field name '{name}' cannot be an operator name")
         if "." in name:
             raise CommandError(40235, f"The field name '{name}' cannot contain '.'")
-        fields.append((name, _parse_accumulator_field(stage, name, value)))
+        fields.append((name, _parse_accumulator_field(name, value)))
     return fields
 
 
@@ -1104,7 +1099,7 @@ def _parse_group(spec: Any, where: _Where) -> Stage:
     if "_id" not in spec:
         raise CommandError(15955, "a group specification must include an _id")
     id_fn = compile_expression(spec["_id"])
-    fields = _parse_output_fields("$group", {k: v for k, v in spec.items() if k != "_id"})
+    fields = _parse_output_fields({k: v for k, v in spec.items() if k != "_id"})
 
     def stage(runtime: _Runtime) -> Runner:
         def run(docs: Iterator[Doc]) -> Iterator[Doc]:
@@ -1125,7 +1120,7 @@ def _parse_sort_by_count(spec: Any, where: _Where) -> Stage:
     if not _is_expression_spec(spec):
         raise CommandError(40148, "the sortByCount field must be defined as a $-prefixed path or an expression")
     id_fn = compile_expression(spec)
-    fields = [("count", _parse_accumulator_field("$sortByCount", "count", {"$sum": 1}))]
+    fields = [("count", _parse_accumulator_field("count", {"$sum": 1}))]
 
     def stage(runtime: _Runtime) -> Runner:
         def run(docs: Iterator[Doc]) -> Iterator[Doc]:
@@ -1173,7 +1168,7 @@ def _default_output(spec: dict, stage: str) -> list[tuple[str, AccumulatorSpec]]
     output = spec.get("output", {"count": {"$sum": 1}})
     if not isinstance(output, dict):
         raise CommandError(40196, f"The {stage} 'output' field must be an object, but found type: {type_name(output)}")
-    return _parse_output_fields(stage, output)
+    return _parse_output_fields(output)
 
 
 @_stage("$bucket")
@@ -1965,7 +1960,7 @@ def _range_position(value: Any, unit: str | None) -> Any:
     if unit is not None:
         if not is_date(value):
             raise CommandError(5429513, f"Invalid range: Expected the sortBy field to be a Date, but it was {type_name(value)}")
-        return date_millis("$setWindowFields", value)
+        return date_millis(value)
     if not is_number(value):
         raise CommandError(5429414, f"Invalid range: Expected the sortBy field to be a number, but it was {type_name(value)}")
     return numeric_value(value)
@@ -2271,7 +2266,7 @@ def _parse_densify(spec: Any, where: _Where) -> Stage:
             if not is_date(value):
                 raise CommandError(6053600, f"Densify field type must be a date when a unit is given, found "
                                             f"{type_name(value)}")
-            return date_millis("$densify", value)
+            return date_millis(value)
         if not is_number(value):
             raise CommandError(5733201, f"Densify field type must be numeric, found {type_name(value)}")
         return numeric_value(value)

@@ -90,18 +90,12 @@ class Env:
             child.current = bindings["CURRENT"]
         return child
 
-    def with_current(self, doc: Any) -> "Env":
-        return Env(doc, self.vars, self.collation)
-
     def key(self, value: Any) -> tuple:
         return value_key(value, self.collation)
 
     def compare(self, a: Any, b: Any) -> int:
         ka, kb = self.key(a), self.key(b)
         return (ka > kb) - (ka < kb)
-
-    def equal(self, a: Any, b: Any) -> bool:
-        return self.key(a) == self.key(b)
 
 
 def value_key(value: Any, collation: Any = None) -> tuple:
@@ -403,11 +397,6 @@ def _path_in_array(array: list, parts: list[str], index: int) -> list:
             if value is not MISSING:
                 out.append(value)
     return out
-
-
-def field_path_value(doc: Any, path: str) -> Any:
-    """The value of the aggregation field path ``path`` (without ``$``) in ``doc``."""
-    return _traverse(doc, path.split("."))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1146,7 +1135,7 @@ _TRIM_DEFAULT = "\0 \t\n\x0b\x0c\r\u00a0\u1680" + "".join(chr(c) for c in range(
     "\u202f\u205f\u3000"
 
 
-def coerce_to_string(op: str, value: Any) -> str:
+def coerce_to_string(value: Any) -> str:
     """Value::coerceToString: numbers, dates and timestamps print, null/missing become ""."""
     if _nullish(value):
         return ""
@@ -1179,14 +1168,14 @@ def _concat(op: str, values: list, env: Env) -> Any:
 
 @_values_op("$toLower", "$toUpper")
 def _change_case(op: str, values: list, env: Env) -> str:
-    text = coerce_to_string(op, values[0])
+    text = coerce_to_string(values[0])
     return text.translate(_ASCII_LOWER if op == "$toLower" else _ASCII_UPPER)
 
 
 @_values_op("$strcasecmp", low=2, high=2)
 def _strcasecmp(op: str, values: list, env: Env) -> int:
-    a = coerce_to_string(op, values[0]).translate(_ASCII_UPPER)
-    b = coerce_to_string(op, values[1]).translate(_ASCII_UPPER)
+    a = coerce_to_string(values[0]).translate(_ASCII_UPPER)
+    b = coerce_to_string(values[1]).translate(_ASCII_UPPER)
     return (a > b) - (a < b)
 
 
@@ -1203,7 +1192,7 @@ def _int_argument(value: Any) -> int:
 @_values_op("$substr", "$substrBytes", low=3, high=3)
 def _substr_bytes(op: str, values: list, env: Env) -> str:
     text, start, length = values
-    data = coerce_to_string(op, text).encode()
+    data = coerce_to_string(text).encode()
     if not is_number(start):
         raise CommandError(16034, f"{op}:  starting index must be a numeric type (is BSON type {type_name(start)})")
     if not is_number(length):
@@ -1225,7 +1214,7 @@ def _substr_bytes(op: str, values: list, env: Env) -> str:
 @_values_op("$substrCP", low=3, high=3)
 def _substr_cp(op: str, values: list, env: Env) -> str:
     text, start, length = values
-    string = coerce_to_string(op, text)
+    string = coerce_to_string(text)
     if not is_number(start):
         raise CommandError(34450, f"{op}: starting index must be a numeric type (is BSON type {type_name(start)})")
     if not _is_integral(start) or not _INT32_MIN <= numeric_value(start) <= _INT32_MAX:
@@ -1880,7 +1869,8 @@ def _object_to_array(op: str, values: list, env: Env) -> Any:
     return [{"k": key, "v": value} for key, value in document.items()]
 
 
-def _n_argument(op: str, value: Any) -> int:
+def n_argument(value: Any) -> int:
+    """The 'n' of $firstN/$maxN/$topN...: a positive integral number."""
     if not is_number(value) or not _is_integral(value):
         raise CommandError(5787902, f"Value for 'n' must be of integral type, but found {show(value)}")
     count = int(numeric_value(value))
@@ -1904,7 +1894,7 @@ def _parse_n_array(op: str, spec: Any) -> Compiled:
     source = compile_expression(spec["input"])
 
     def run(env: Env) -> Any:
-        count = _n_argument(op, count_fn(env))
+        count = n_argument(count_fn(env))
         array = source(env)
         if _nullish(array):
             return None
@@ -2195,8 +2185,7 @@ def convert_value(value: Any, target: str) -> Any:
 
 @_parser("$convert")
 def _parse_convert(op: str, spec: Any) -> Compiled:
-    _named_args(op, spec, ("input", "to"), ("onError", "onNull", "format", "base", "byteOrder"),
-                codes=(9, 9, 9))
+    _named_args(op, spec, ("input", "to"), ("onError", "onNull", "format", "base", "byteOrder"))
     args = _compile_named(spec, ("input", "to", "onError", "onNull"))
 
     def run(env: Env) -> Any:
@@ -2446,13 +2435,13 @@ def parse_timezone(name: str) -> datetime.tzinfo:
         raise CommandError(40485, f'unrecognized time zone identifier: "{name}"') from None
 
 
-def _timezone_value(op: str, value: Any) -> datetime.tzinfo:
+def _timezone_value(value: Any) -> datetime.tzinfo:
     if not isinstance(value, str):
         raise CommandError(40517, f"timezone must evaluate to a string, found {type_name(value)}")
     return parse_timezone(value)
 
 
-def date_millis(op: str, value: Any) -> int:
+def date_millis(value: Any) -> int:
     """A date-like operand (date, Timestamp, ObjectId) as milliseconds since the epoch."""
     if is_date(value):
         return datetime_to_millis(value)
@@ -2510,14 +2499,14 @@ def _date_and_timezone(op: str, spec: Any) -> tuple[Compiled, Compiled | None]:
     return compile_expression(args[0]), None
 
 
-def _resolve_tz(op: str, tz_fn: Compiled | None, env: Env) -> datetime.tzinfo | None:
+def _resolve_tz(tz_fn: Compiled | None, env: Env) -> datetime.tzinfo | None:
     """The timezone argument, or None when it evaluates to null (the result is then null)."""
     if tz_fn is None:
         return _UTC
     value = tz_fn(env)
     if _nullish(value):
         return None
-    return _timezone_value(op, value)
+    return _timezone_value(value)
 
 
 @_parser(*_DATE_PARTS)
@@ -2527,10 +2516,10 @@ def _parse_date_part(op: str, spec: Any) -> Compiled:
 
     def run(env: Env) -> Any:
         value = date_fn(env)
-        tz = _resolve_tz(op, tz_fn, env)
+        tz = _resolve_tz(tz_fn, env)
         if _nullish(value) or tz is None:
             return None
-        return extract(_local(date_millis(op, value), tz))
+        return extract(_local(date_millis(value), tz))
 
     return run
 
@@ -2611,7 +2600,7 @@ def _parse_date_to_string(op: str, spec: Any) -> Compiled:
         fmt = args["format"](env) if "format" in args else (
             _DEFAULT_LOCAL_DATE_FORMAT if "timezone" in args else _DEFAULT_DATE_FORMAT
         )
-        tz = _resolve_tz(op, args.get("timezone"), env)
+        tz = _resolve_tz(args.get("timezone"), env)
         if _nullish(fmt) or tz is None:
             return None
         if not isinstance(fmt, str):
@@ -2619,7 +2608,7 @@ def _parse_date_to_string(op: str, spec: Any) -> Compiled:
                                       f"with value {show(fmt)}")
         if _nullish(value):
             return args["onNull"](env) if "onNull" in args else None
-        return format_date_with(_local(date_millis(op, value), tz), fmt)
+        return format_date_with(_local(date_millis(value), tz), fmt)
 
     return run
 
@@ -2708,7 +2697,7 @@ def _parse_date_from_string(op: str, spec: Any) -> Compiled:
         fmt = args["format"](env) if "format" in args else None
         tz = None
         if "timezone" in args:
-            tz = _resolve_tz(op, args["timezone"], env)
+            tz = _resolve_tz(args["timezone"], env)
             if tz is None:
                 return None
         if "format" in args and _nullish(fmt):
@@ -2770,7 +2759,7 @@ def _parse_date_from_parts(op: str, spec: Any) -> Compiled:
             if _nullish(value):
                 return None
             values[name] = _integral_part(name, value)
-        tz = _resolve_tz(op, tz_fn, env)
+        tz = _resolve_tz(tz_fn, env)
         if tz is None:
             return None
         year = values[year_name]
@@ -2803,13 +2792,13 @@ def _parse_date_to_parts(op: str, spec: Any) -> Compiled:
 
     def run(env: Env) -> Any:
         value = args["date"](env)
-        tz = _resolve_tz(op, args.get("timezone"), env)
+        tz = _resolve_tz(args.get("timezone"), env)
         iso = args["iso8601"](env) if "iso8601" in args else False
         if _nullish(value) or tz is None or _nullish(iso):
             return None
         if not isinstance(iso, bool):
             raise CommandError(40521, f"iso8601 must evaluate to a bool, found {type_name(iso)}")
-        moment = _local(date_millis(op, value), tz)
+        moment = _local(date_millis(value), tz)
         if iso:
             year, week, weekday = moment.isocalendar()
             head = {"isoWeekYear": year, "isoWeek": week, "isoDayOfWeek": weekday}
@@ -2904,7 +2893,7 @@ def truncate_date(millis: int, unit: str, bin_size: int, tz: datetime.tzinfo, we
     return _from_local(start, tz)
 
 
-def _integral_amount(op: str, name: str, value: Any) -> int:
+def _integral_amount(op: str, value: Any) -> int:
     if not is_number(value) or not _is_integral(value):
         raise CommandError(5166405, f"{op} expects integer amount of time units")
     return int(numeric_value(value))
@@ -2918,15 +2907,15 @@ def _parse_date_add(op: str, spec: Any) -> Compiled:
 
     def run(env: Env) -> Any:
         start, unit, amount = args["startDate"](env), args["unit"](env), args["amount"](env)
-        tz = _resolve_tz(op, args.get("timezone"), env)
+        tz = _resolve_tz(args.get("timezone"), env)
         if _nullish(start) or _nullish(unit) or _nullish(amount) or tz is None:
             return None
         if not (is_date(start) or isinstance(start, (Timestamp, ObjectId))):
             raise CommandError(5166403, f"{op} requires startDate to be convertible to a date")
         unit_name = _time_unit(op, unit)
-        count = _integral_amount(op, "amount", amount) * sign
+        count = _integral_amount(op, amount) * sign
         try:
-            return date_from_millis(add_to_date(date_millis(op, start), unit_name, count, tz))
+            return date_from_millis(add_to_date(date_millis(start), unit_name, count, tz))
         except (OverflowError, ValueError):
             raise CommandError(5166406, f"{op} overflowed") from None
 
@@ -2941,13 +2930,13 @@ def _parse_date_diff(op: str, spec: Any) -> Compiled:
 
     def run(env: Env) -> Any:
         start, end, unit = args["startDate"](env), args["endDate"](env), args["unit"](env)
-        tz = _resolve_tz(op, args.get("timezone"), env)
+        tz = _resolve_tz(args.get("timezone"), env)
         week = args["startOfWeek"](env) if "startOfWeek" in args else "sunday"
         if _nullish(start) or _nullish(end) or _nullish(unit) or tz is None or _nullish(week):
             return None
         unit_name = _time_unit(op, unit)
         week_start = _start_of_week(op, week) if unit_name == "week" else 6
-        return Int64(date_difference(date_millis(op, start), date_millis(op, end), unit_name, tz, week_start))
+        return Int64(date_difference(date_millis(start), date_millis(end), unit_name, tz, week_start))
 
     return run
 
@@ -2961,7 +2950,7 @@ def _parse_date_trunc(op: str, spec: Any) -> Compiled:
     def run(env: Env) -> Any:
         value, unit = args["date"](env), args["unit"](env)
         bin_value = args["binSize"](env) if "binSize" in args else 1
-        tz = _resolve_tz(op, args.get("timezone"), env)
+        tz = _resolve_tz(args.get("timezone"), env)
         week = args["startOfWeek"](env) if "startOfWeek" in args else "sunday"
         if _nullish(value) or _nullish(unit) or _nullish(bin_value) or tz is None or _nullish(week):
             return None
@@ -2970,7 +2959,7 @@ def _parse_date_trunc(op: str, spec: Any) -> Compiled:
             raise CommandError(5439017, f"{op} requires 'binSize' to be a positive 64-bit integer, but got value "
                                         f"'{show(bin_value)}' of type {type_name(bin_value)}")
         week_start = _start_of_week(op, week) if unit_name == "week" else 6
-        millis = date_millis(op, value)
+        millis = date_millis(value)
         return date_from_millis(truncate_date(millis, unit_name, int(numeric_value(bin_value)), tz, week_start))
 
     return run

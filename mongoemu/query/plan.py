@@ -54,7 +54,7 @@ def scan(collection: Collection, filter_doc: dict[str, Any] | None, *,
         from mongoemu.query.matcher import Matcher
         collator = Collation.from_document(collation) if collation else None
         matcher = Matcher(filter_doc, collator, variables)
-        bounds = None if natural else _id_bounds(filter_doc, collator)
+        bounds = None if natural or collection.is_timeseries else _id_bounds(filter_doc, collator)
         if bounds is not None:
             lower, upper, inclusive = bounds
             if lower > upper or (lower == upper and inclusive != (True, True)):

@@ -71,7 +71,7 @@ CLIENT_TIMEOUTS: dict[str, Any] = {
 
 # Results of these operations are iterated cursors: each element is matched as a root-level document.
 _CURSOR_RESULT_OPERATIONS = frozenset({
-    "find", "aggregate", "listCollections", "listDatabases", "listIndexes", "runCursorCommand",
+    "find", "aggregate", "listCollections", "listDatabases", "listIndexes",
 })
 
 # Code names the spec files use with errorCodeName, for server replies that carry a code but no
@@ -361,7 +361,7 @@ def _requirement_unmet(req: Mapping[str, Any], kind: str, version: tuple[int, ..
                 return "topology-load-balanced", skips.reason("topology-load-balanced")
             if set(topologies) <= {"single", "load-balanced"}:
                 return "topology-single", skips.reason("topology-single")
-            return "topology-other", f"runOnRequirements: topologies {topologies}"
+            return "topology-other", skips.reason("topology-other", str(topologies))
     shown = ".".join(map(str, version))
     if "minServerVersion" in req and version < _version_tuple(req["minServerVersion"]):
         return "server-version", skips.reason("server-version", f"needs server version >= "
@@ -373,7 +373,7 @@ def _requirement_unmet(req: Mapping[str, Any], kind: str, version: tuple[int, ..
     if req.get("serverless") == "require":
         return "serverless", skips.reason("serverless")
     if "auth" in req and bool(req["auth"]) != auth:
-        return "auth", skips.reason("auth") if req["auth"] else "runOnRequirements: needs auth disabled"
+        return ("auth", skips.reason("auth")) if req["auth"] else ("no-auth", skips.reason("no-auth"))
     if req.get("csfle"):
         return "csfle-requirement", skips.reason("csfle-requirement")
     wanted = req.get("serverParameters") or {}

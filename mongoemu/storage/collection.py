@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import uuid
 from typing import Any, Iterator
 
@@ -74,8 +75,9 @@ class Collection:
         self.data_size = 0
         self.insertion_order: collections.OrderedDict | None = (
             collections.OrderedDict() if self.options.get("capped") else None)
-        if not self.is_view and not self.is_clustered:
+        if not self.is_view and not self.is_clustered and not self.is_timeseries:
             self.indexes[ID_INDEX_NAME] = id_index_spec()
+        self._arrivals = itertools.count()
 
     def clone(self) -> "Collection":
         """A private copy a transaction can change without anyone else seeing it."""
@@ -91,6 +93,7 @@ class Collection:
             copy.entries = dict(index.entries)
             twin.unique[name] = copy
         twin.data_size = self.data_size
+        twin._arrivals = self._arrivals
         twin.insertion_order = (None if self.insertion_order is None
                                 else collections.OrderedDict(self.insertion_order))
         return twin
@@ -128,6 +131,11 @@ class Collection:
     def images_enabled(self) -> bool:
         setting = self.options.get("changeStreamPreAndPostImages")
         return bool(isinstance(setting, dict) and setting.get("enabled"))
+
+    def key_for(self, document: dict[str, Any]) -> tuple:
+        """Storage key: the ``_id`` in BSON order; time-series measurements may share an _id."""
+        key = sort_key(document["_id"])
+        return key + (next(self._arrivals),) if self.is_timeseries else key
 
     # -- reads -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -250,6 +258,16 @@ class Collection:
                     index.entries[index_key] = key
             self.unique[spec["name"]] = index
         self.indexes[spec["name"]] = spec
+
+    def unique_violations(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """Groups of documents sharing a key of ``spec`` (what blocks making it unique)."""
+        holders: dict[tuple, list[Any]] = {}
+        index = UniqueIndex(spec)
+        for _, raw in self.documents.items():
+            document = decode(raw)
+            for key in index.keys_for(document):
+                holders.setdefault(key, []).append(document["_id"])
+        return [{"ids": ids} for ids in holders.values() if len(ids) > 1]
 
     def drop_index(self, name: str) -> dict[str, Any]:
         self.unique.pop(name, None)

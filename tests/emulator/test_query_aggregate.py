@@ -780,3 +780,42 @@ class TestWindows:
         assert [d["d"].date().isoformat() for d in out] == ["2021-01-31", "2021-02-28", "2021-03-31", "2021-04-30"]
         assert error_code([{"d": 1}], [{"$densify": {"field": "d", "range": {"step": 1, "unit": "day",
                                                                              "bounds": "full"}}}]) == 6053600
+
+
+# --------------------------------------------------------------------------------------------
+# Properties
+# --------------------------------------------------------------------------------------------
+
+
+class TestProperties:
+    def test_input_documents_are_never_modified(self):
+        import copy
+
+        docs = [{"_id": 1, "a": {"b": [1, {"c": 2}]}, "l": [{"k": 1}, {"k": 2}]}, {"_id": 2, "a": None}]
+        before = copy.deepcopy(docs)
+        ctx = FakeContext({("db", "f"): [{"k": 1, "n": {"deep": 1}}]})
+        run(docs, [
+            {"$addFields": {"a.b.x": 1, "a.new": "$_id"}},
+            {"$unwind": {"path": "$l", "preserveNullAndEmptyArrays": True}},
+            {"$lookup": {"from": "f", "localField": "l.k", "foreignField": "k", "as": "l.joined"}},
+            {"$set": {"l.joined.n.deep": 2}},
+            {"$project": {"a.b": 0}},
+        ], ctx)
+        assert docs == before
+        assert ctx.collections[("db", "f")] == [{"k": 1, "n": {"deep": 1}}]
+
+    @given(st.lists(st.tuples(st.integers(0, 3), st.integers(-1000, 1000)), max_size=40))
+    @settings(max_examples=50, deadline=None)
+    def test_group_sum_matches_python(self, rows):
+        docs = [{"g": g, "v": v} for g, v in rows]
+        out = run(docs, [{"$group": {"_id": "$g", "total": {"$sum": "$v"}, "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}])
+        expected = {}
+        for g, v in rows:
+            total, count = expected.get(g, (0, 0))
+            expected[g] = (total + v, count + 1)
+        assert [(d["_id"], d["total"], d["n"]) for d in out] == [(g, *expected[g]) for g in sorted(expected)]
+
+    @given(st.integers(0, 12), st.integers(1, 12))
+    @settings(max_examples=50, deadline=None)
+    def test_skip_limit_is_slicing(self, skip, limit):
+        assert run(NUMBERS, [{"$skip": skip}, {"$limit": limit}]) == NUMBERS[skip:skip + limit]
