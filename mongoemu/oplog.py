@@ -66,6 +66,7 @@ class Oplog:
         self.total_bytes = 0
         self.truncated = False  # history has been lost at least once
         self._waiters: set[asyncio.Event] = set()
+        self._appended = False
 
     # -- appending ---------------------------------------------------------------------------
     def append(self, entry: OplogEntry) -> None:
@@ -76,7 +77,7 @@ class Oplog:
         self.total_bytes += entry.size
         while self.total_bytes > self.max_bytes and len(self.entries) - self._first > 1:
             self._drop_oldest()
-        self.notify()
+        self._appended = True
 
     def _drop_oldest(self) -> None:
         oldest = self.entries[self._first]
@@ -91,8 +92,11 @@ class Oplog:
             self._drop_oldest()
 
     def notify(self) -> None:
-        for waiter in self._waiters:
-            waiter.set()
+        """Wake waiting readers; called once per command rather than once per entry."""
+        if self._appended:
+            self._appended = False
+            for waiter in self._waiters:
+                waiter.set()
 
     async def wait_for_append(self, timeout: float) -> None:
         waiter = asyncio.Event()

@@ -112,6 +112,7 @@ class Server:
             newest = self.oplog.newest
             if newest is None or time.time() - newest.wall.timestamp() >= self.config.noop_interval_s:
                 self.writer.noop({"msg": "periodic noop"})
+                self.oplog.notify()
 
     def bump_topology(self) -> None:
         self.topology_counter += 1
@@ -223,6 +224,7 @@ class Server:
         except Exception as exc:  # a handler bug becomes an InternalError reply
             log.exception("command failed")
             reply = CommandError(1, f"internal emulator error: {type(exc).__name__}: {exc}").to_reply()
+        self.oplog.notify()
         if reply is None:
             return None
         return self._finish(reply, ctx)
@@ -283,6 +285,13 @@ class Server:
                     and name not in SNAPSHOT_READ_COMMANDS):
                 raise CommandError(72, f"Command {name} does not support {{ readConcern: "
                                        f"{{ level: \"snapshot\" }} }} outside transactions")
+            at = read_concern.get("atClusterTime")
+            newest = self.oplog.newest
+            if (isinstance(at, Timestamp) and newest is not None
+                    and (newest.ts.time, newest.ts.inc) > (at.time, at.inc)):
+                # No multi-version storage: history before the latest write is not kept.
+                raise CommandError(239, f"Read timestamp {at} is older than the oldest available "
+                                        f"timestamp.")
             after = read_concern.get("afterClusterTime")
             if isinstance(after, Timestamp) and (after.time, after.inc) > (
                     self.clock.now.time, self.clock.now.inc):

@@ -566,9 +566,9 @@ def insert(ctx: Context) -> dict[str, Any]:
             if collection is None:
                 collection = writer.collection_for_write(ctx, ctx.db, name)
             stored = with_id_first(document)
-            validate_new_document(stored)
             raw = raw_documents[index] if raw_documents is not None and stored is document \
                 else None
+            validate_new_document(stored, len(raw) if raw is not None else None)
             writer.insert(ctx, collection, stored, raw)
             result.n += 1
         except CommandError as exc:

@@ -1256,7 +1256,12 @@ def _scan_document(doc: Mapping[str, Any], allow_top_level_dollar: bool) -> None
                                code_name_override="Overflow")
 
 
-def validate_new_document(doc: Mapping[str, Any]) -> None:
+# Each nesting level costs at least 8 BSON bytes (type, one-letter name, NUL, length, end), so a
+# document shorter than this cannot exceed the nesting limit and needs no walk.
+_SHALLOW_ENOUGH_BYTES = 8 * 181
+
+
+def validate_new_document(doc: Mapping[str, Any], encoded_size: int | None = None) -> None:
     """The checks an insert makes before storing ``doc`` (fixDocumentForInsert, 5.0+ rules).
 
     Since 5.0 '$'-prefixed and dotted field names are allowed at every level of an inserted
@@ -1264,7 +1269,8 @@ def validate_new_document(doc: Mapping[str, Any]) -> None:
     undefined, which the driver decodes as null and cannot be told apart here), nor contain
     '$'-prefixed names.  The nesting limit is 180 levels.
     """
-    if _container_depth(doc) > _MAX_USER_DEPTH:
+    if (encoded_size is None or encoded_size >= _SHALLOW_ENOUGH_BYTES) and \
+            _container_depth(doc) > _MAX_USER_DEPTH:
         raise CommandError(15, "cannot insert document because it exceeds "
                                f"{_MAX_USER_DEPTH} levels of nesting",
                            code_name_override="Overflow")

@@ -510,7 +510,10 @@ def _error_documents(exc: BaseException) -> list[Mapping[str, Any]]:
         return list(details.get("writeErrors", [])) + list(details.get("writeConcernErrors", []))
     if isinstance(top, OperationFailure):
         return [top.details or {"code": top.code, "errmsg": str(top)}]
-    return []
+    # NotPrimaryError (e.g. code 91 ShutdownInProgress) is a connection-class error in PyMongo but
+    # still carries the server's reply.
+    details = getattr(top, "details", None)
+    return [details] if isinstance(details, Mapping) else []
 
 
 def _is_server_error(exc: BaseException) -> bool:

@@ -377,6 +377,7 @@ def log(server: SimpleNamespace, op: OplogEntry) -> OplogEntry:
     for operation in op.apply_ops or []:
         operation.ts = op.ts
     server.oplog.append(op)
+    server.oplog.notify()  # the server notifies once per command, after its appends
     return op
 
 
