@@ -506,14 +506,14 @@ def _error_documents(exc: BaseException) -> list[Mapping[str, Any]]:
     if isinstance(top, Mapping):
         return [top]
     if isinstance(top, BulkWriteError):
-        details = top.details or {}
-        return list(details.get("writeErrors", [])) + list(details.get("writeConcernErrors", []))
+        aggregated = top.details or {}
+        return list(aggregated.get("writeErrors", [])) + list(aggregated.get("writeConcernErrors", []))
     if isinstance(top, OperationFailure):
         return [top.details or {"code": top.code, "errmsg": str(top)}]
     # NotPrimaryError (e.g. code 91 ShutdownInProgress) is a connection-class error in PyMongo but
     # still carries the server's reply.
-    details = getattr(top, "details", None)
-    return [details] if isinstance(details, Mapping) else []
+    reply = getattr(top, "details", None)
+    return [reply] if isinstance(reply, Mapping) else []
 
 
 def _is_server_error(exc: BaseException) -> bool:

@@ -27,6 +27,9 @@ SKIP_REASONS: dict[str, str] = {
     "raw-data": "rawData (raw timeseries bucket access) is out of scope for the emulator",
     "snapshot-time": "getSnapshotTime/snapshotTime: PyMongo 4.20 has no API for a session's snapshot "
                      "time, so the driver cannot run this test",
+    "snapshot-history": "snapshot reads that must not see later writes need multi-version storage, "
+                        "which the emulator does not keep (it answers SnapshotTooOld instead of "
+                        "stale data); declared out of scope",
     "driver-special-op": "the test asserts driver internals (connection pool, SDAM, threads, event counts) "
                          "through a testRunner operation that has no server-side meaning",
     "driver-event-entities": "storeEventsAsEntities records the driver's monitoring events, not server decisions",
@@ -121,6 +124,29 @@ def _entity_skip(entities: Iterable[Mapping[str, Any]]) -> str | None:
     return None
 
 
+_WRITE_OPERATIONS = frozenset({"insertOne", "insertMany", "updateOne", "updateMany", "replaceOne",
+                               "deleteOne", "deleteMany", "findOneAndUpdate",
+                               "findOneAndReplace", "findOneAndDelete", "bulkWrite"})
+
+
+def _snapshot_reads_across_writes(file_spec: Mapping[str, Any], test: Mapping[str, Any]) -> bool:
+    """A snapshot session whose reads must keep ignoring writes made after its first read."""
+    entities = list(file_spec.get("createEntities", []))
+    for op in test.get("operations", []):
+        if op.get("object") == "testRunner" and op.get("name") == "createEntities":
+            entities.extend((op.get("arguments") or {}).get("entities", []))
+    snapshot_sessions = {spec.get("id") for entity in entities for kind, spec in entity.items()
+                         if kind == "session"
+                         and (spec.get("sessionOptions") or {}).get("snapshot") is True}
+    operations = list(_operations(test.get("operations", [])))
+    writes = any(op.get("name") in _WRITE_OPERATIONS and "expectError" not in op
+                 for op in operations)
+    snapshot_reads = any(op.get("name") in ("find", "distinct", "aggregate")
+                         and (op.get("arguments") or {}).get("session") in snapshot_sessions
+                         for op in operations)
+    return writes and snapshot_reads
+
+
 def static_skip(file_spec: Mapping[str, Any], test: Mapping[str, Any], supported: frozenset[str],
                 file_name: str = "") -> str | None:
     """The reason a test case is not run at all, judged from the test file alone; None to run it.
@@ -135,6 +161,8 @@ def static_skip(file_spec: Mapping[str, Any], test: Mapping[str, Any], supported
     found = _entity_skip(file_spec.get("createEntities", []))
     if found:
         return found
+    if _snapshot_reads_across_writes(file_spec, test):
+        return reason("snapshot-history")
     for op in _operations(test.get("operations", [])):
         name = op.get("name", "")
         args = op.get("arguments") or {}
