@@ -1,0 +1,1 @@
+"""pymongosync: an open-source reimplementation of MongoDB's mongosync (Cluster-to-Cluster Sync)."""
