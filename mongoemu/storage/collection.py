@@ -274,6 +274,10 @@ class Collection:
         return self.indexes.pop(name)
 
     def find_index(self, name_or_key: Any) -> dict[str, Any] | None:
+        clustered = self.options.get("clusteredIndex")
+        if isinstance(clustered, dict) and name_or_key in (clustered.get("name"),
+                                                            clustered.get("key")):
+            return clustered
         if isinstance(name_or_key, str):
             return self.indexes.get(name_or_key)
         for spec in self.indexes.values():

@@ -937,10 +937,8 @@ def test_reversible_across_releases(source: tuple[int, ...], destination: tuple[
     assert "different releases" in info.value.message
 
 
-def test_reversible_on_6_0_source_is_rejected_by_the_destination_matrix() -> None:
-    with pytest.raises(InvalidStartRequest) as info:
-        parse(reversible=True).check_topology(RS, RS, V60, V60)
-    assert info.value.field == "destination"
+def test_reversible_between_6_0_clusters_is_accepted() -> None:
+    parse(reversible=True).check_topology(RS, RS, V60, V60)
 
 
 # -- round trips -----------------------------------------------------------------------------------
