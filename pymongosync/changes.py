@@ -10,6 +10,7 @@ stream resumes from the last saved token and replays a few events harmlessly.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,6 +31,7 @@ log = logging.getLogger("pymongosync.changes")
 
 CRUD = frozenset({"insert", "update", "replace", "delete"})
 BATCH_EVENTS = 1000
+READ_AHEAD = 4  # batches read while one is being applied
 HISTORY_LOST = 286
 IGNORED_DDL_ERRORS = frozenset({26, 27, 48, 68, 85, 86})  # already applied before a restart
 
@@ -86,6 +88,7 @@ class ChangeApplier:
         return False
 
     def _follow(self, stop: threading.Event, until: Timestamp | None) -> bool:
+        """Read on one thread, apply on this one, so the two round trips overlap."""
         migration = self.store.load() or {}
         options: dict[str, Any] = {"full_document": None, "show_expanded_events": True,
                                    "batch_size": BATCH_EVENTS, "max_await_time_ms": 250}
@@ -96,23 +99,51 @@ class ChangeApplier:
         # The stream is opened on a client decoding to RawBSONDocument, so documents travel to
         # the destination as the source stored them, byte for byte.
         stream = retrying(lambda: self.raw_source.watch(**options))
-        buffer: list[RawBSONDocument] = []
-        with stream:
-            while not stop.is_set():
-                event = stream.try_next()
-                if event is not None:
-                    buffer.append(event)
-                    if len(buffer) < BATCH_EVENTS:
-                        continue
-                token = stream.resume_token
-                if buffer:
-                    self.apply(buffer)
-                    buffer = []
+        batches: "queue.Queue[tuple[list[Any], Any] | None]" = queue.Queue(maxsize=READ_AHEAD)
+        finished = threading.Event()
+        failure: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                with stream:
+                    buffer: list[Any] = []
+                    while not stop.is_set() and not finished.is_set():
+                        event = stream.try_next()
+                        if event is not None:
+                            buffer.append(event)
+                            if len(buffer) < BATCH_EVENTS:
+                                continue
+                        _put(batches, (buffer, stream.resume_token), finished)
+                        buffer = []
+            except BaseException as exc:  # noqa: BLE001 - handed to the applying thread
+                failure.append(exc)
+            finally:
+                _put(batches, None, finished)
+
+        reader = threading.Thread(target=read, name="change-stream-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = batches.get()
+                if item is None:
+                    break
+                events, token = item
+                if events:
+                    self.apply(events)
                 self._checkpoint(token)
-                if until is not None and self.stats.last_time is not None and \
-                        (self.stats.last_time.time, self.stats.last_time.inc) >= (until.time,
-                                                                                  until.inc):
+                last = self.stats.last_time
+                if until is not None and last is not None and \
+                        (last.time, last.inc) >= (until.time, until.inc):
                     return True
+        finally:
+            finished.set()
+            while reader.is_alive():
+                try:
+                    batches.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+        if failure:
+            raise failure[0]
         return False
 
     def _checkpoint(self, token: Any) -> None:
@@ -328,6 +359,16 @@ class ChangeApplier:
                 batch = []
         if batch:
             target.bulk_write(batch, ordered=False, bypass_document_validation=True)
+
+
+def _put(batches: "queue.Queue[Any]", item: Any, finished: threading.Event) -> None:
+    """Hand a batch over unless the applying side has stopped listening."""
+    while not finished.is_set():
+        try:
+            batches.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 @dataclass

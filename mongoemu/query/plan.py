@@ -51,8 +51,18 @@ def scan(collection: Collection, filter_doc: dict[str, Any] | None, *,
     inclusive = (True, True)
     if filter_doc:
         from mongoemu.query.collation import Collation
-        from mongoemu.query.matcher import Matcher
+        from mongoemu.query.matcher import Matcher, is_simple_id_equality
         collator = Collation.from_document(collation) if collation else None
+        if not natural and not collection.is_timeseries and id_min is None and id_max is None:
+            is_equality, value = is_simple_id_equality(filter_doc, collator)
+            if is_equality and not isinstance(value, (dict, list)) and not hasattr(value,
+                                                                                   "pattern"):
+                # {_id: v}: one index lookup answers it; no need to run the matcher.
+                key = sort_key(value)
+                raw = collection.get_raw(key)
+                if raw is not None:
+                    yield Match(key, raw)
+                return
         matcher = Matcher(filter_doc, collator, variables)
         bounds = None if natural or collection.is_timeseries else _id_bounds(filter_doc, collator)
         if bounds is not None:
