@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable
 
 from bson.timestamp import Timestamp
+from pymongo.errors import PyMongoError
 
 from pymongosync import catalog
 from pymongosync.changes import ApplyStats, ChangeApplier
@@ -29,6 +30,7 @@ from pymongosync.metadata import METADATA_DATABASE, MetadataStore, is_metadata_d
 from pymongosync.namespaces import NamespaceFilter
 from pymongosync.partitions import plan_partitions
 from pymongosync.request import StartRequest
+from pymongosync.retry import RETRY_FOR_SECONDS, is_transient
 
 log = logging.getLogger("pymongosync.engine")
 
@@ -274,13 +276,26 @@ class Migration:
             listener(message)
 
     def _work(self) -> None:
+        transient_since: float | None = None
         try:
             while not self._interrupt.is_set():
                 document = self.store.load()
                 phase = document["phase"]
                 if phase == PHASE_DONE:
                     return
-                self._run_phase(phase, document)
+                try:
+                    self._run_phase(phase, document)
+                    transient_since = None
+                except PyMongoError as exc:
+                    # Every phase resumes from what it stored, so a network error or an
+                    # election just means running the phase again (for up to 30 minutes).
+                    if not is_transient(exc):
+                        raise
+                    transient_since = transient_since or time.monotonic()
+                    if time.monotonic() - transient_since > RETRY_FOR_SECONDS:
+                        raise
+                    log.warning("transient error in %s, retrying: %s", phase, exc)
+                    self._interrupt.wait(1.0)
         except CopyStopped:
             return
         except MigrationError as exc:

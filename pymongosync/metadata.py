@@ -17,11 +17,26 @@ import datetime
 import os
 import socket
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
-from pymongo import ASCENDING, MongoClient, ReturnDocument
+import functools
+from typing import Callable, TypeVar
+
+from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
+
+from pymongosync.retry import retrying
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _retried(method: F) -> F:
+    """Metadata reads and writes are idempotent, so transient failures are simply retried."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return retrying(lambda: method(*args, **kwargs))
+    return wrapper  # type: ignore[return-value]
 
 METADATA_DATABASE = "mongosync_reserved_for_internal_use"
 # Names of other mongosync releases' metadata, recognised as leftovers.
@@ -48,12 +63,15 @@ class MetadataStore:
         self.created: Collection = self.db["created"]
 
     # -- the migration document ----------------------------------------------------------------
+    @_retried
     def exists(self) -> bool:
         return self.load() is not None
 
+    @_retried
     def load(self) -> dict[str, Any] | None:
         return self.migrations.find_one({"_id": MIGRATION_ID})
 
+    @_retried
     def create(self, document: dict[str, Any]) -> dict[str, Any]:
         document = {"_id": MIGRATION_ID, "migrationId": str(uuid.uuid4()), "createdAt": now(),
                     "updatedAt": now(), **document}
@@ -64,16 +82,14 @@ class MetadataStore:
         self.partitions.create_index([("namespace", ASCENDING), ("index", ASCENDING)])
         return self.load() or document
 
+    @_retried
     def update(self, changes: dict[str, Any], unset: list[str] | None = None) -> None:
         update: dict[str, Any] = {"$set": {**changes, "updatedAt": now()}}
         if unset:
             update["$unset"] = {field: "" for field in unset}
         self.migrations.update_one({"_id": MIGRATION_ID}, update)
 
-    def increment(self, counters: dict[str, int]) -> None:
-        self.migrations.update_one({"_id": MIGRATION_ID},
-                                   {"$inc": {f"counters.{k}": v for k, v in counters.items()}})
-
+    @_retried
     def heartbeat(self, owner: str | None = None) -> None:
         """Say that a live process works on this migration (``reset`` refuses while fresh)."""
         self.migrations.update_one({"_id": MIGRATION_ID}, {"$set": {
@@ -83,33 +99,41 @@ class MetadataStore:
         self.update({"error": {"name": name, "message": message, "at": now()}})
 
     # -- namespaces ------------------------------------------------------------------------------
+    @_retried
     def put_namespace(self, document: dict[str, Any]) -> None:
         self.namespaces.replace_one({"_id": document["_id"]}, document, upsert=True)
 
+    @_retried
     def update_namespace(self, namespace: str, changes: dict[str, Any]) -> None:
         self.namespaces.update_one({"_id": namespace}, {"$set": changes})
 
+    @_retried
     def namespace_documents(self) -> list[dict[str, Any]]:
         return list(self.namespaces.find().sort("_id", ASCENDING))
 
     # -- partitions ------------------------------------------------------------------------------
+    @_retried
     def add_partitions(self, partitions: list[dict[str, Any]]) -> None:
         for partition in partitions:
             self.partitions.replace_one({"_id": partition["_id"]}, partition, upsert=True)
 
-    def partitions_to_copy(self) -> Iterator[dict[str, Any]]:
-        return self.partitions.find({"status": {"$ne": "done"}}).sort(
-            [("namespace", ASCENDING), ("index", ASCENDING)])
+    @_retried
+    def partitions_to_copy(self) -> list[dict[str, Any]]:
+        return list(self.partitions.find({"status": {"$ne": "done"}}).sort(
+            [("namespace", ASCENDING), ("index", ASCENDING)]))
 
+    @_retried
     def partition_progress(self, partition_id: str, last_id: Any, documents: int,
                            size: int) -> None:
         self.partitions.update_one({"_id": partition_id}, {
             "$set": {"status": "in progress", "lastId": last_id},
             "$inc": {"copiedDocuments": documents, "copiedBytes": size}})
 
+    @_retried
     def finish_partition(self, partition_id: str) -> None:
         self.partitions.update_one({"_id": partition_id}, {"$set": {"status": "done"}})
 
+    @_retried
     def copy_totals(self) -> dict[str, int]:
         totals = {"partitions": 0, "partitionsDone": 0, "copiedBytes": 0, "copiedDocuments": 0,
                   "estimatedBytes": 0, "estimatedDocuments": 0}
@@ -123,6 +147,7 @@ class MetadataStore:
         return totals
 
     # -- what this migration created on the destination ----------------------------------------
+    @_retried
     def record_created(self, database: str, collection: str | None = None) -> None:
         """Note a namespace *before* creating it, so a crash in between cannot hide it."""
         self.created.update_one({"_id": database}, {"$setOnInsert": {"kind": "database"}},
@@ -131,6 +156,7 @@ class MetadataStore:
             self.created.update_one({"_id": f"{database}.{collection}"},
                                     {"$setOnInsert": {"kind": "collection"}}, upsert=True)
 
+    @_retried
     def created_databases(self) -> list[str]:
         return sorted(d["_id"] for d in self.created.find({"kind": "database"}))
 
@@ -138,8 +164,3 @@ class MetadataStore:
 def process_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
-
-def claim_partition(partitions: Collection, partition_id: str) -> dict[str, Any] | None:
-    return partitions.find_one_and_update({"_id": partition_id},
-                                          {"$set": {"status": "in progress"}},
-                                          return_document=ReturnDocument.AFTER)
