@@ -256,7 +256,7 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
     if collection.is_view and set(changes) - {"viewOn", "pipeline"}:
         raise CommandError(72, "option not supported on a view")
     if ("viewOn" in changes or "pipeline" in changes) and not collection.is_view:
-        raise CommandError(72, f"option not supported on a non-view collection")
+        raise CommandError(72, "option not supported on a non-view collection")
     if "index" in changes:
         index_change = changes["index"]
         if not isinstance(index_change, dict):

@@ -19,30 +19,20 @@ identical to the pre-image, which Python's ``==`` cannot tell (``1 == 1.0 == Int
 
 from __future__ import annotations
 
-import datetime
 import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import bson
-from bson.binary import Binary
-from bson.code import Code
-from bson.datetime_ms import DatetimeMS
 from bson.dbref import DBRef
-from bson.decimal128 import Decimal128
-from bson.int64 import Int64
-from bson.max_key import MaxKey
-from bson.min_key import MinKey
-from bson.objectid import ObjectId
-from bson.timestamp import Timestamp
 
-from mongoemu.bsonvalues import CODEC, datetime_to_millis, deep_copy
+from mongoemu.bsonvalues import CODEC, TYPE_NUMBERS, datetime_to_millis, deep_copy, type_name
 
 # BSON element type bytes, used to decide "same type" exactly as the server does.
 _T_DOUBLE, _T_STRING, _T_OBJECT, _T_ARRAY, _T_BINARY = 1, 2, 3, 4, 5
 _T_OBJECTID, _T_BOOL, _T_DATE, _T_NULL, _T_REGEX = 7, 8, 9, 10, 11
 _T_CODE, _T_CODE_W_SCOPE, _T_INT, _T_TIMESTAMP, _T_LONG, _T_DECIMAL = 13, 15, 16, 17, 18, 19
-_T_MINKEY, _T_MAXKEY, _T_OTHER = 255, 127, 0
+_T_MINKEY, _T_MAXKEY, _T_OTHER = -1, 127, 0
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
@@ -57,39 +47,7 @@ _DELTA_ENTRY_METADATA_SIZE = 15
 
 
 def _type_code(value: Any) -> int:
-    if value is None:
-        return _T_NULL
-    if isinstance(value, bool):
-        return _T_BOOL
-    if isinstance(value, Int64):
-        return _T_LONG
-    if isinstance(value, int):
-        return _T_INT if _INT32_MIN <= value <= _INT32_MAX else _T_LONG
-    if isinstance(value, float):
-        return _T_DOUBLE
-    if isinstance(value, str):
-        return _T_STRING
-    if isinstance(value, (Mapping, DBRef)):
-        return _T_OBJECT
-    if isinstance(value, list):
-        return _T_ARRAY
-    if isinstance(value, (bytes, Binary)):
-        return _T_BINARY
-    if isinstance(value, ObjectId):
-        return _T_OBJECTID
-    if isinstance(value, (datetime.datetime, DatetimeMS)):
-        return _T_DATE
-    if isinstance(value, Timestamp):
-        return _T_TIMESTAMP
-    if isinstance(value, Decimal128):
-        return _T_DECIMAL
-    if isinstance(value, Code):
-        return _T_CODE_W_SCOPE if value.scope is not None else _T_CODE
-    if isinstance(value, MinKey):
-        return _T_MINKEY
-    if isinstance(value, MaxKey):
-        return _T_MAXKEY
-    return _T_OTHER
+    return TYPE_NUMBERS.get(type_name(value), _T_OTHER)
 
 
 def _encoded_value(value: Any) -> bytes:

@@ -13,13 +13,13 @@ Two comparisons live here:
 
 from __future__ import annotations
 
-import datetime
+from mongoemu.bsonvalues import type_name
+
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from bson import Binary, Code, DBRef, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp, json_util
-from bson.datetime_ms import DatetimeMS
+from bson import Binary, DBRef, Regex, json_util
 
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
@@ -58,49 +58,11 @@ def short(value: Any, limit: int = 120) -> str:
 
 
 def bson_type(value: Any) -> str:
-    """The BSON type alias (as used by ``$type``) a Python value encodes to.
-
-    PyMongo decodes int32 to ``int`` and int64 to ``Int64``; a plain ``int`` outside the int32
-    range can only be encoded as int64, so that is what it is.
-    """
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, Int64):
-        return "long"
-    if isinstance(value, int):
-        return "int" if _INT32_MIN <= value <= _INT32_MAX else "long"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, Decimal128):
-        return "decimal"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        # DBRef is not a Mapping; a DBRef-shaped dict is still an object to the matcher.
-        return "object"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, (bytes, Binary)):
-        return "binData"
-    if isinstance(value, ObjectId):
-        return "objectId"
-    if isinstance(value, (datetime.datetime, DatetimeMS)):
-        return "date"
-    if isinstance(value, (Regex, re.Pattern)):
-        return "regex"
+    """The BSON type alias (as used by ``$type``) a Python value encodes to."""
     if isinstance(value, DBRef):
         return "dbPointer"
-    if isinstance(value, Code):
-        return "javascript" if value.scope is None else "javascriptWithScope"
-    if isinstance(value, Timestamp):
-        return "timestamp"
-    if isinstance(value, MinKey):
-        return "minKey"
-    if isinstance(value, MaxKey):
-        return "maxKey"
-    return type(value).__name__
+    name = type_name(value)
+    return type(value).__name__ if name == "unknown" else name
 
 
 _NUMBER_TYPES = frozenset({"int", "long", "double", "decimal"})
