@@ -27,24 +27,6 @@ def as_raw(document: Any) -> bytes:
     return bson.encode(document)
 
 
-def encode_batch(documents: list[bytes]) -> bytes:
-    """A BSON array body holding already-encoded documents, without decoding them."""
-    parts = []
-    for index, raw in enumerate(documents):
-        parts.append(b"\x03" + str(index).encode() + b"\x00" + raw)
-    body = b"".join(parts)
-    return (len(body) + 5).to_bytes(4, "little") + body + b"\x00"
-
-
-class RawArray:
-    """A list of raw documents that :func:`mongoemu.wire.encode_reply` splices in verbatim."""
-
-    __slots__ = ("documents",)
-
-    def __init__(self, documents: list[bytes]) -> None:
-        self.documents = documents
-
-
 class Cursor:
     """A cursor over an iterator of documents (raw bytes or dicts)."""
 

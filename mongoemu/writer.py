@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from bson.objectid import ObjectId
 
-from mongoemu.bsonvalues import encode, sort_key
+from mongoemu.bsonvalues import MISSING, encode, sort_key
 from mongoemu.clock import wall_clock
 from mongoemu.errors import CommandError
 from mongoemu.oplog import OplogEntry
@@ -124,7 +124,12 @@ class Writer:
         shard_key = self.server.sharding.shard_key(collection.ns) if self.server.sharding else None
         if not shard_key:
             return {"_id": document["_id"]}
-        key = {field: _dotted(document, field) for field in shard_key if field != "_id"}
+        from mongoemu.query.paths import get_path
+        key = {}
+        for field in shard_key:
+            if field != "_id":
+                value = get_path(document, field)
+                key[field] = None if value is MISSING else value
         key["_id"] = document["_id"]
         return key
 
@@ -331,12 +336,3 @@ class Writer:
 def _view_marker(collection: Collection) -> dict[str, Any]:
     """Views have no UUID and never invalidate streams; their DDL events say so."""
     return {"nsType": "view"} if collection.is_view else {}
-
-
-def _dotted(document: dict[str, Any], path: str) -> Any:
-    value: Any = document
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
