@@ -26,10 +26,11 @@ from pymongosync.clusters import Cluster
 from pymongosync.copy import CopyStopped, copy_partitions
 from pymongosync.errors import (ClusterMismatch, DestinationNotEmpty, InvalidState,
                                 MigrationError, UnsupportedCluster)
-from pymongosync.metadata import METADATA_DATABASE, MetadataStore, is_metadata_database
+from pymongosync.metadata import METADATA_DATABASE, MetadataStore
 from pymongosync.namespaces import NamespaceFilter
 from pymongosync.partitions import plan_partitions
 from pymongosync.request import StartRequest
+from pymongosync.reset import describe_leftovers
 from pymongosync.retry import RETRY_FOR_SECONDS, is_transient
 
 log = logging.getLogger("pymongosync.engine")
@@ -47,7 +48,6 @@ PHASE_DONE = "commit completed"
 
 CAN_COMMIT_LAG_SECONDS = 30
 HEARTBEAT_SECONDS = 2.0
-SYSTEM_DATABASES = frozenset({"admin", "config", "local"})
 
 
 def latest_time(cluster: Cluster) -> Timestamp:
@@ -60,9 +60,13 @@ def latest_time(cluster: Cluster) -> Timestamp:
     return cluster.client.admin.command("ping")["operationTime"]
 
 
-def user_databases(cluster: Cluster) -> list[str]:
-    return [name for name in cluster.client.list_database_names()
-            if name not in SYSTEM_DATABASES]
+def empty_progress(state: str) -> dict[str, Any]:
+    """/progress before any migration exists (IDLE, or INITIALIZING in the API layer): every
+    field null except ``state`` and ``canCommit`` (spec §3.4)."""
+    return {"state": state, "canCommit": False, "canWrite": None, "info": None,
+            "lagTimeSeconds": None, "lag": None, "totalEventsApplied": None,
+            "collectionCopy": None, "directionMapping": None, "mongosyncID": None,
+            "coordinatorID": None}
 
 
 class Migration:
@@ -220,22 +224,10 @@ class Migration:
             cluster.check_supported()
         request.check_topology(source.is_sharded, destination.is_sharded, source.version(),
                                destination.version())
-        databases = user_databases(destination)
-        metadata = [name for name in databases if is_metadata_database(name)]
-        user_data = [name for name in databases if not is_metadata_database(name)]
-        if metadata:
-            raise DestinationNotEmpty(
-                f"the destination {destination.label} holds the metadata of another or an "
-                f"abandoned migration ({', '.join(metadata)})"
-                + (f" and the databases {', '.join(user_data)}" if user_data else "")
-                + ". Run `mongosync reset` with the same --cluster0/--cluster1 to remove it "
-                  "safely, then start again")
-        if user_data and not request.preExistingDestinationData:
-            raise DestinationNotEmpty(
-                f"the destination {destination.label} already holds user databases "
-                f"({', '.join(user_data)}); migrate into an empty cluster, drop them (or run "
-                f"`mongosync reset --all-user-databases`), or use preExistingDestinationData "
-                f"with a namespace filter")
+        leftovers = describe_leftovers(source, destination,
+                                       user_data_allowed=request.preExistingDestinationData)
+        if leftovers:
+            raise DestinationNotEmpty(leftovers)
         namespace_filter = NamespaceFilter.from_request(request)
         timeseries = [ns.namespace for ns in catalog.list_source_namespaces(
             source.client, namespace_filter, sharded=False) if ns.kind == "timeseries"]
@@ -464,9 +456,7 @@ class Migration:
     def progress(self) -> dict[str, Any]:
         """The /api/v1/progress document (spec §3.4)."""
         if self.state == IDLE or self.store is None:
-            return {"state": IDLE, "canCommit": False, "canWrite": None, "info": None,
-                    "lagTimeSeconds": None, "lag": None, "collectionCopy": None,
-                    "directionMapping": None, "mongosyncID": None, "coordinatorID": None}
+            return empty_progress(IDLE)
         document = self.store.load() or {}
         phase = document.get("phase")
         totals = self.store.copy_totals()

@@ -16,8 +16,8 @@ from mongoemu.testing import EmulatorProcess
 from pymongosync.clusters import Cluster
 from pymongosync.verify import compare_clusters
 
-from conftest import user_client
-from workload import Writer, seed_source
+from .conftest import user_client
+from .workload import Writer, seed_source
 
 RUNNER = Path(__file__).with_name("engine_runner.py")
 # Where to strike, in the order a migration meets them: the phase line to wait for, then a

@@ -16,8 +16,8 @@ from pymongosync.metadata import METADATA_DATABASE, MetadataStore
 from pymongosync.request import StartRequest
 from pymongosync.verify import compare_clusters
 
-from conftest import start_cluster, user_client
-from workload import Writer, seed_source
+from .conftest import start_cluster, user_client
+from .workload import Writer, seed_source
 
 START = {"source": "cluster0", "destination": "cluster1"}
 

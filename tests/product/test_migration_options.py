@@ -11,7 +11,7 @@ from pymongosync.namespaces import NamespaceFilter
 from pymongosync.request import StartRequest
 from pymongosync.verify import compare_clusters
 
-from conftest import user_client
+from .conftest import user_client
 
 
 def migrate(cluster0: Cluster, cluster1: Cluster, request: dict[str, Any],
@@ -66,7 +66,7 @@ def test_namespace_filter_and_renames(source: EmulatorProcess,
 
 
 def test_index_building_modes(source: EmulatorProcess, destination: EmulatorProcess) -> None:
-    from conftest import start_cluster
+    from .conftest import start_cluster
     with user_client(source) as client:
         client.shop.items.insert_many([{"sku": f"s{i}", "loc": i, "h": i} for i in range(100)])
         client.shop.items.create_index("sku", unique=True)
