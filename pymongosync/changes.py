@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ log = logging.getLogger("pymongosync.changes")
 CRUD = frozenset({"insert", "update", "replace", "delete"})
 BATCH_EVENTS = 1000
 READ_AHEAD = 4  # batches read while one is being applied
+MAX_BATCH_AGE_SECONDS = 0.25
 HISTORY_LOST = 286
 IGNORED_DDL_ERRORS = frozenset({26, 27, 48, 68, 85, 86})  # already applied before a restart
 
@@ -107,11 +109,16 @@ class ChangeApplier:
             try:
                 with stream:
                     buffer: list[Any] = []
+                    oldest = 0.0
                     while not stop.is_set() and not finished.is_set():
                         event = stream.try_next()
                         if event is not None:
+                            if not buffer:
+                                oldest = time.monotonic()
                             buffer.append(event)
-                            if len(buffer) < BATCH_EVENTS:
+                            # A steady trickle never pauses the stream: flush by age as well.
+                            if len(buffer) < BATCH_EVENTS and \
+                                    time.monotonic() - oldest < MAX_BATCH_AGE_SECONDS:
                                 continue
                         _put(batches, (buffer, stream.resume_token), finished)
                         buffer = []
