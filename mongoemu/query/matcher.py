@@ -120,38 +120,20 @@ class Matcher:
 # Path traversal
 
 
-def _walk(node: Any, parts: tuple[str, ...], indexes: tuple[int, ...], i: int, pred: Pred) -> int:
-    """Test ``pred`` on every value the path reaches, including the elements of a final array."""
-    n = len(parts)
-    while i < n:
-        cls = node.__class__
-        if cls is dict:
-            node = node.get(parts[i], MISSING)
-            i += 1
-            continue
-        if cls is list:
-            part, index = parts[i], indexes[i]
-            for j, element in enumerate(node):
-                if j == index and _walk(element, parts, indexes, i + 1, pred) != NO_MATCH:
+def _expanding(pred: Pred) -> IntPred:
+    """A final-value test that also tries each element of a final array (implicit traversal)."""
+    def test(value: Any) -> int:
+        if value.__class__ is list:
+            for j, element in enumerate(value):
+                if pred(element):
                     return j
-                if (element.__class__ is dict and (index < 0 or part in element)
-                        and _walk(element, parts, indexes, i, pred) != NO_MATCH):
-                    return j
-            return NO_MATCH
-        if cls is DBRef:
-            node = node.as_doc()
-            continue
-        node = MISSING
-        break
-    if node.__class__ is list:
-        for j, element in enumerate(node):
-            if pred(element):
-                return j
-    return MATCH if pred(node) else NO_MATCH
+        return MATCH if pred(value) else NO_MATCH
+    return test
 
 
 def _walk_whole(node: Any, parts: tuple[str, ...], indexes: tuple[int, ...], i: int, pred: IntPred) -> int:
-    """Like :func:`_walk` but a final array is passed whole; ``pred`` reports its own position."""
+    """Test ``pred`` on the value(s) a path reaches; a final array is passed whole and ``pred``
+    reports its own position (wrap it with :func:`_expanding` for implicit traversal)."""
     n = len(parts)
     while i < n:
         cls = node.__class__
@@ -180,18 +162,9 @@ def _path_test(path: str, pred: Pred) -> DocTest:
     parts = split_path(path)
     if len(parts) == 1:
         name = parts[0]
-
-        def test_field(doc: Any) -> int:
-            value = doc.get(name, MISSING)
-            if value.__class__ is list:
-                for j, element in enumerate(value):
-                    if pred(element):
-                        return j
-            return MATCH if pred(value) else NO_MATCH
-
-        return test_field
-    indexes = path_indexes(path)
-    return lambda doc: _walk(doc, parts, indexes, 0, pred)
+        final = _expanding(pred)
+        return lambda doc: final(doc.get(name, MISSING))
+    return _path_test_whole(path, _expanding(pred))
 
 
 def _path_test_whole(path: str, pred: IntPred) -> DocTest:
