@@ -4,7 +4,7 @@ findAndModify, count, distinct and aggregate."""
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
@@ -516,6 +516,20 @@ class WriteResult:
         self.upserted: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
 
+    def run(self, ctx: Context, statements: list[Any],
+            apply: Callable[[int, Any], None]) -> None:
+        """Apply each statement; a failure becomes a writeError and, if ordered, ends the batch."""
+        ordered = _ordered(ctx)
+        for index, statement in enumerate(statements):
+            try:
+                apply(index, statement)
+            except CommandError as exc:
+                if ctx.txn is not None and exc.code == 112:
+                    raise  # a conflict fails the whole transaction statement, labelled transient
+                self.errors.append(exc.to_write_error(index))
+                if ordered:
+                    break
+
     def reply(self, with_modified: bool = False) -> dict[str, Any]:
         reply: dict[str, Any] = {"n": self.n}
         if with_modified:
@@ -554,29 +568,23 @@ def insert(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
     documents = _statements(ctx, "documents")
     raw_documents = getattr(documents, "raw", None)
-    ordered = _ordered(ctx)
     writer = ctx.server.writer
     result = WriteResult()
     from mongoemu.query.update import validate_new_document
-    collection: Collection | None = None
-    for index, document in enumerate(documents):
-        try:
-            if not isinstance(document, dict):
-                raise CommandError(14, "documents must be objects")
-            if collection is None:
-                collection = writer.collection_for_write(ctx, ctx.db, name)
-            stored = with_id_first(document)
-            raw = raw_documents[index] if raw_documents is not None and stored is document \
-                else None
-            validate_new_document(stored, len(raw) if raw is not None else None)
-            writer.insert(ctx, collection, stored, raw)
-            result.n += 1
-        except CommandError as exc:
-            if ctx.txn is not None and exc.code == 112:
-                raise  # a conflict fails the whole transaction statement, labelled transient
-            result.errors.append(exc.to_write_error(index))
-            if ordered:
-                break
+    target: list[Collection] = []
+
+    def insert_one(index: int, document: Any) -> None:
+        if not isinstance(document, dict):
+            raise CommandError(14, "documents must be objects")
+        if not target:
+            target.append(writer.collection_for_write(ctx, ctx.db, name))
+        stored = with_id_first(document)
+        raw = raw_documents[index] if raw_documents is not None and stored is document else None
+        validate_new_document(stored, len(raw) if raw is not None else None)
+        writer.insert(ctx, target[0], stored, raw)
+        result.n += 1
+
+    result.run(ctx, documents, insert_one)
     ctx.server.opcounters["insert"] += result.n
     return result.reply()
 
@@ -620,58 +628,51 @@ def _check_update_statement(statement: Any) -> None:
 def update(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
     statements = _statements(ctx, "updates")
-    ordered = _ordered(ctx)
     writer = ctx.server.writer
     result = WriteResult()
-    for index, statement in enumerate(statements):
-        try:
-            _check_update_statement(statement)
-            query, update_spec = statement["q"], statement["u"]
-            parsed = _parse_update(ctx, update_spec, statement.get("arrayFilters"),
-                                   statement.get("collation"), statement)
-            kind = parsed.kind
-            multi = bool(statement.get("multi"))
-            if multi and kind == "replacement":
-                raise CommandError(9, "multi update is not supported for replacement-style "
-                                      "update")
-            if "sort" in statement and ctx.server.config.max_wire_version < 25:
-                raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
-            variables = _variables(ctx, statement)
-            collection = ctx.catalog.collection(ctx.db, name)
-            if collection is not None and collection.is_view:
-                raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
-            matched = 0
-            if collection is not None:
-                sort = statement.get("sort") if not multi else None
-                matches = select(ctx, collection, query, sort, statement.get("collation"),
-                                 variables, want_position=True, hint=statement.get("hint"))
-                for match in matches:
-                    old = match.decoded()
-                    new = parsed.apply(old, matched_position=match.position,
-                                       cluster_time=ctx.server.clock.now)
-                    if writer.update(ctx, collection, match.key, old, new, kind=kind):
-                        result.modified += 1
-                    matched += 1
-                    if not multi:
-                        break
-            elif statement.get("hint") not in (None, {}, ""):
-                raise CommandError(2, "error processing query: planner returned error :: caused "
-                                      "by :: hint provided does not correspond to an existing "
-                                      "index")
-            if matched:
-                result.n += matched
-            elif statement.get("upsert"):
-                if collection is None:
-                    collection = writer.collection_for_write(ctx, ctx.db, name)
-                document = _upsert(ctx, collection, query, parsed)
-                result.n += 1
-                result.upserted.append({"index": index, "_id": document["_id"]})
-        except CommandError as exc:
-            if ctx.txn is not None and exc.code == 112:
-                raise  # a conflict fails the whole transaction statement, labelled transient
-            result.errors.append(exc.to_write_error(index))
-            if ordered:
-                break
+
+    def update_one(index: int, statement: Any) -> None:
+        _check_update_statement(statement)
+        query, update_spec = statement["q"], statement["u"]
+        parsed = _parse_update(ctx, update_spec, statement.get("arrayFilters"),
+                               statement.get("collation"), statement)
+        kind = parsed.kind
+        multi = bool(statement.get("multi"))
+        if multi and kind == "replacement":
+            raise CommandError(9, "multi update is not supported for replacement-style "
+                                  "update")
+        if "sort" in statement and ctx.server.config.max_wire_version < 25:
+            raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
+        variables = _variables(ctx, statement)
+        collection = ctx.catalog.collection(ctx.db, name)
+        if collection is not None and collection.is_view:
+            raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
+        matched = 0
+        if collection is not None:
+            sort = statement.get("sort") if not multi else None
+            matches = select(ctx, collection, query, sort, statement.get("collation"),
+                             variables, want_position=True, hint=statement.get("hint"))
+            for match in matches:
+                old = match.decoded()
+                new = parsed.apply(old, matched_position=match.position,
+                                   cluster_time=ctx.server.clock.now)
+                if writer.update(ctx, collection, match.key, old, new, kind=kind):
+                    result.modified += 1
+                matched += 1
+                if not multi:
+                    break
+        elif statement.get("hint") not in (None, {}, ""):
+            raise plan.unknown_hint()
+        if matched:
+            result.n += matched
+        elif statement.get("upsert"):
+            if collection is None:
+                collection = writer.collection_for_write(ctx, ctx.db, name)
+            document = _upsert(ctx, collection, query, parsed)
+            result.n += 1
+            result.upserted.append({"index": index, "_id": document["_id"]})
+
+    result.run(ctx, statements, update_one)
     ctx.server.opcounters["update"] += result.n
     return result.reply(with_modified=True)
 
@@ -680,41 +681,34 @@ def update(ctx: Context) -> dict[str, Any]:
 def delete(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
     statements = _statements(ctx, "deletes")
-    ordered = _ordered(ctx)
     writer = ctx.server.writer
     result = WriteResult()
-    for index, statement in enumerate(statements):
-        try:
-            if not isinstance(statement, dict) or not isinstance(statement.get("q"), dict):
-                raise CommandError(40414, "BSON field 'delete.deletes.q' is missing but a "
-                                          "required field")
-            limit = statement.get("limit")
-            if limit not in (0, 1):
-                raise CommandError(9, f"The limit field in delete objects must be 0 or 1. Got "
-                                      f"{limit}")
-            collection = ctx.catalog.collection(ctx.db, name)
-            if collection is None:
-                if statement.get("hint") not in (None, {}, ""):
-                    raise CommandError(2, "error processing query: planner returned error :: "
-                                          "caused by :: hint provided does not correspond to an "
-                                          "existing index")
-                continue
-            if collection.is_view:
-                raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
-            writer.check_writable(ctx, ctx.db)
-            matches = select(ctx, collection, statement["q"], None, statement.get("collation"),
-                             _variables(ctx, statement), hint=statement.get("hint"))
-            for match in matches:
-                writer.delete(ctx, collection, match.key, match.decoded())
-                result.n += 1
-                if limit == 1:
-                    break
-        except CommandError as exc:
-            if ctx.txn is not None and exc.code == 112:
-                raise  # a conflict fails the whole transaction statement, labelled transient
-            result.errors.append(exc.to_write_error(index))
-            if ordered:
+
+    def delete_one(index: int, statement: Any) -> None:
+        if not isinstance(statement, dict) or not isinstance(statement.get("q"), dict):
+            raise CommandError(40414, "BSON field 'delete.deletes.q' is missing but a "
+                                      "required field")
+        limit = statement.get("limit")
+        if limit not in (0, 1):
+            raise CommandError(9, f"The limit field in delete objects must be 0 or 1. Got "
+                                  f"{limit}")
+        collection = ctx.catalog.collection(ctx.db, name)
+        if collection is None:
+            if statement.get("hint") not in (None, {}, ""):
+                raise plan.unknown_hint()
+            return
+        if collection.is_view:
+            raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
+        writer.check_writable(ctx, ctx.db)
+        matches = select(ctx, collection, statement["q"], None, statement.get("collation"),
+                         _variables(ctx, statement), hint=statement.get("hint"))
+        for match in matches:
+            writer.delete(ctx, collection, match.key, match.decoded())
+            result.n += 1
+            if limit == 1:
                 break
+
+    result.run(ctx, statements, delete_one)
     ctx.server.opcounters["delete"] += result.n
     return result.reply()
 
@@ -749,8 +743,7 @@ def find_and_modify(ctx: Context) -> dict[str, Any]:
         match = next(select(ctx, collection, query, sort, _document_arg(ctx, "collation"),
                             variables, want_position=True, hint=body.get("hint")), None)
     elif body.get("hint") not in (None, {}, ""):
-        raise CommandError(2, "error processing query: planner returned error :: caused by :: "
-                              "hint provided does not correspond to an existing index")
+        raise plan.unknown_hint()
     projection = None
     if fields:
         from mongoemu.query.projection import Projection

@@ -94,6 +94,10 @@ def hint_index(collection: Collection, hint: Any) -> dict[str, Any] | None:
         return {"$natural": hint["$natural"]}
     spec = collection.find_index(hint)
     if spec is None:
-        raise CommandError(2, "error processing query: planner returned error :: caused by :: "
-                              "hint provided does not correspond to an existing index")
+        raise unknown_hint()
     return spec
+
+
+def unknown_hint() -> CommandError:
+    return CommandError(2, "error processing query: planner returned error :: caused by :: "
+                           "hint provided does not correspond to an existing index")
