@@ -78,6 +78,20 @@ def _fail(message: str, *path: str | int) -> NoReturn:
     raise PydanticCustomError(_ERROR_TYPE, "{message}", {"message": message, "path": list(path)})
 
 
+def _check_collection_list(collections: list[str], whole_database_effect: str) -> None:
+    """A non-empty list of valid, distinct collection names (filters and copyInNaturalOrder)."""
+    if not collections:
+        _fail(f"must not be empty; leave it out to {whole_database_effect}", "collections")
+    seen: set[str] = set()
+    for index, name in enumerate(collections):
+        problem = collection_name_problem(name)
+        if problem:
+            _fail(problem, "collections", index)
+        if name in seen:
+            _fail(f"{name!r} is listed twice; list each collection once", "collections", index)
+        seen.add(name)
+
+
 def _format_path(parts: tuple[str | int, ...] | list[str | int]) -> str:
     text = ""
     for part in parts:
@@ -171,18 +185,7 @@ class NamespaceFilterEntry(_Document):
             if problem:
                 _fail(problem, "database")
         if self.collections is not None:
-            if not self.collections:
-                _fail("must not be empty; leave it out to select the whole database", "collections")
-            seen: set[str] = set()
-            for index, name in enumerate(self.collections):
-                problem = collection_name_problem(name)
-                if problem:
-                    _fail(problem, "collections", index)
-                if name in seen:
-                    _fail(
-                        f"{name!r} is listed twice; list each collection once", "collections", index
-                    )
-                seen.add(name)
+            _check_collection_list(self.collections, "select the whole database")
         return self
 
     @property
@@ -306,21 +309,8 @@ class NaturalOrderEntry(_Document):
         if problem:
             _fail(problem, "database")
         if self.collections is not None:
-            if not self.collections:
-                _fail(
-                    "must not be empty; leave it out to copy the whole database in natural order",
-                    "collections",
-                )
-            seen: set[str] = set()
-            for index, name in enumerate(self.collections):
-                problem = collection_name_problem(name)
-                if problem:
-                    _fail(problem, "collections", index)
-                if name in seen:
-                    _fail(
-                        f"{name!r} is listed twice; list each collection once", "collections", index
-                    )
-                seen.add(name)
+            _check_collection_list(self.collections,
+                                   "copy the whole database in natural order")
         return self
 
 

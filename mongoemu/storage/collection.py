@@ -16,14 +16,8 @@ from mongoemu.storage.indexes import (ID_INDEX_NAME, all_missing, describe_key, 
 
 
 def format_key_value(key_value: dict[str, Any]) -> str:
-    def show(value: Any) -> str:
-        if isinstance(value, str):
-            return f'"{value}"'
-        if value is None:
-            return "null"
-        if hasattr(value, "binary") and hasattr(value, "generation_time"):
-            return f"ObjectId('{value}')"
-        return repr(value)
+    """``{ email: "a@x" }`` as duplicate-key messages show it (server value rendering)."""
+    from mongoemu.query.expressions import show
     return "{ " + ", ".join(f"{k}: {show(v)}" for k, v in key_value.items()) + " }"
 
 
