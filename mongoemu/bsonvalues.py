@@ -26,6 +26,7 @@ from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from bson.objectid import ObjectId
+from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 from bson.datetime_ms import DatetimeMS
@@ -35,6 +36,9 @@ CODEC: CodecOptions = CodecOptions(
     tz_aware=True,
     uuid_representation=UuidRepresentation.UNSPECIFIED,
     datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+    # A server stores strings byte for byte, valid UTF-8 or not (only `validate` checks): bytes
+    # that are not UTF-8 decode to lone surrogates, which :func:`encode` turns back into them.
+    unicode_decode_error_handler="surrogateescape",
 )
 
 
@@ -72,6 +76,7 @@ RANK_TIMESTAMP = 10
 RANK_REGEX = 11
 RANK_DBPOINTER = 12
 RANK_CODE = 13
+RANK_CODE_W_SCOPE = 14
 RANK_MAXKEY = 100
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -108,6 +113,8 @@ def is_nan(value: Any) -> bool:
 def type_rank(value: Any) -> int:
     if value is None or value is MISSING:
         return RANK_NULL
+    if isinstance(value, Code):  # a str subclass: it must not be taken for a string
+        return RANK_CODE if value.scope is None else RANK_CODE_W_SCOPE
     if isinstance(value, bool):
         return RANK_BOOL
     if isinstance(value, (int, float, Decimal128)):
@@ -130,8 +137,6 @@ def type_rank(value: Any) -> int:
         return RANK_TIMESTAMP
     if isinstance(value, Regex):
         return RANK_REGEX
-    if isinstance(value, Code):
-        return RANK_CODE
     if isinstance(value, MinKey):
         return RANK_MINKEY
     if isinstance(value, MaxKey):
@@ -173,6 +178,8 @@ def sort_key(value: Any) -> tuple:
         return (RANK_REGEX, value.pattern, flags)
     if rank == RANK_CODE:
         return (RANK_CODE, str(value))
+    if rank == RANK_CODE_W_SCOPE:
+        return (RANK_CODE_W_SCOPE, str(value), sort_key(value.scope))
     return (rank,)
 
 
@@ -208,6 +215,8 @@ def type_name(value: Any) -> str:
         return "double"
     if isinstance(value, Decimal128):
         return "decimal"
+    if isinstance(value, Code):  # before str, which it subclasses
+        return "javascriptWithScope" if value.scope is not None else "javascript"
     if isinstance(value, str):
         return "string"
     if isinstance(value, (dict, DBRef)):
@@ -224,8 +233,6 @@ def type_name(value: Any) -> str:
         return "timestamp"
     if isinstance(value, Regex) or (hasattr(value, "pattern") and hasattr(value, "flags")):
         return "regex"
-    if isinstance(value, Code):
-        return "javascriptWithScope" if value.scope is not None else "javascript"
     if isinstance(value, MinKey):
         return "minKey"
     if isinstance(value, MaxKey):
@@ -245,8 +252,98 @@ def decode(data: bytes) -> dict:
     return bson.decode(data, codec_options=CODEC)
 
 
-def encode(document: dict) -> bytes:
-    return bson.encode(document, codec_options=CODEC)
+def encode(document: Any) -> bytes:
+    """BSON of ``document``; strings read from invalid UTF-8 get their original bytes back."""
+    try:
+        return bson.encode(document, codec_options=CODEC)
+    except UnicodeEncodeError:
+        return _document_bytes(document, top_level=True)
+
+
+def utf8(text: str) -> bytes:
+    """The bytes of a string as it arrived, invalid UTF-8 included (see CODEC)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _document_bytes(document: Any, top_level: bool = False) -> bytes:
+    """An encoder for what the C encoder refuses: documents holding surrogate-escaped text."""
+    if isinstance(document, RawBSONDocument):
+        return document.raw
+    if isinstance(document, DBRef):
+        document = document.as_doc()
+    items = list(document.items())
+    if top_level and "_id" in document:  # as bson.encode does for a top-level document
+        items = [("_id", document["_id"])] + [item for item in items if item[0] != "_id"]
+    body = b"".join(_element_bytes(name, value) for name, value in items)
+    return (len(body) + 5).to_bytes(4, "little") + body + b"\x00"
+
+
+def _string_bytes(text: str) -> bytes:
+    data = utf8(text)
+    return (len(data) + 1).to_bytes(4, "little") + data + b"\x00"
+
+
+def _element_bytes(name: str, value: Any) -> bytes:
+    key = utf8(name) + b"\x00"
+    if isinstance(value, Code):
+        if value.scope is None:
+            return b"\x0d" + key + _string_bytes(value)
+        inner = _string_bytes(value) + _document_bytes(value.scope)
+        return b"\x0f" + key + (len(inner) + 4).to_bytes(4, "little") + inner
+    if isinstance(value, str):
+        return b"\x02" + key + _string_bytes(value)
+    if isinstance(value, (dict, DBRef, RawBSONDocument)):
+        return b"\x03" + key + _document_bytes(value)
+    if isinstance(value, (list, tuple)):
+        return b"\x04" + key + _document_bytes({str(i): v for i, v in enumerate(value)})
+    if isinstance(value, Regex):
+        # The option letters as the encoder writes them, from an empty pattern.
+        flags = bson.encode({"": Regex("", value.flags)}, codec_options=CODEC)[7:-1]
+        return b"\x0b" + key + utf8(value.pattern) + b"\x00" + flags
+    encoded = bson.encode({"": value}, codec_options=CODEC)  # int32 size, type, "", value, 0
+    return encoded[4:5] + key + encoded[6:-1]
+
+
+BSON_UNDEFINED = 0x06
+
+# Bytes after the element name for fixed-size types; strings and containers carry a length.
+_FIXED_SIZES = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8,
+                0x12: 8, 0x13: 16, 0xFF: 0, 0x7F: 0}
+
+
+def raw_element_type(raw: bytes, name: str) -> int | None:
+    """The type byte of top-level field ``name`` in encoded document ``raw``.
+
+    Decoding cannot tell some types apart (undefined reads as None), so rules that depend on
+    the exact type look at the bytes; a malformed document answers None.
+    """
+    wanted = utf8(name)
+    offset, end = 4, len(raw) - 1
+    while offset < end:
+        kind = raw[offset]
+        name_end = raw.find(b"\x00", offset + 1)
+        if name_end < 0:
+            return None
+        if raw[offset + 1:name_end] == wanted:
+            return kind
+        offset = name_end + 1
+        if kind in _FIXED_SIZES:
+            offset += _FIXED_SIZES[kind]
+        elif kind in (0x02, 0x0D, 0x0E):  # string, code, symbol
+            offset += 4 + int.from_bytes(raw[offset:offset + 4], "little")
+        elif kind in (0x03, 0x04, 0x0F):  # document, array, code with scope
+            offset += int.from_bytes(raw[offset:offset + 4], "little")
+        elif kind == 0x05:
+            offset += 5 + int.from_bytes(raw[offset:offset + 4], "little")
+        elif kind == 0x0B:  # regex: two C strings
+            offset = raw.find(b"\x00", raw.find(b"\x00", offset) + 1) + 1
+            if offset == 0:
+                return None
+        elif kind == 0x0C:  # DBPointer: string then ObjectId
+            offset += 4 + int.from_bytes(raw[offset:offset + 4], "little") + 12
+        else:
+            return None
+    return None
 
 
 def deep_copy(value: Any) -> Any:

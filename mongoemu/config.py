@@ -6,7 +6,21 @@ from dataclasses import dataclass, field
 
 # maxWireVersion per emulated release (driver wire-version table).
 WIRE_VERSIONS: dict[str, int] = {"6.0": 17, "7.0": 21, "8.0": 25}
-PATCH_RELEASES: dict[str, str] = {"6.0": "6.0.19", "7.0": "7.0.15", "8.0": "8.0.4"}
+# The patch release each one reports by default: at or above mongosync's minimums (spec §20.1),
+# so that a default emulator is a supported cluster; `--server-version 7.0.12` emulates another.
+PATCH_RELEASES: dict[str, str] = {"6.0": "6.0.24", "7.0": "7.0.21", "8.0": "8.0.9"}
+
+
+def split_release(value: str) -> tuple[str, str | None]:
+    """``"7.0"`` or ``"7.0.12"`` as (major release, patch release or None); ValueError names
+    what is accepted."""
+    parts = value.split(".")
+    major = ".".join(parts[:2])
+    if major not in WIRE_VERSIONS or len(parts) not in (2, 3) or not all(
+            part.isdigit() for part in parts):
+        raise ValueError(f"unsupported server version {value!r}; give one of "
+                         f"{', '.join(WIRE_VERSIONS)} or a patch release of one, like 7.0.12")
+    return major, value if len(parts) == 3 else None
 
 
 @dataclass
@@ -24,13 +38,15 @@ class EmulatorConfig:
     root_password: str | None = None
     noop_interval_s: float = 10.0
     enable_test_commands: bool = True
-    # With auth off a real server treats every client as fully privileged, which would bypass
-    # write blocking; tests need to see blocking, so unauthenticated clients do not bypass it.
-    unauthenticated_bypass_write_blocking: bool = False
-    # With auth off, clients whose handshake appName is listed here bypass write blocking,
-    # standing in for the bypassWriteBlockingMode privilege they would hold with auth on.
-    bypass_write_blocking_apps: list[str] = field(default_factory=list)
     shard_names: list[str] = field(default_factory=lambda: ["shard01", "shard02"])
+    # A replica set serving as one shard of a cluster (mongod --shardsvr): it keeps the
+    # filtering metadata the router pushes and answers the chunk-migration commands.
+    shard_role: bool = False
+    # The exact patch release reported (buildInfo, serverStatus); None: PATCH_RELEASES.
+    release: str | None = None
+    # A sink for benchmarks (mongoemu/commands/sink.py): writes to user databases are
+    # acknowledged but their documents are not stored.
+    discard_writes: bool = False
 
     def __post_init__(self) -> None:
         if self.server_version not in WIRE_VERSIONS:
@@ -49,7 +65,7 @@ class EmulatorConfig:
 
     @property
     def full_version(self) -> str:
-        return PATCH_RELEASES[self.server_version]
+        return self.release or PATCH_RELEASES[self.server_version]
 
     @property
     def address(self) -> str:

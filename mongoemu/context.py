@@ -28,7 +28,8 @@ class Connection:
 class Context:
     """One command being executed: who sent it, where, and with which session."""
 
-    __slots__ = ("server", "conn", "db", "body", "name", "session", "txn", "operation_time")
+    __slots__ = ("server", "conn", "db", "body", "name", "session", "txn", "operation_time",
+                 "from_migrate")
 
     def __init__(self, server: "Server", conn: Connection, db: str, body: dict[str, Any],
                  name: str) -> None:
@@ -40,6 +41,9 @@ class Context:
         self.session: "Session | None" = None
         self.txn: "Transaction | None" = None
         self.operation_time = None
+        # Writes of a chunk migration or of a sharded DDL on a non-primary shard: logged with
+        # fromMigrate (change streams skip them) and exempt from user write blocking.
+        self.from_migrate = False
 
     @property
     def catalog(self) -> Any:

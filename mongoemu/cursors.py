@@ -7,9 +7,9 @@ import random
 import time
 from typing import Any, Iterator
 
-import bson
 from bson.raw_bson import RawBSONDocument
 
+from mongoemu.bsonvalues import encode
 from mongoemu.errors import CommandError
 
 # A batch stops growing past this many bytes of documents (the reply must stay < 16 MiB + 16 KiB).
@@ -24,7 +24,7 @@ def as_raw(document: Any) -> bytes:
         return document
     if isinstance(document, RawBSONDocument):
         return document.raw
-    return bson.encode(document)
+    return encode(document)
 
 
 class Cursor:

@@ -27,13 +27,15 @@ CODE_NAMES: dict[int, str] = {
     244: "TransactionTooLarge", 246: "SnapshotUnavailable", 251: "NoSuchTransaction",
     256: "TransactionCommitted", 257: "TransactionTooLargeForCache", 260: "InvalidResumeToken",
     261: "TooManyLogicalSessions", 262: "ExceededTimeLimit", 263: "OperationNotSupportedInTransaction",
-    267: "PreparedTransactionInProgress", 280: "ChangeStreamFatalError",
-    286: "ChangeStreamHistoryLost", 352: "UnsupportedOpQueryCommand", 371: "UserWritesBlocked",
+    266: "FailPointSetFailed", 267: "PreparedTransactionInProgress", 280: "ChangeStreamFatalError",
+    286: "ChangeStreamHistoryLost", 322: "APIVersionError", 323: "APIStrictError",
+    324: "APIDeprecationError", 352: "UnsupportedOpQueryCommand", 361: "CollectionUUIDMismatch",
+    371: "UserWritesBlocked",
     9001: "SocketException", 10058: "LegacyNotPrimary", 10107: "NotWritablePrimary",
     11000: "DuplicateKey", 11600: "InterruptedAtShutdown", 11601: "Interrupted",
     11602: "InterruptedDueToReplStateChange", 13297: "DatabaseDifferCase",
     13388: "StaleConfig", 13435: "NotPrimaryNoSecondaryOk", 13436: "NotPrimaryOrSecondary",
-    40415: "IDLUnknownField", 40414: "IDLFailedToParse", 40573: "Location40573",
+    31082: "SearchNotEnabled", 40415: "IDLUnknownField", 40414: "IDLFailedToParse", 40573: "Location40573",
 }
 
 # Codes the server labels RetryableWriteError / ResumableChangeStreamError (server error_labels.cpp).

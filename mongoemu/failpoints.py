@@ -1,9 +1,11 @@
-"""``configureFailPoint`` state and the ``failCommand`` interception every command passes."""
+"""``configureFailPoint`` state, the ``failCommand`` interception every command passes and the
+``onPrimaryTransactionalWrite`` check every retryable write statement passes."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,18 @@ if TYPE_CHECKING:
     from mongoemu.server import Server
 
 NEVER_FAILED = frozenset({"configureFailPoint", "waitForFailPoint"})
+
+# The fail points the emulator implements. MongoDB refuses any name its binary does not define
+# (FailPointSetFailed, "<name> not found"); accepting an unimplemented name would let a test
+# believe a fault was injected when nothing happens. onPrimaryTransactionalWrite lives in the
+# shard's transaction code, which a mongos does not have.
+REPLSET_FAIL_POINTS = frozenset({"failCommand", "failGetMoreAfterCursorCheckout",
+                                 "onPrimaryTransactionalWrite"})
+MONGOS_FAIL_POINTS = frozenset({"failCommand", "failGetMoreAfterCursorCheckout"})
+
+
+def fail_point_not_found(name: str) -> CommandError:
+    return CommandError(266, f"{name} not found")
 
 
 class CloseConnection(Exception):
@@ -86,6 +100,32 @@ class FailPoints:
             return None
         return point.data
 
+    def before_transactional_write(self, ctx: "Context") -> None:
+        """``onPrimaryTransactionalWrite``: fires where a retryable write is about to commit.
+
+        The write commits unless ``failBeforeCommitExceptionCode`` is set (then it fails with
+        that code and nothing is written); with ``closeConnection`` (default true) the client
+        never gets the reply, while the outcome is still recorded for the retry.
+        """
+        if ("onPrimaryTransactionalWrite" not in self.points or ctx.session is None
+                or "txnNumber" not in ctx.body or "autocommit" in ctx.body):
+            return
+        data = self.triggered("onPrimaryTransactionalWrite")
+        if data is None:
+            return
+        if data.get("closeConnection", True):
+            ctx.conn.closed = True
+        code = data.get("failBeforeCommitExceptionCode")
+        if code is not None:
+            if isinstance(code, bool) or not isinstance(code, (int, float)):
+                raise CommandError(14, "failBeforeCommitExceptionCode must be a number")
+            session_id = ctx.session.lsid.get("id")
+            if isinstance(session_id, bytes) and len(session_id) == 16:
+                session_id = uuid.UUID(bytes=bytes(session_id))
+            raise CommandError(int(code), f"Failing write for {session_id}:"
+                                          f"{ctx.body['txnNumber']} due to failpoint. The write "
+                                          f"must not be reflected.")
+
     async def intercept(self, ctx: "Context", server: "Server") -> dict[str, Any] | None:
         """Apply ``failCommand`` to this command: an error reply, a delay, or nothing."""
         point = self.points.get("failCommand")
@@ -119,5 +159,10 @@ class FailPoints:
                                extra=dict(data.get("errorExtraInfo") or {}),
                                labels=list(labels) if labels is not None else None)
         if "writeConcernError" in data:
-            ctx.body["$emulatorWriteConcernError"] = data["writeConcernError"]
+            error = dict(data["writeConcernError"])
+            labels = data.get("errorLabels")
+            if isinstance(labels, list):
+                # The server lets the fail point's labels replace the ones it would compute.
+                error["errorLabels"] = list(labels)
+            ctx.body["$emulatorWriteConcernError"] = error
         return None

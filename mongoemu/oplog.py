@@ -49,6 +49,9 @@ class OplogEntry:
     # Set on the synthetic entries of a transaction (index inside applyOps).
     txn_op_index: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Written by a chunk migration or by a sharded DDL on a shard other than the database's
+    # primary (the oplog's fromMigrate): change streams do not report it.
+    from_migrate: bool = False
 
     @property
     def is_replace(self) -> bool:

@@ -3,14 +3,20 @@
 Used to seed emulated clusters for tests, benchmarks and the demo; works against real
 servers too, since it only uses PyMongo. When the dump is absent, :func:`generate` makes a
 comparable synthetic data set.
+
+``python -m mongoemu.sampledata URI`` loads the dump (``../shared/datasets/dump`` next to the
+checkout, or ``--dump DIR``) or, without one, the generated data into the cluster at URI.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 import bson
 from bson import json_util
@@ -20,6 +26,7 @@ from pymongo.errors import OperationFailure
 
 Progress = Callable[[str, int], None]
 _RAW = bson.CodecOptions(document_class=RawBSONDocument)
+DEFAULT_DUMP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "dump"
 # Index options mongodump records that createIndexes does not take back.
 _DUMP_ONLY_INDEX_FIELDS = ("ns", "background")
 
@@ -112,3 +119,74 @@ def generate(client: MongoClient, documents: int = 20_000, databases: int = 2,
                 progress(f"{database.name}.{name}", per_collection)
             loaded.append(LoadedCollection(f"{database.name}.{name}", per_collection, 2))
     return loaded
+
+
+class ProgressReport:
+    """A :data:`Progress` callback that reads well wherever it is printed: one line rewritten in
+    place at a terminal, one line per finished collection in a pipe or a log file."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty()
+        self.current: tuple[str, int] | None = None
+
+    def __call__(self, namespace: str, count: int) -> None:
+        if self.live:
+            print(f"\r  loading {namespace:45s} {count:8d} documents", end="", file=self.stream,
+                  flush=True)
+            return
+        if self.current is not None and self.current[0] != namespace:
+            self._line(*self.current)
+        self.current = (namespace, count)
+
+    def finish(self, summary: str) -> None:
+        """End the report with ``summary`` on its own line."""
+        if self.live:
+            print("\r" + summary + " " * 40, file=self.stream, flush=True)
+            return
+        if self.current is not None:
+            self._line(*self.current)
+        print(summary, file=self.stream, flush=True)
+
+    def _line(self, namespace: str, count: int) -> None:
+        print(f"  loaded {namespace} ({count} documents)", file=self.stream, flush=True)
+
+
+def load(uri: str, dump_dir: Path = DEFAULT_DUMP, documents: int = 20_000,
+         report: ProgressReport | None = None) -> list[LoadedCollection]:
+    """The sample dump (or, without it, generated data) into the cluster at ``uri``."""
+    report = report or ProgressReport()
+    started = time.perf_counter()
+    with MongoClient(uri) as client:
+        if dump_dir.exists():
+            print(f"loading the sample dump from {dump_dir} ...", file=report.stream, flush=True)
+            loaded = load_dump(client, dump_dir, report)
+        else:
+            print(f"{dump_dir} not found: generating sample data instead ...", file=report.stream,
+                  flush=True)
+            loaded = generate(client, documents=documents, progress=report)
+    total = sum(c.documents for c in loaded)
+    report.finish(f"loaded {total} documents into {len(loaded)} collections in "
+                  f"{time.perf_counter() - started:.1f} s")
+    return loaded
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mongoemu.sampledata",
+        description="Load the sample dump (mongodump output) into a MongoDB cluster, or "
+                    "generated data when there is no dump.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("uri", help="connection string of the cluster to load")
+    parser.add_argument("--dump", type=Path, default=DEFAULT_DUMP,
+                        help="mongodump output to load; when absent, data is generated")
+    parser.add_argument("--documents", type=int, default=20_000,
+                        help="how many documents to generate when there is no dump")
+    args = parser.parse_args(argv)
+    if args.documents < 1:
+        parser.error("--documents must be at least 1")
+    load(args.uri, args.dump, args.documents)
+
+
+if __name__ == "__main__":
+    main()

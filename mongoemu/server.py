@@ -19,10 +19,11 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
-from mongoemu import wire
-from mongoemu.bsonvalues import CODEC
+from mongoemu import collection_uuid, wire
+from mongoemu.bsonvalues import CODEC, encode
 from mongoemu.clock import Clock
 from mongoemu.commands.registry import REGISTRY, CommandSpec
+from mongoemu.commands.versioned_api import validate_api_parameters
 from mongoemu.config import EmulatorConfig
 from mongoemu.context import Connection, Context
 from mongoemu.cursors import CursorManager
@@ -39,11 +40,15 @@ _ZERO_SIGNATURE = {"hash": bson.Binary(b"\x00" * 20, 0), "keyId": Int64(0)}
 SNAPSHOT_READ_COMMANDS = frozenset({"find", "aggregate", "distinct", "getMore"})
 STATE_CHANGE_CODES = frozenset({91, 189, 10058, 10107, 11600, 11602, 13435, 13436})
 RETRYABLE_WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify", "bulkWrite"})
+# Retryable writes whose statements are recorded one by one, by statement id
+# (commands/crud.py WriteResult.run); the others are recorded as their whole reply.
+STATEMENT_WRITE_COMMANDS = frozenset({"insert", "update", "delete", "bulkWrite"})
 
 
 def _load_commands() -> None:
     """Import every module that registers handlers (the registry is filled on import)."""
     from mongoemu.commands import admin, crud, ddl, handshake, sharding, transactions  # noqa: F401
+    from mongoemu.commands import bulk_write, search, versioned_api  # noqa: F401
     from mongoemu.auth import commands as auth_commands  # noqa: F401
 
 
@@ -62,11 +67,19 @@ class Server:
         self.auth_store = AuthManager(config)
         if config.auth:
             self.auth_store.seed_root(config.root_user, config.root_password)
-        self.sharding = None
-        if config.is_mongos:
-            from mongoemu.commands.sharding import ShardingState
-            self.sharding = ShardingState(self)
+        # A shard's filtering metadata (None elsewhere; a router keeps a routing table instead).
+        self.sharding: Any = None
+        if config.shard_role:
+            from mongoemu.cluster.shard import ShardState
+            self.sharding = ShardState(self)
         self.write_blocked = False
+        # Administrative state a MongoDB server keeps in admin.system.version and cluster
+        # parameters: the FCV (setFeatureCompatibilityVersion), persistent query settings
+        # (setQuerySettings, 8.0) by query shape hash, and an emulated filesystem size for
+        # dbStats (emulatorSetDiskSize; None: the host's filesystem).
+        self.feature_compatibility_version = config.server_version
+        self.query_settings: dict[str, dict[str, Any]] = {}
+        self.emulated_disk_bytes: int | None = None
         self.process_id = ObjectId()
         self.topology_counter = 0
         self.topology_changed = asyncio.Event()
@@ -119,12 +132,19 @@ class Server:
         self.topology_changed.set()
         self.topology_changed = asyncio.Event()
 
+    def ownership_filter(self, ctx: Context, collection: Any) -> Any:
+        """On a shard, for a request the router versioned (``shardVersion``): a predicate
+        keeping the documents of this shard's chunks, so orphans never reach the router."""
+        if not self.config.shard_role or "shardVersion" not in ctx.body:
+            return None
+        return self.sharding.ownership_filter(collection.ns)
+
+    def command_spec(self, name: str) -> CommandSpec | None:
+        """The handler and rules of command ``name`` (a router resolves its own)."""
+        return REGISTRY.get(name)
+
     def may_bypass_write_blocking(self, conn: Connection) -> bool:
-        if self.config.auth:
-            return self.auth_store.can_bypass_write_blocking(conn)
-        if conn.app_name and conn.app_name in self.config.bypass_write_blocking_apps:
-            return True
-        return self.config.unauthenticated_bypass_write_blocking
+        return self.auth_store.can_bypass_write_blocking(conn)
 
     # -- connections -------------------------------------------------------------------------
     async def _serve_connection(self, reader: asyncio.StreamReader,
@@ -163,7 +183,7 @@ class Server:
         if request.opcode == wire.OP_QUERY:
             reply = await self._run_op_query(conn, request)
             data = wire.encode_op_reply(next(self.reply_ids), request.request_id,
-                                        bson.encode(reply, codec_options=CODEC))
+                                        encode(reply))
         else:
             reply = await self.execute(conn, request)
             if reply is None:
@@ -171,7 +191,7 @@ class Server:
             if request.more_to_come:
                 return
             data = wire.encode_op_msg(next(self.reply_ids), request.request_id,
-                                      bson.encode(reply, codec_options=CODEC))
+                                      encode(reply))
         stream.write(data)
         await stream.drain()
 
@@ -205,7 +225,7 @@ class Server:
                 raise CommandError(40571, "OP_MSG requests require a $db argument")
             if not isinstance(db, str):
                 raise CommandError(14, "$db must be a string")
-            spec = REGISTRY.get(name)
+            spec = self.command_spec(name)
             if spec is None:
                 raise CommandError(59, f"no such command: '{name}'")
             ctx = Context(self, conn, db, body, name)
@@ -225,6 +245,8 @@ class Server:
             log.exception("command failed")
             reply = CommandError(1, f"internal emulator error: {type(exc).__name__}: {exc}").to_reply()
         self.oplog.notify()
+        if conn.closed:  # a fail point dropped the connection after the command ran
+            raise CloseConnection()
         if reply is None:
             return None
         return self._finish(reply, ctx)
@@ -235,6 +257,7 @@ class Server:
             raise CommandError(59, f"no such command: '{name}'")
         if spec.admin_only and db != "admin":
             raise CommandError(13, f"{name} may only be run against the admin database.")
+        validate_api_parameters(name, body)
         if self.config.auth and not spec.no_auth:
             self.auth_store.check(ctx, name)
         injected = await self.failpoints.intercept(ctx, self)
@@ -246,18 +269,34 @@ class Server:
         self._await_cluster_time(body)
         if "lsid" in body and name not in ("endSessions",):
             ctx.session = self.sessions.get(body["lsid"])
+        if self.config.shard_role:
+            ctx.from_migrate = body.pop("fromMigrate", False) is True
         stored = self._begin_session_work(ctx, spec)
         if stored is not None:
-            return stored
-        try:
-            result = spec.handler(ctx)
-            if inspect.isawaitable(result):
-                result = await result
-        except CommandError:
-            if ctx.txn is not None and name not in ("commitTransaction", "abortTransaction"):
-                self._abort(ctx)
-            raise
-        reply = {**result, "ok": result.get("ok", 1.0)}
+            # A retried write answers with the first outcome, then waits for its write concern
+            # again: a write concern error is not part of what was recorded.
+            reply = dict(stored)
+        else:
+            try:
+                collection_uuid.check_command(ctx, spec.name)
+                result = spec.handler(ctx)
+                if inspect.isawaitable(result):
+                    result = await result
+            except CommandError:
+                if ctx.txn is not None and name not in ("commitTransaction", "abortTransaction"):
+                    self._abort(ctx)
+                raise
+            reply = {**result, "ok": result.get("ok", 1.0)}
+            if (ctx.session is not None and "txnNumber" in body and "autocommit" not in body
+                    and name in RETRYABLE_WRITE_COMMANDS and name not in STATEMENT_WRITE_COMMANDS):
+                # Recorded whole (the statement commands keep their history by statement id).
+                # A router sends one retryable write to a shard in several batches under one
+                # txnNumber, each naming its statements (stmtIds): each batch is its own retry.
+                replies = ctx.session.retry_replies
+                if any(_txn_of(key) != body["txnNumber"] for key in replies):
+                    replies = {}
+                replies[_retry_key(body)] = dict(reply)
+                ctx.session.retry_replies = replies
         concern_error = unsatisfiable_write_concern(body.get("writeConcern"))
         if concern_error is not None and "$emulatorWriteConcernError" not in body:
             body["$emulatorWriteConcernError"] = concern_error
@@ -272,9 +311,6 @@ class Server:
                 reply["errorLabels"] = list(labels)
         if ctx.txn is not None and reply.get("writeErrors"):
             self._abort(ctx)
-        if (ctx.session is not None and "txnNumber" in body and "autocommit" not in body
-                and name in RETRYABLE_WRITE_COMMANDS):
-            ctx.session.retry_replies = {body["txnNumber"]: reply}
         return reply
 
     def _await_cluster_time(self, body: dict[str, Any]) -> None:
@@ -319,8 +355,8 @@ class Server:
                 raise CommandError(225, f"Retryable write with txnNumber {txn_number} is "
                                         f"prohibited on session because a newer retryable write "
                                         f"with txnNumber {session.txn_number} has already started")
-            if txn_number == session.txn_number and txn_number in session.retry_replies:
-                return session.retry_replies[txn_number]
+            if txn_number == session.txn_number and _retry_key(body) in session.retry_replies:
+                return session.retry_replies[_retry_key(body)]
             self._retire_transaction(ctx, txn_number)
             session.txn_number = txn_number
             return None
@@ -394,18 +430,36 @@ class Server:
         return reply
 
 
+def _retry_key(body: dict[str, Any]) -> Any:
+    statements = body.get("stmtIds")
+    if isinstance(statements, list):
+        return (body["txnNumber"], tuple(int(s) for s in statements))
+    return body["txnNumber"]
+
+
+def _txn_of(retry_key: Any) -> Any:
+    return retry_key[0] if isinstance(retry_key, tuple) else retry_key
+
+
+# error_labels.cpp isTransientTransactionError: WriteConflict, LockTimeout,
+# PreparedTransactionInProgress, the snapshot errors (SnapshotTooOld, StaleChunkHistory,
+# SnapshotUnavailable), the re-targeting errors (StaleShardVersion, StaleEpoch, StaleConfig) and
+# StaleDbVersion.
+TRANSIENT_TRANSACTION_CODES = frozenset({112, 24, 267, 239, 241, 246, 63, 150, 13388, 249})
+
+
 def error_labels(name: str, body: dict[str, Any], code: int) -> list[str]:
-    """The labels a server attaches (server error_labels.cpp rules, simplified)."""
-    in_txn = "autocommit" in body
-    if name in ("commitTransaction", "abortTransaction"):
-        if code in RETRIABLE_CODES:
-            return ["RetryableWriteError"]
-        return [TRANSIENT] if code in (112, 251, 24) and in_txn else []
+    """The labels a server attaches to a command error (server error_labels.cpp rules)."""
+    in_txn = "txnNumber" in body and "autocommit" in body
+    commit_or_abort = name in ("commitTransaction", "abortTransaction")
     if in_txn:
-        if code in (112, 251, 24) or code in RETRIABLE_CODES:
+        transient = code in TRANSIENT_TRANSACTION_CODES or code == 251
+        if not commit_or_abort:
+            transient = transient or code in RETRIABLE_CODES
+        if transient:
             return [TRANSIENT]
-        return []
-    if "txnNumber" in body and name in RETRYABLE_WRITE_COMMANDS and code in RETRIABLE_CODES:
+    retryable_write = "txnNumber" in body and "autocommit" not in body
+    if (retryable_write or (in_txn and commit_or_abort)) and code in RETRIABLE_CODES:
         return ["RetryableWriteError"]
     return []
 

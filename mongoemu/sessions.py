@@ -110,9 +110,18 @@ class Session:
     key: bytes
     last_used: float = field(default_factory=time.monotonic)
     txn_number: int = -1
-    # Retryable writes: txnNumber -> the reply first sent for it.
+    # Retryable writes: txnNumber -> the reply first sent for it (single-statement commands).
     retry_replies: dict[int, dict[str, Any]] = field(default_factory=dict)
     transaction: Transaction | None = None
+    # Retryable writes with statements: the txnNumber and, by statement id, the outcome of
+    # each statement that succeeded under it (what a retry must not run again).
+    executed_txn_number: int = -1
+    executed_statements: dict[int, Any] = field(default_factory=dict)
+
+    def statement_history(self, txn_number: int) -> dict[int, Any]:
+        if txn_number != self.executed_txn_number:
+            self.executed_txn_number, self.executed_statements = txn_number, {}
+        return self.executed_statements
 
 
 def session_key(lsid: Any) -> bytes:

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, TypeVar
+from urllib.parse import quote_plus
 
 _READY = re.compile(r"mongoemu ready uri=(\S+) port=(\d+)")
+
+# A deployment where user write blocking can be seen must run with authentication: without it
+# every client holds every privilege, bypassWriteBlockingMode included (as on MongoDB). These
+# are the two users of such a test deployment: the migration tool's (root, which holds
+# bypassWriteBlockingMode through its restore role) and an application's, which does not.
+ROOT_CREDENTIALS = ("root", "emulator-root-password")
+APPLICATION_CREDENTIALS = ("application", "emulator-application-password")
+# An application's or operator's user: it reads, writes and administers databases and may switch
+# write blocking on and off (backup), but not write through it.
+APPLICATION_ROLES = ["readWriteAnyDatabase", "dbAdminAnyDatabase", "clusterMonitor", "backup"]
+
+
+def with_credentials(uri: str, user: str, password: str) -> str:
+    """``uri`` signing in as ``user`` against the admin database."""
+    scheme, rest = uri.split("://", 1)
+    separator = "&" if "?" in rest else ("?" if rest.endswith("/") else "/?")
+    return (f"{scheme}://{quote_plus(user)}:{quote_plus(password)}@{rest}{separator}"
+            f"authSource=admin")
 
 
 @dataclass
@@ -20,6 +41,8 @@ class EmulatorProcess:
     mode: str
     process: subprocess.Popen
     stderr_lines: list[str] = field(default_factory=list)
+    # With authentication: ``uri`` signs in as root, this one as the application user.
+    application_uri: str | None = None
 
     @property
     def host(self) -> str:
@@ -53,10 +76,14 @@ class EmulatorProcess:
 def start_emulator(mode: str = "replset", server_version: str = "7.0",
                    extra_args: list[str] | None = None, port: int = 0,
                    timeout: float = 30.0) -> EmulatorProcess:
-    """Start ``python -m mongoemu`` and wait for its ready line."""
+    """Start ``python -m mongoemu`` and wait for its ready line; ``mode="mongos"`` starts a
+    2-shard cluster (:func:`start_cluster`) and answers with its router."""
+    if mode == "mongos":
+        return start_cluster(shards=2, server_version=server_version, extra_args=extra_args,
+                             port=port, timeout=max(timeout, 60.0))
     command = [sys.executable, "-m", "mongoemu", "--port", str(port),
                "--server-version", server_version]
-    command += ["--mongos"] if mode == "mongos" else ["--replset", "rs0"]
+    command += ["--replset", "rs0"]
     command += list(extra_args or [])
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +108,44 @@ def start_emulator(mode: str = "replset", server_version: str = "7.0",
                            process=process, stderr_lines=stderr_lines)
 
 
+def start_secured_emulator(mode: str = "replset", server_version: str = "7.0",
+                           extra_args: list[str] | None = None, port: int = 0,
+                           timeout: float = 30.0) -> EmulatorProcess:
+    """An emulator with authentication on, where user write blocking applies to applications.
+
+    ``uri`` signs in as :data:`ROOT_CREDENTIALS` (what a migration tool is given) and
+    ``application_uri`` as :data:`APPLICATION_CREDENTIALS`, a user with
+    :data:`APPLICATION_ROLES`, none of which may bypass write blocking.
+    """
+    root_user, root_password = ROOT_CREDENTIALS
+    emulator = start_emulator(mode, server_version,
+                              ["--auth", "--user", root_user, "--password", root_password,
+                               *(extra_args or [])], port, timeout)
+    return _with_users(emulator, timeout)
+
+
+_Process = TypeVar("_Process", bound="EmulatorProcess")
+
+
+def _with_users(emulator: _Process, timeout: float) -> _Process:
+    """Sign ``uri`` in as root and create the application user (``application_uri``)."""
+    import pymongo
+
+    root_user, root_password = ROOT_CREDENTIALS
+    plain_uri = emulator.uri
+    emulator.uri = with_credentials(plain_uri, root_user, root_password)
+    user, password = APPLICATION_CREDENTIALS
+    try:
+        with pymongo.MongoClient(emulator.uri, serverSelectionTimeoutMS=int(timeout * 1000)) \
+                as client:
+            client.admin.command("createUser", user, pwd=password, roles=APPLICATION_ROLES)
+    except Exception:
+        emulator.stop()
+        raise
+    emulator.application_uri = with_credentials(plain_uri, user, password)
+    return emulator
+
+
 def _drain(stream, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
     for line in stream:
         sink.append(line)
@@ -98,3 +163,80 @@ def emulators(count: int, **kwargs: object) -> Iterator[list[EmulatorProcess]]:
     finally:
         for emulator in started:
             emulator.stop()
+
+
+_CLUSTER_READY = re.compile(r"mongoemu ready uri=(\S+) port=(\d+) .*shards=(\S+) config=(\S+)")
+
+
+@dataclass
+class ClusterProcess(EmulatorProcess):
+    """``python -m mongoemu cluster``: ``uri``/``port`` are the router's."""
+
+    shards: dict[str, str] = field(default_factory=dict)  # name -> "host:port"
+    config_address: str = ""
+    stdout_lines: list[str] = field(default_factory=list)
+
+    def __enter__(self) -> "ClusterProcess":
+        return self
+
+    def shard_uri(self, name: str) -> str:
+        """A direct connection to one shard (it answers as its replica set's primary)."""
+        return f"mongodb://{self.shards[name]}/?directConnection=true"
+
+    @property
+    def config_uri(self) -> str:
+        return f"mongodb://{self.config_address}/?directConnection=true"
+
+    def restart_router(self, timeout: float = 60.0) -> None:
+        """Stop the router and start a new one on the same port (the shards keep running)."""
+        seen = len(self.stdout_lines)
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any("router restarted" in line for line in self.stdout_lines[seen:]):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the router did not restart: {''.join(self.stderr_lines)[-2000:]}")
+
+
+def start_cluster(shards: int = 3, server_version: str = "7.0",
+                  extra_args: list[str] | None = None, port: int = 0,
+                  timeout: float = 90.0, secured: bool = False) -> ClusterProcess:
+    """Start ``python -m mongoemu cluster --shards N`` and wait for its ready line.
+
+    ``secured``: the router requires authentication, with the users of
+    :func:`start_secured_emulator` (``uri`` as root, ``application_uri`` as the application).
+    """
+    command = [sys.executable, "-m", "mongoemu", "cluster", "--shards", str(shards),
+               "--port", str(port), "--server-version", server_version,
+               *list(extra_args or [])]
+    if secured:
+        command += ["--auth", "--user", ROOT_CREDENTIALS[0], "--password", ROOT_CREDENTIALS[1]]
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    stderr_lines: list[str] = []
+    threading.Thread(target=_drain, args=(process.stderr, stderr_lines), daemon=True).start()
+    stdout_lines: list[str] = []
+    threading.Thread(target=_drain, args=(process.stdout, stdout_lines), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    match = None
+    while time.monotonic() < deadline and match is None:
+        match = next((m for m in map(_CLUSTER_READY.search, list(stdout_lines)) if m), None)
+        if match is None:
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+    if match is None:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"cluster did not start: {''.join(stderr_lines)[-3000:]}")
+    shard_map = dict(item.split("=", 1) for item in match.group(3).split(","))
+    cluster = ClusterProcess(uri=match.group(1), port=int(match.group(2)), mode="cluster",
+                             process=process, stderr_lines=stderr_lines, shards=shard_map,
+                             config_address=match.group(4), stdout_lines=stdout_lines)
+    return _with_users(cluster, timeout) if secured else cluster

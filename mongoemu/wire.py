@@ -120,10 +120,8 @@ def parse_op_msg(request_id: int, payload: bytes, header: bytes = b"") -> Reques
             name_end = payload.find(b"\x00", offset + 4, section_end)
             if name_end < 0:
                 raise ProtocolError("document sequence identifier is not terminated")
-            try:
-                identifier = payload[offset + 4:name_end].decode()
-            except UnicodeDecodeError:
-                raise ProtocolError("document sequence identifier is not UTF-8") from None
+            # A name, like any BSON string, need not be valid UTF-8: it is kept byte for byte.
+            identifier = payload[offset + 4:name_end].decode("utf-8", "surrogateescape")
             if identifier in sequences:
                 raise ProtocolError(f"duplicate document sequence {identifier!r}")
             sequences[identifier] = _split_documents(payload, name_end + 1, section_end)
@@ -156,10 +154,7 @@ def parse_op_query(request_id: int, payload: bytes) -> Request:
     name_end = payload.find(b"\x00", 4)
     if name_end < 0:
         raise ProtocolError("OP_QUERY collection name is not terminated")
-    try:
-        collection = payload[4:name_end].decode()
-    except UnicodeDecodeError:
-        raise ProtocolError("OP_QUERY collection name is not UTF-8") from None
+    collection = payload[4:name_end].decode("utf-8", "surrogateescape")
     offset = name_end + 1 + 8  # numberToSkip, numberToReturn
     query, _ = _decode_document(payload, offset)
     return Request(request_id=request_id, opcode=OP_QUERY, body=query, flags=flags,
@@ -170,6 +165,31 @@ def encode_op_msg(request_id: int, response_to: int, body: bytes, flags: int = 0
     length = HEADER.size + 4 + 1 + len(body)
     return (HEADER.pack(length, request_id, response_to, OP_MSG) + flags.to_bytes(4, "little")
             + b"\x00" + body)
+
+
+def encode_op_msg_sections(request_id: int, body: bytes,
+                           sequences: dict[str, list[bytes]] | None = None) -> bytes:
+    """A client's OP_MSG: the body, then one kind-1 section per document sequence (raw BSON
+    documents travel as they are, without being decoded and re-encoded)."""
+    parts = [(0).to_bytes(4, "little"), b"\x00", body]
+    for identifier, documents in (sequences or {}).items():
+        name = identifier.encode() + b"\x00"
+        size = 4 + len(name) + sum(len(document) for document in documents)
+        parts += [b"\x01", size.to_bytes(4, "little"), name, *documents]
+    payload = b"".join(parts)
+    return HEADER.pack(HEADER.size + len(payload), request_id, 0, OP_MSG) + payload
+
+
+def op_msg_reply_body(payload: bytes) -> bytes:
+    """The body section of a server's OP_MSG reply (flags and checksum skipped)."""
+    flags = int.from_bytes(payload[:4], "little")
+    end = len(payload) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
+    if len(payload) < 10 or payload[4] != 0:
+        raise ProtocolError("OP_MSG reply without a body section first")
+    size = int.from_bytes(payload[5:9], "little")
+    if 5 + size > end:
+        raise ProtocolError("OP_MSG reply body overruns the message")
+    return payload[5:5 + size]
 
 
 def encode_op_reply(request_id: int, response_to: int, body: bytes) -> bytes:

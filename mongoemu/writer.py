@@ -7,9 +7,10 @@ streams need), so no command can forget one of them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from bson.objectid import ObjectId
+from bson.timestamp import Timestamp
 
 from mongoemu.bsonvalues import MISSING, encode, sort_key
 from mongoemu.clock import wall_clock
@@ -35,6 +36,21 @@ def with_id_first(document: dict[str, Any]) -> dict[str, Any]:
     return reordered
 
 
+def fill_empty_timestamps(document: dict[str, Any],
+                          next_time: Callable[[], Timestamp]) -> dict[str, Any]:
+    """``document`` as the server stores it: every top-level ``Timestamp(0, 0)`` but ``_id``'s
+    takes a new cluster time (fixDocumentForInsert, ObjectReplaceExecutor). The same object
+    comes back when there is none, so an unchanged document keeps its encoded bytes."""
+    if not any(_is_empty_timestamp(value) for name, value in document.items() if name != "_id"):
+        return document
+    return {name: next_time() if name != "_id" and _is_empty_timestamp(value) else value
+            for name, value in document.items()}
+
+
+def _is_empty_timestamp(value: Any) -> bool:
+    return isinstance(value, Timestamp) and value.time == 0 and value.inc == 0
+
+
 class Writer:
     def __init__(self, server: "Server") -> None:
         self.server = server
@@ -43,6 +59,8 @@ class Writer:
     def check_writable(self, ctx: "Context | None", db: str) -> None:
         server = self.server
         if not server.write_blocked or db in INTERNAL_DATABASES or ctx is None:
+            return
+        if ctx.from_migrate:
             return
         if server.may_bypass_write_blocking(ctx.conn):
             return
@@ -77,6 +95,7 @@ class Writer:
             return
         entry.ts = self.server.clock.tick()
         if ctx is not None:
+            entry.from_migrate = ctx.from_migrate
             ctx.operation_time = entry.ts
             if ctx.session is not None and "txnNumber" in ctx.body:
                 entry.lsid = ctx.session.lsid
@@ -191,14 +210,17 @@ class Writer:
                                   extra=_view_marker(collection)))
 
     def drop_database(self, ctx: "Context | None", db: str) -> None:
-        self.check_writable(ctx, db)
         database = self.server.catalog.database(db)
-        if database is not None:
-            for collection in sorted(database.collections.values(), key=lambda c: c.name):
-                if collection.name.startswith("system."):
-                    self.server.catalog.remove(db, collection.name)
-                    continue
-                self.drop_collection(ctx, collection)
+        if database is None:
+            # Nothing is dropped, so nothing is written: no oplog entry (no change event),
+            # and write blocking, which guards writes, does not apply.
+            return
+        self.check_writable(ctx, db)
+        for collection in sorted(database.collections.values(), key=lambda c: c.name):
+            if collection.name.startswith("system."):
+                self.server.catalog.remove(db, collection.name)
+                continue
+            self.drop_collection(ctx, collection)
         self.log(ctx, self._entry("c", f"{db}.$cmd", command={"dropDatabase": 1}))
 
     def rename_collection(self, ctx: "Context | None", collection: Collection, to_db: str,
@@ -280,12 +302,13 @@ class Writer:
 
     def update(self, ctx: "Context | None", collection: Collection, key: tuple,
                old_document: dict[str, Any], new_document: dict[str, Any],
-               kind: str = "operators") -> bool:
+               kind: str = "operators", modifier_log: list | None = None) -> bool:
         """Store the updated document; False (and nothing logged) when nothing changed.
 
         ``kind`` is how the update was written ("operators", "replacement" or "pipeline"):
         like the server, replacements are logged whole and pipeline updates whole when a
-        diff would not be smaller.
+        diff would not be smaller. ``modifier_log`` is what an operator update's modifiers
+        did (ParsedUpdate.apply), which is what the server logs rather than an image diff.
         """
         self.check_writable(ctx, collection.db)
         raw = encode(new_document)
@@ -295,6 +318,9 @@ class Writer:
         if len(raw) > 16 * 1024 * 1024 + 16 * 1024:
             raise CommandError(17419, "Resulting document after update is larger than 16777216")
         self._validate(ctx, collection, new_document, old_document)
+        if self.server.config.shard_role and ctx is not None:
+            # A routed update may not move a document out of this shard's chunks.
+            self.server.sharding.check_still_owned(ctx, collection, new_document)
         self._lock(ctx, collection, key)
         collection.replace(key, raw, new_document, old_document)
         self._track(ctx, collection, key)
@@ -302,10 +328,16 @@ class Writer:
         extra: dict[str, Any] = {}
         replacement = kind == "replacement"
         if not replacement:
-            from mongoemu.query.update_description import compute_diff, describe_diff
+            from mongoemu.query.update_description import (
+                compute_diff,
+                describe_diff,
+                diff_from_log,
+            )
             # The $v:2 diff is kept because only it can tell an array index from a field
             # named "0" (change streams' disambiguatedPaths).
-            diff = compute_diff(old_document, new_document, size_limited=kind == "pipeline")
+            diff = diff_from_log(new_document, modifier_log) if modifier_log else None
+            if diff is None:
+                diff = compute_diff(old_document, new_document, size_limited=kind == "pipeline")
             if diff is None:
                 replacement = True
             else:

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from mongoemu.testing import EmulatorProcess, start_emulator
+from mongoemu.testing import ClusterProcess, EmulatorProcess, start_cluster, start_emulator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -27,9 +27,19 @@ def replset() -> Iterator[EmulatorProcess]:
 
 
 @pytest.fixture(scope="session")
-def mongos() -> Iterator[EmulatorProcess]:
-    with start_emulator("mongos") as emulator:
-        yield emulator
+def mongos() -> Iterator[ClusterProcess]:
+    """The router of a 2-shard cluster (python -m mongoemu cluster), shared by the session."""
+    with start_cluster(shards=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster() -> Iterator[ClusterProcess]:
+    """A 3-shard cluster of its own; shards write no-ops twice a second so change streams on
+    the router move on quickly, and the balancer looks every half second."""
+    with start_cluster(shards=3, extra_args=["--noop-interval", "0.5",
+                                             "--balancer-interval", "0.5"]) as started:
+        yield started
 
 
 @pytest.fixture

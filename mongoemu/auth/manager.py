@@ -510,12 +510,12 @@ class AuthManager:
     def can_bypass_write_blocking(self, conn: "Connection") -> bool:
         """Whether this connection's writes go through ``setUserWriteBlockMode``.
 
-        Authenticated connections need ``bypassWriteBlockingMode`` (restore, root, __system),
-        with or without auth enforcement. Unauthenticated ones are fully privileged on a real
-        server without auth; the emulator makes that a switch so tests can see blocking."""
-        if conn.user is None:
-            return not self.config.auth and self.config.unauthenticated_bypass_write_blocking
-        return self._satisfies(conn, _BYPASS_WRITE_BLOCKING)
+        With auth on, only users holding ``bypassWriteBlockingMode`` (restore, root, __system)
+        may. Without auth every client holds every privilege, this one included, whoever it
+        authenticated as (SERVER-67545): only an authenticated deployment blocks anyone."""
+        if not self.config.auth:
+            return True
+        return conn.user is not None and self._satisfies(conn, _BYPASS_WRITE_BLOCKING)
 
     def _roles_of(self, conn: "Connection") -> list[RoleName]:
         user = self._users.get((conn.user[1], conn.user[0])) if conn.user else None

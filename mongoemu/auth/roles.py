@@ -532,6 +532,8 @@ def required_privileges(name: str, db: str, body: Mapping[str, Any], *,
         return [[Privilege(_collection_or_database(db, value), _with_bypass(actions, body))]]
     if name == "findAndModify":
         return [[Privilege(_collection_or_database(db, value), _find_and_modify_actions(body))]]
+    if name == "bulkWrite":
+        return [_bulk_write_privileges(body)]
     if name == "create":
         return _create_privileges(db, value, body)
     if name == "renameCollection":
@@ -570,6 +572,30 @@ def _with_bypass(actions: set[str], body: Mapping[str, Any]) -> frozenset[str]:
     if body.get("bypassDocumentValidation"):
         actions = actions | {"bypassDocumentValidation"}
     return frozenset(actions)
+
+
+def _bulk_write_privileges(body: Mapping[str, Any]) -> list[Privilege]:
+    """Each nsInfo namespace with the actions of the operations on it (bulk_write_common.cpp
+    getPrivileges); a malformed request needs no more than a user, the command refuses it."""
+    ns_info, ops = body.get("nsInfo"), body.get("ops")
+    if not isinstance(ns_info, list) or not isinstance(ops, list):
+        return []
+    actions: list[set[str]] = [set() for _ in ns_info]
+    for op in ops:
+        if not isinstance(op, Mapping) or not op:
+            continue
+        kind = next(iter(op))
+        index = op.get(kind)
+        if kind not in ("insert", "update", "delete") or not isinstance(index, int) \
+                or not 0 <= index < len(ns_info):
+            continue
+        needed = {"insert": {"insert"}, "update": {"update"}, "delete": {"remove"}}[kind]
+        if kind == "update" and op.get("upsert"):
+            needed = needed | {"insert"}
+        actions[index] |= needed
+    return [Privilege(_full_namespace(entry.get("ns") if isinstance(entry, Mapping) else None),
+                      _with_bypass(needed, body))
+            for entry, needed in zip(ns_info, actions)]
 
 
 def _find_and_modify_actions(body: Mapping[str, Any]) -> frozenset[str]:

@@ -205,6 +205,8 @@ class ChangeEvent:
 
 def events_for_entry(entry: OplogEntry, options: StreamOptions) -> list[ChangeEvent]:
     """The events (0..n) ``entry`` produces for a stream, invalidate included, in order."""
+    if entry.from_migrate:  # a chunk migration or a non-primary shard's copy of a DDL
+        return []
     if entry.apply_ops is not None:
         events: list[ChangeEvent] = []
         for operation in entry.apply_ops:

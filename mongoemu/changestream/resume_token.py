@@ -41,7 +41,7 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
-from mongoemu.bsonvalues import datetime_to_millis
+from mongoemu.bsonvalues import datetime_to_millis, utf8
 from mongoemu.errors import CommandError
 
 TOKEN_VERSION = 2  # 6.0+ servers
@@ -212,7 +212,7 @@ class _Encoder:
             regex = value if isinstance(value, Regex) else Regex.from_native(value)
             flags = regex.flags if isinstance(regex.flags, str) else _regex_flags(regex.flags)
             out.append(_REGEX)
-            out += regex.pattern.encode() + b"\x00" + flags.encode() + b"\x00"
+            out += utf8(regex.pattern) + b"\x00" + flags.encode() + b"\x00"
         elif isinstance(value, MinKey):
             out.append(_MINKEY)
         elif isinstance(value, MaxKey):
@@ -224,12 +224,12 @@ class _Encoder:
         for name, value in document.items():
             # Objects order by (generic type, name, value), hence the generic type byte first.
             self.out.append(_generic_type(value))
-            self.out += name.encode() + b"\x00"
+            self.out += utf8(name) + b"\x00"
             self.value(value)
         self.out.append(0)
 
     def _string_like(self, text: str) -> None:
-        self.out += text.encode().replace(b"\x00", b"\x00\xff") + b"\x00"
+        self.out += utf8(text).replace(b"\x00", b"\x00\xff") + b"\x00"
 
     def _bindata(self, data: bytes, subtype: int) -> None:
         self.out.append(_BINDATA)

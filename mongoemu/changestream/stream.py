@@ -158,7 +158,10 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
     cursor = ChangeStreamCursor(
         cursor_id=server.cursors.new_id(), ns=ns, session_id=session_id, server=server,
         options=options, tail_stages=tail, position=oplog.position_at_or_after(start),
-        initial_token=initial, resume_key=resume_key)
+        initial_token=initial, resume_key=resume_key,
+        # A shard answering the router only holds part of the cluster's events: the token's
+        # event may be on another shard, so passing its position is no error here.
+        token_may_be_elsewhere=ctx.body.get("fromMongos") is True)
     batch = cursor.take(_batch_size(cursor_options))
     if cursor.exhausted:
         cursor.close()
@@ -278,7 +281,8 @@ class ChangeStreamCursor:
 
     def __init__(self, cursor_id: int, ns: str, session_id: bytes | None, server: "Server",
                  options: StreamOptions, tail_stages: list[dict[str, Any]], position: int,
-                 initial_token: Token, resume_key: tuple | None) -> None:
+                 initial_token: Token, resume_key: tuple | None,
+                 token_may_be_elsewhere: bool = False) -> None:
         self.id = cursor_id
         self.ns = ns
         self.session_id = session_id
@@ -290,6 +294,7 @@ class ChangeStreamCursor:
         self.pending: collections.deque[ChangeEvent] = collections.deque()
         # Sort key of the client's event token until the stream has met it.
         self.resume_key = resume_key
+        self._token_may_be_elsewhere = token_may_be_elsewhere
         self._client_token = initial_token.document
         self.post_batch_token = initial_token.document
         self._pbrt = initial_token
@@ -368,6 +373,9 @@ class ChangeStreamCursor:
     def _skip_until_resume_point(self, event: ChangeEvent) -> None:
         assert self.resume_key is not None
         if event.token.sort_key > self.resume_key:
+            if self._token_may_be_elsewhere:
+                self.resume_key = None  # past the resume point: this event is reported
+                return
             raise CommandError(280, "cannot resume stream; the resume token was not found. "
                                     f"{self._client_token}")
         if event.token.sort_key == self.resume_key:

@@ -14,6 +14,13 @@ from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
 from mongoemu.clock import wall_clock
+from mongoemu.commands.deployment import (
+    feature_compatibility_version,
+    filesystem_sizes,
+    oplog_stats,
+    oplog_times,
+    set_feature_compatibility_version,
+)
 from mongoemu.commands.registry import command
 from mongoemu.context import Context
 from mongoemu.errors import CommandError
@@ -84,6 +91,8 @@ def coll_stats(ctx: Context) -> dict[str, Any]:
     scale = int(ctx.body.get("scale", 1) or 1)
     if scale < 1:
         raise CommandError(2, "scale has to be >= 1")
+    if ctx.db == "local" and ctx.collection_name() == "oplog.rs" and not ctx.server.config.is_mongos:
+        return oplog_stats(ctx.server, scale)
     return _collection_stats(ctx, ctx.db, ctx.collection_name(), scale)
 
 
@@ -98,12 +107,13 @@ def db_stats(ctx: Context) -> dict[str, Any]:
     data_size = sum(c.data_size for c in data)
     index_count = sum(len(c.indexes) for c in data)
     index_size = index_count * 4096
+    fs_used, fs_total = filesystem_sizes(ctx.server)
     return {
         "db": ctx.db, "collections": len(data), "views": len(views), "objects": objects,
         "avgObjSize": data_size / objects if objects else 0, "dataSize": data_size / scale,
         "storageSize": data_size / scale, "indexes": index_count, "indexSize": index_size / scale,
         "totalSize": (data_size + index_size) / scale, "scaleFactor": scale,
-        "fsUsedSize": 0, "fsTotalSize": 0,
+        "fsUsedSize": Int64(fs_used // scale), "fsTotalSize": Int64(fs_total // scale),
     }
 
 
@@ -124,7 +134,7 @@ def server_status(ctx: Context) -> dict[str, Any]:
         "mem": {"bits": 64, "resident": 0, "virtual": 0, "supported": False},
         "metrics": {}, "writeBlocking": {"userWritesBlocked": server.write_blocked},
         "oplog": {"entries": len(server.oplog), "bytes": server.oplog.total_bytes,
-                  "maxBytes": server.oplog.max_bytes},
+                  "maxBytes": server.oplog.max_bytes, **oplog_times(server)},
     }
     if not config.is_mongos:
         reply["repl"] = {
@@ -208,7 +218,7 @@ def repl_set_get_config(ctx: Context) -> dict[str, Any]:
 def _parameters(ctx: Context) -> dict[str, Any]:
     config = ctx.server.config
     return {
-        "featureCompatibilityVersion": {"version": config.server_version},
+        "featureCompatibilityVersion": feature_compatibility_version(ctx.server),
         "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],
         "transactionLifetimeLimitSeconds": 60, "cursorTimeoutMillis": Int64(600000),
         "maxBSONDepth": 200, "logLevel": 0, "enableTestCommands": config.enable_test_commands,
@@ -267,10 +277,7 @@ def set_default_rw_concern(ctx: Context) -> dict[str, Any]:
 
 @command("setFeatureCompatibilityVersion", admin_only=True)
 def set_fcv(ctx: Context) -> dict[str, Any]:
-    version = ctx.body["setFeatureCompatibilityVersion"]
-    if version != ctx.server.config.server_version:
-        raise CommandError(2, f"The emulator runs FCV {ctx.server.config.server_version} only")
-    return {}
+    return set_feature_compatibility_version(ctx)
 
 
 @command("setUserWriteBlockMode", admin_only=True)
@@ -304,15 +311,26 @@ def configure_fail_point(ctx: Context) -> dict[str, Any]:
     name = ctx.body["configureFailPoint"]
     if not isinstance(name, str):
         raise CommandError(14, "configureFailPoint takes a fail point name")
+    _check_fail_point_name(ctx, name)
     if "mode" not in ctx.body:
         raise CommandError(9, "Missing mode")
     count = ctx.server.failpoints.configure(name, ctx.body["mode"], ctx.body.get("data"))
     return {"count": count}
 
 
+def _check_fail_point_name(ctx: Context, name: str) -> None:
+    from mongoemu.failpoints import MONGOS_FAIL_POINTS, REPLSET_FAIL_POINTS, fail_point_not_found
+    known = MONGOS_FAIL_POINTS if ctx.server.config.is_mongos else REPLSET_FAIL_POINTS
+    if name not in known:
+        raise fail_point_not_found(name)
+
+
 @command("waitForFailPoint", admin_only=True)
 async def wait_for_fail_point(ctx: Context) -> dict[str, Any]:
     name = ctx.body["waitForFailPoint"]
+    if not isinstance(name, str):
+        raise CommandError(14, "waitForFailPoint takes a fail point name")
+    _check_fail_point_name(ctx, name)
     target = int(ctx.body.get("timesEntered", 1))
     deadline = time.monotonic() + float(ctx.body.get("maxTimeMS", 30000)) / 1000.0
     while True:

@@ -4,19 +4,21 @@ findAndModify, count, distinct and aggregate."""
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 
-from mongoemu.bsonvalues import decode, sort_key
+from mongoemu import collection_uuid
+from mongoemu.bsonvalues import decode, is_number, numeric_value, sort_key, type_name
+from mongoemu.commands import sink
 from mongoemu.commands.registry import command
 from mongoemu.context import Context
 from mongoemu.cursors import DEFAULT_FIRST_BATCH, Cursor
 from mongoemu.errors import CommandError
 from mongoemu.query import plan
 from mongoemu.storage.collection import Collection
-from mongoemu.writer import with_id_first
+from mongoemu.writer import fill_empty_timestamps, with_id_first
 
 # -- argument helpers ------------------------------------------------------------------------
 
@@ -158,7 +160,8 @@ def _sorted(matches: Iterable[plan.Match], sort: dict[str, Any],
 def select(ctx: Context, collection: Collection, filter_doc: dict[str, Any] | None,
            sort: dict[str, Any] | None, collation: dict[str, Any] | None,
            variables: dict[str, Any] | None = None, want_position: bool = False,
-           hint: Any = None, id_min: Any = None, id_max: Any = None) -> Iterator[plan.Match]:
+           hint: Any = None, id_min: Any = plan.NO_BOUND,
+           id_max: Any = plan.NO_BOUND) -> Iterator[plan.Match]:
     """Matching documents in the requested order, as lazily decoded matches."""
     hinted = plan.hint_index(collection, hint)
     natural = collection.is_capped
@@ -173,6 +176,9 @@ def select(ctx: Context, collection: Collection, filter_doc: dict[str, Any] | No
     matches = plan.scan(collection, filter_doc, collation=collation, variables=variables,
                         reverse=reverse, natural=natural, want_position=want_position,
                         id_min=id_min, id_max=id_max)
+    owned = ctx.server.ownership_filter(ctx, collection)
+    if owned is not None:  # a shard answering the router: orphans are not part of the result
+        matches = (match for match in matches if owned(match.decoded()))
     if sort:
         return iter(_sorted(matches, sort, collation))
     return matches
@@ -194,8 +200,8 @@ def _find_documents(ctx: Context, collection: Collection) -> Iterator[Any]:
     min_doc, max_doc = _document_arg(ctx, "min"), _document_arg(ctx, "max")
     matches = select(ctx, collection, filter_doc, sort, collation, variables, wants_position,
                      body.get("hint"),
-                     id_min=min_doc.get("_id") if min_doc and "_id" in min_doc else None,
-                     id_max=max_doc.get("_id") if max_doc and "_id" in max_doc else None)
+                     id_min=min_doc["_id"] if min_doc and "_id" in min_doc else plan.NO_BOUND,
+                     id_max=max_doc["_id"] if max_doc and "_id" in max_doc else plan.NO_BOUND)
     if skip:
         matches = itertools.islice(matches, skip, None)
     if body.get("returnKey"):
@@ -352,6 +358,9 @@ class ServerPipelineContext:
                     for session in self.ctx.server.sessions.sessions.values()]
         if name == "$currentOp":
             return []
+        if name == "$querySettings":
+            from mongoemu.commands.deployment import query_settings_documents
+            return query_settings_documents(self.ctx, spec)
         raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
 
     def index_stats(self) -> list[dict[str, Any]]:
@@ -395,6 +404,9 @@ def run_aggregation(ctx: Context, db: str, coll: str | None,
         else:
             plan.hint_index(collection, ctx.body.get("hint"))
             source = (decode(raw) for _, raw in collection.scan(natural=collection.is_capped))
+            owned = ctx.server.ownership_filter(ctx, collection)
+            if owned is not None:
+                source = (document for document in source if owned(document))
     return run_pipeline(source, pipeline, pipeline_ctx)
 
 
@@ -414,6 +426,9 @@ def aggregate(ctx: Context) -> Any:
     for stage in pipeline:
         if not isinstance(stage, dict):
             raise CommandError(14, "Each element of the 'pipeline' array must be an object")
+        if "$listSearchIndexes" in stage:
+            from mongoemu.commands.search import list_search_indexes_refused
+            raise list_search_indexes_refused(ctx)
     if pipeline and "$changeStream" in pipeline[0]:
         from mongoemu.changestream import open_change_stream
         if ctx.txn is not None:
@@ -510,18 +525,36 @@ def distinct(ctx: Context) -> dict[str, Any]:
 class WriteResult:
     """Accumulates the per-statement outcome of a write command."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_outcomes: bool = False) -> None:
         self.n = 0
         self.modified = 0
         self.upserted: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
+        # index -> StatementOutcome of each statement that succeeded (when kept).
+        self.outcomes: dict[int, StatementOutcome] | None = {} if keep_outcomes else None
 
     def run(self, ctx: Context, statements: list[Any],
-            apply: Callable[[int, Any], None]) -> None:
-        """Apply each statement; a failure becomes a writeError and, if ordered, ends the batch."""
+            apply: Callable[[int, Any], None], commits_per_statement: bool = True) -> None:
+        """Apply each statement; a failure becomes a writeError and, if ordered, ends the batch.
+
+        A retryable write records each statement that succeeded under its txnNumber; a retry
+        of the command replays those outcomes instead of running them again (as the server
+        does by statement id), and runs only the statements that failed or never ran.
+        ``commits_per_statement`` is False for insert, which the server commits as one unit
+        (what ``onPrimaryTransactionalWrite`` fires on).
+        """
         ordered = _ordered(ctx)
+        history = _statement_history(ctx)
+        statement_ids = _statement_ids(ctx, len(statements)) if history is not None else []
         for index, statement in enumerate(statements):
+            done = history.get(statement_ids[index]) if history is not None else None
+            if done is not None:
+                self._add(index, done)
+                continue
+            before_n, before_modified, before_upserted = self.n, self.modified, len(self.upserted)
             try:
+                if index == 0 or commits_per_statement:
+                    ctx.server.failpoints.before_transactional_write(ctx)
                 apply(index, statement)
             except CommandError as exc:
                 if ctx.txn is not None and exc.code == 112:
@@ -529,6 +562,24 @@ class WriteResult:
                 self.errors.append(exc.to_write_error(index))
                 if ordered:
                     break
+                continue
+            if history is not None or self.outcomes is not None:
+                n, modified = self.n - before_n, self.modified - before_modified
+                if n == 1 and not modified and len(self.upserted) == before_upserted:
+                    outcome = _ONE_INSERTED
+                else:
+                    outcome = StatementOutcome(n, modified, tuple(self.upserted[before_upserted:]))
+                if history is not None:
+                    history[statement_ids[index]] = outcome
+                if self.outcomes is not None:
+                    self.outcomes[index] = outcome
+
+    def _add(self, index: int, outcome: "StatementOutcome") -> None:
+        self.n += outcome.n
+        self.modified += outcome.modified
+        self.upserted.extend(outcome.upserted)
+        if self.outcomes is not None:
+            self.outcomes[index] = outcome
 
     def reply(self, with_modified: bool = False) -> dict[str, Any]:
         reply: dict[str, Any] = {"n": self.n}
@@ -539,6 +590,36 @@ class WriteResult:
         if self.errors:
             reply["writeErrors"] = self.errors
         return reply
+
+
+class StatementOutcome(NamedTuple):
+    """What one successful write statement added to its command's result."""
+
+    n: int
+    modified: int
+    upserted: tuple[dict[str, Any], ...] = ()
+
+
+# The outcome of every successful insert statement, shared: batches record one per document.
+_ONE_INSERTED = StatementOutcome(1, 0)
+
+
+def _statement_history(ctx: Context) -> dict[int, StatementOutcome] | None:
+    """The statements of this retryable write that already succeeded (None: not retryable)."""
+    if ctx.session is None or "txnNumber" not in ctx.body or "autocommit" in ctx.body:
+        return None
+    return ctx.session.statement_history(int(ctx.body["txnNumber"]))
+
+
+def _statement_ids(ctx: Context, count: int) -> list[int]:
+    """Each statement's id: ``stmtIds`` when given (a router's batches), else ``stmtId``
+    (default 0) plus its index."""
+    given = ctx.body.get("stmtIds")
+    if isinstance(given, list) and len(given) == count:
+        return [int(statement_id) for statement_id in given]
+    first = ctx.body.get("stmtId", 0)
+    first = int(first) if isinstance(first, int) and not isinstance(first, bool) else 0
+    return [first + index for index in range(count)]
 
 
 def _statements(ctx: Context, field: str) -> list[Any]:
@@ -558,33 +639,60 @@ def _statements(ctx: Context, field: str) -> list[Any]:
     return statements
 
 
+def _keeps_empty_timestamps(ctx: Context) -> bool:
+    """``bypassEmptyTsReplacement`` (insert, update, findAndModify, bulkWrite): store
+    ``Timestamp(0, 0)`` values as given, as a replicating tool needs (SERVER-88750)."""
+    value = ctx.body.get("bypassEmptyTsReplacement", False)
+    if isinstance(value, bool):
+        return value
+    if is_number(value):  # IDL safeBool
+        return bool(numeric_value(value))
+    raise CommandError(14, f"BSON field '{ctx.name}.bypassEmptyTsReplacement' is the wrong type "
+                           f"'{type_name(value)}', expected types '[bool, long, int, decimal, "
+                           f"double']")
+
+
 def _ordered(ctx: Context) -> bool:
     ordered = ctx.body.get("ordered", True)
     return ordered is not False
+
+
+def insert_statement(ctx: Context, db: str, name: str, document: Any, raw: bytes | None,
+                     target: list[Collection]) -> None:
+    """Insert one statement's document; ``target`` caches the collection across a batch."""
+    from mongoemu.query.update import validate_new_document
+    if not isinstance(document, dict):
+        raise CommandError(14, "documents must be objects")
+    writer = ctx.server.writer
+    if not target:
+        target.append(writer.collection_for_write(ctx, db, name))
+    client_raw = raw
+    stored = with_id_first(document)
+    if not _keeps_empty_timestamps(ctx):
+        stored = fill_empty_timestamps(stored, ctx.server.clock.tick)
+    raw = raw if stored is document else None
+    validate_new_document(stored, len(raw) if raw is not None else None, raw=client_raw)
+    writer.insert(ctx, target[0], stored, raw)
 
 
 @command("insert", in_transaction=True)
 def insert(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
     documents = _statements(ctx, "documents")
+    _keeps_empty_timestamps(ctx)  # a malformed option fails the command, not each statement
+    if sink.discards(ctx, ctx.db):
+        return sink.insert(ctx, name, documents)
     raw_documents = getattr(documents, "raw", None)
-    writer = ctx.server.writer
     result = WriteResult()
-    from mongoemu.query.update import validate_new_document
     target: list[Collection] = []
 
     def insert_one(index: int, document: Any) -> None:
-        if not isinstance(document, dict):
-            raise CommandError(14, "documents must be objects")
-        if not target:
-            target.append(writer.collection_for_write(ctx, ctx.db, name))
-        stored = with_id_first(document)
-        raw = raw_documents[index] if raw_documents is not None and stored is document else None
-        validate_new_document(stored, len(raw) if raw is not None else None)
-        writer.insert(ctx, target[0], stored, raw)
+        collection_uuid.check_statement(ctx)
+        insert_statement(ctx, ctx.db, name, document,
+                         raw_documents[index] if raw_documents is not None else None, target)
         result.n += 1
 
-    result.run(ctx, documents, insert_one)
+    result.run(ctx, documents, insert_one, commits_per_statement=False)
     ctx.server.opcounters["insert"] += result.n
     return result.reply()
 
@@ -593,7 +701,11 @@ def _parse_update(ctx: Context, update_spec: Any, array_filters: Any, collation:
                   statement: dict[str, Any] | None = None) -> Any:
     """Parse once per statement, so a bad update fails even when nothing matches."""
     from mongoemu.query.collation import Collation
-    from mongoemu.query.update import parse_update
+    from mongoemu.query.update import classify_update, parse_update
+    if isinstance(update_spec, dict) and not _keeps_empty_timestamps(ctx) \
+            and classify_update(update_spec) == "replacement":
+        # Once per statement, as the server's replacement executor does when it is built.
+        update_spec = fill_empty_timestamps(update_spec, ctx.server.clock.tick)
     let = dict(ctx.body.get("let") or {})
     if statement is not None and isinstance(statement.get("c"), dict):
         let.update({name: {"$literal": value} for name, value in statement["c"].items()})
@@ -624,89 +736,110 @@ def _check_update_statement(statement: Any) -> None:
         raise CommandError(14, "BSON field 'update.updates.u' is the wrong type")
 
 
+def update_statement(ctx: Context, db: str, name: str, index: int, statement: Any,
+                     result: WriteResult) -> None:
+    """Apply one update statement ({q, u, c, multi, upsert, ...}) to ``db.name``."""
+    writer = ctx.server.writer
+    _check_update_statement(statement)
+    query, update_spec = statement["q"], statement["u"]
+    parsed = _parse_update(ctx, update_spec, statement.get("arrayFilters"),
+                           statement.get("collation"), statement)
+    kind = parsed.kind
+    multi = bool(statement.get("multi"))
+    if multi and kind == "replacement":
+        raise CommandError(9, "multi update is not supported for replacement-style "
+                              "update")
+    if "sort" in statement and ctx.server.config.max_wire_version < 25:
+        raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
+    variables = _variables(ctx, statement)
+    collection = ctx.catalog.collection(db, name)
+    if collection is not None and collection.is_view:
+        raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
+    matched = 0
+    if collection is not None:
+        sort = statement.get("sort") if not multi else None
+        matches = select(ctx, collection, query, sort, statement.get("collation"),
+                         variables, want_position=True, hint=statement.get("hint"))
+        for match in matches:
+            old = match.decoded()
+            changes: list = []
+            new = parsed.apply(old, matched_position=match.position,
+                               cluster_time=ctx.server.clock.now, log=changes)
+            if writer.update(ctx, collection, match.key, old, new, kind=kind,
+                             modifier_log=changes):
+                result.modified += 1
+            matched += 1
+            if not multi:
+                break
+    elif statement.get("hint") not in (None, {}, ""):
+        raise plan.unknown_hint()
+    if matched:
+        result.n += matched
+    elif statement.get("upsert"):
+        if collection is None:
+            collection = writer.collection_for_write(ctx, db, name)
+        document = _upsert(ctx, collection, query, parsed)
+        result.n += 1
+        result.upserted.append({"index": index, "_id": document["_id"]})
+
+
 @command("update", in_transaction=True)
 def update(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
     statements = _statements(ctx, "updates")
-    writer = ctx.server.writer
+    _keeps_empty_timestamps(ctx)  # a malformed option fails the command, not each statement
+    if sink.discards(ctx, ctx.db):
+        return sink.update(ctx, name, statements)
     result = WriteResult()
 
     def update_one(index: int, statement: Any) -> None:
-        _check_update_statement(statement)
-        query, update_spec = statement["q"], statement["u"]
-        parsed = _parse_update(ctx, update_spec, statement.get("arrayFilters"),
-                               statement.get("collation"), statement)
-        kind = parsed.kind
-        multi = bool(statement.get("multi"))
-        if multi and kind == "replacement":
-            raise CommandError(9, "multi update is not supported for replacement-style "
-                                  "update")
-        if "sort" in statement and ctx.server.config.max_wire_version < 25:
-            raise CommandError(40415, "BSON field 'update.updates.sort' is an unknown field.")
-        variables = _variables(ctx, statement)
-        collection = ctx.catalog.collection(ctx.db, name)
-        if collection is not None and collection.is_view:
-            raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
-        matched = 0
-        if collection is not None:
-            sort = statement.get("sort") if not multi else None
-            matches = select(ctx, collection, query, sort, statement.get("collation"),
-                             variables, want_position=True, hint=statement.get("hint"))
-            for match in matches:
-                old = match.decoded()
-                new = parsed.apply(old, matched_position=match.position,
-                                   cluster_time=ctx.server.clock.now)
-                if writer.update(ctx, collection, match.key, old, new, kind=kind):
-                    result.modified += 1
-                matched += 1
-                if not multi:
-                    break
-        elif statement.get("hint") not in (None, {}, ""):
-            raise plan.unknown_hint()
-        if matched:
-            result.n += matched
-        elif statement.get("upsert"):
-            if collection is None:
-                collection = writer.collection_for_write(ctx, ctx.db, name)
-            document = _upsert(ctx, collection, query, parsed)
-            result.n += 1
-            result.upserted.append({"index": index, "_id": document["_id"]})
+        collection_uuid.check_statement(ctx)
+        update_statement(ctx, ctx.db, name, index, statement, result)
 
     result.run(ctx, statements, update_one)
     ctx.server.opcounters["update"] += result.n
     return result.reply(with_modified=True)
 
 
+def delete_statement(ctx: Context, db: str, name: str, statement: Any,
+                     result: WriteResult) -> None:
+    """Apply one delete statement ({q, limit, collation, hint}) to ``db.name``."""
+    writer = ctx.server.writer
+    if not isinstance(statement, dict) or not isinstance(statement.get("q"), dict):
+        raise CommandError(40414, "BSON field 'delete.deletes.q' is missing but a "
+                                  "required field")
+    limit = statement.get("limit")
+    if limit not in (0, 1):
+        raise CommandError(9, f"The limit field in delete objects must be 0 or 1. Got "
+                              f"{limit}")
+    collection = ctx.catalog.collection(db, name)
+    if collection is None:
+        if statement.get("hint") not in (None, {}, ""):
+            raise plan.unknown_hint()
+        return
+    if collection.is_view:
+        raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
+    writer.check_writable(ctx, db)
+    matches = select(ctx, collection, statement["q"], None, statement.get("collation"),
+                     _variables(ctx, statement), hint=statement.get("hint"))
+    for match in matches:
+        writer.delete(ctx, collection, match.key, match.decoded())
+        result.n += 1
+        if limit == 1:
+            break
+
+
 @command("delete", in_transaction=True)
 def delete(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
     statements = _statements(ctx, "deletes")
-    writer = ctx.server.writer
+    if sink.discards(ctx, ctx.db):
+        return sink.delete(ctx, name, statements)
     result = WriteResult()
 
     def delete_one(index: int, statement: Any) -> None:
-        if not isinstance(statement, dict) or not isinstance(statement.get("q"), dict):
-            raise CommandError(40414, "BSON field 'delete.deletes.q' is missing but a "
-                                      "required field")
-        limit = statement.get("limit")
-        if limit not in (0, 1):
-            raise CommandError(9, f"The limit field in delete objects must be 0 or 1. Got "
-                                  f"{limit}")
-        collection = ctx.catalog.collection(ctx.db, name)
-        if collection is None:
-            if statement.get("hint") not in (None, {}, ""):
-                raise plan.unknown_hint()
-            return
-        if collection.is_view:
-            raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
-        writer.check_writable(ctx, ctx.db)
-        matches = select(ctx, collection, statement["q"], None, statement.get("collation"),
-                         _variables(ctx, statement), hint=statement.get("hint"))
-        for match in matches:
-            writer.delete(ctx, collection, match.key, match.decoded())
-            result.n += 1
-            if limit == 1:
-                break
+        collection_uuid.check_statement(ctx)
+        delete_statement(ctx, ctx.db, name, statement, result)
 
     result.run(ctx, statements, delete_one)
     ctx.server.opcounters["delete"] += result.n
@@ -716,7 +849,10 @@ def delete(ctx: Context) -> dict[str, Any]:
 @command("findAndModify", "findandmodify", in_transaction=True)
 def find_and_modify(ctx: Context) -> dict[str, Any]:
     name = ctx.collection_name()
+    if sink.discards(ctx, ctx.db):
+        sink.refuse(ctx, "findAndModify")
     body = ctx.body
+    _keeps_empty_timestamps(ctx)  # parsed with the command, whatever it does
     query = _document_arg(ctx, "query") or {}
     sort = _document_arg(ctx, "sort")
     fields = _document_arg(ctx, "fields")
@@ -733,6 +869,7 @@ def find_and_modify(ctx: Context) -> dict[str, Any]:
                               "returns the deleted document")
     if update_spec is not None and not isinstance(update_spec, (dict, list)):
         raise CommandError(14, "Update argument must be either an object or an array")
+    ctx.server.failpoints.before_transactional_write(ctx)
     writer = ctx.server.writer
     variables = _variables(ctx)
     collection = ctx.catalog.collection(ctx.db, name)
@@ -771,8 +908,10 @@ def find_and_modify(ctx: Context) -> dict[str, Any]:
                                     "upserted": document["_id"]},
                 "value": shown(document) if body.get("new") else None}
     old = match.decoded()
-    new = parsed.apply(old, matched_position=match.position, cluster_time=ctx.server.clock.now)
-    writer.update(ctx, collection, match.key, old, new, kind=parsed.kind)
+    changes: list = []
+    new = parsed.apply(old, matched_position=match.position, cluster_time=ctx.server.clock.now,
+                       log=changes)
+    writer.update(ctx, collection, match.key, old, new, kind=parsed.kind, modifier_log=changes)
     return {"lastErrorObject": {"n": 1, "updatedExisting": True},
             "value": shown(new if body.get("new") else old, match.position)}
 

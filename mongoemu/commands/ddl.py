@@ -6,6 +6,7 @@ from typing import Any
 
 from bson.binary import Binary
 
+from mongoemu import collection_uuid
 from mongoemu.commands.crud import cursor_reply, _batch_size
 from mongoemu.commands.registry import command
 from mongoemu.context import Context
@@ -244,6 +245,7 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
     writer = ctx.server.writer
     writer.check_writable(ctx, ctx.db)
     changes = _options_of(ctx)
+    changes.pop(collection_uuid.FIELD, None)  # checked at dispatch; not an option to change
     reply: dict[str, Any] = {}
     old_collection_options: dict[str, Any] = {}
     old_index_options: dict[str, Any] = {}

@@ -41,10 +41,17 @@ def _id_bounds(filter_doc: dict[str, Any], collation: Any
     return sort_key(lower), sort_key(upper), (lower_inclusive, upper_inclusive)
 
 
+class _NoBound:
+    """No ``min``/``max`` given (``None`` cannot say it: ``{_id: null}`` is a real bound)."""
+
+
+NO_BOUND: Any = _NoBound()
+
+
 def scan(collection: Collection, filter_doc: dict[str, Any] | None, *,
          collation: dict[str, Any] | None = None, variables: dict[str, Any] | None = None,
          reverse: bool = False, natural: bool = False, want_position: bool = False,
-         id_min: Any = None, id_max: Any = None) -> Iterator[Match]:
+         id_min: Any = NO_BOUND, id_max: Any = NO_BOUND) -> Iterator[Match]:
     """Matching documents in ``_id`` order (or natural order for capped collections)."""
     matcher = None
     lower = upper = None
@@ -53,7 +60,8 @@ def scan(collection: Collection, filter_doc: dict[str, Any] | None, *,
         from mongoemu.query.collation import Collation
         from mongoemu.query.matcher import Matcher, is_simple_id_equality
         collator = Collation.from_document(collation) if collation else None
-        if not natural and not collection.is_timeseries and id_min is None and id_max is None:
+        if not natural and not collection.is_timeseries and id_min is NO_BOUND and \
+                id_max is NO_BOUND:
             is_equality, value = is_simple_id_equality(filter_doc, collator)
             if is_equality and not isinstance(value, (dict, list)) and not hasattr(value,
                                                                                    "pattern"):
@@ -69,9 +77,9 @@ def scan(collection: Collection, filter_doc: dict[str, Any] | None, *,
             lower, upper, inclusive = bounds
             if lower > upper or (lower == upper and inclusive != (True, True)):
                 return
-    if id_min is not None:
+    if id_min is not NO_BOUND:
         lower, inclusive = sort_key(id_min), (True, inclusive[1])
-    if id_max is not None:
+    if id_max is not NO_BOUND:
         upper, inclusive = sort_key(id_max), (inclusive[0], False)
     for key, raw in collection.scan(lower, upper, inclusive, reverse=reverse, natural=natural):
         if matcher is None:

@@ -37,11 +37,13 @@ from bson.regex import Regex
 from bson.timestamp import Timestamp
 
 from mongoemu.bsonvalues import (
+    BSON_UNDEFINED,
     MISSING,
     compare,
     datetime_to_millis,
     deep_copy,
     is_number,
+    raw_element_type,
     type_name,
     values_equal,
 )
@@ -697,6 +699,9 @@ class _Loc:
     name: str
 
 
+LogEntry = tuple[str, tuple[str, ...], int]
+
+
 @dataclass
 class _State:
     doc: dict
@@ -707,6 +712,13 @@ class _State:
     current_date: datetime.datetime
     current_timestamp: Timestamp
     collation: Collation | None
+    # What each modifier did, for the oplog entry (the server's update log builder):
+    # ("updated" | "created" | "deleted", path, index of the first created component).
+    log: list[LogEntry] | None = None
+
+    def record(self, kind: str, path: list[str], first_created: int = 0) -> None:
+        if self.log is not None:
+            self.log.append((kind, tuple(path), first_created))
 
 
 _NOOP: Any = object()
@@ -824,13 +836,21 @@ def _apply_to_existing(op: str, arg: Any, loc: _Loc, taken: list[str], st: _Stat
         _check_immutable(taken)
         if isinstance(loc.parent, list):
             loc.parent[loc.key] = None  # $unset of an array element leaves a null in its place
+            st.record("updated", taken)
         else:
             del loc.parent[loc.key]
+            st.record("deleted", taken)
         return
     new_value = _updated_value(op, arg, loc.value, taken, st)
     if new_value is _NOOP:
         return
     _check_immutable(taken)
+    if op == "$push" and _only_appends(arg, loc.value, new_value):
+        # PushNode logs an append as the new elements alone, not the whole array.
+        for index in range(len(loc.value), len(new_value)):
+            st.record("created", taken + [str(index)], len(taken))
+    else:
+        st.record("updated", taken)
     loc.parent[loc.key] = new_value
     if st.validate:
         _validate_stored_element(loc.name, new_value, len(taken), isinstance(loc.parent, list),
@@ -851,6 +871,7 @@ def _apply_to_missing(op: str, arg: Any, loc: _Loc, taken: list[str], to_create:
         return
     container = loc.value
     _create_path(loc, to_create, _new_value(op, arg, st))
+    st.record("created", taken + to_create, len(taken))
     if st.validate:
         _validate_stored_element(to_create[0], _resolve(loc, to_create[:1]).value,
                                  len(taken) + 1, isinstance(container, list), taken + to_create[:1])
@@ -968,6 +989,16 @@ def _updated_value(op: str, arg: Any, old: Any, taken: list[str], st: _State) ->
     return _NOOP if len(kept) == len(old) else kept
 
 
+def _only_appends(spec: _PushSpec, old: list, new: list) -> bool:
+    """PushNode's kArrayAppendUpdate: elements added at the end of a non-empty array, none
+    moved or removed by $position, $sort or $slice."""
+    if not old or len(new) != len(old) + len(spec.values) or spec.sort is not None:
+        return False  # an empty array, or elements sorted or sliced away
+    if spec.position is not None and spec.position <= len(old):
+        return False
+    return all(bson_identical(a, b) for a, b in zip(old, new))
+
+
 def _pull_matches(spec: _PullSpec, element: Any, collation: Collation | None) -> bool:
     if spec.kind == "equal":
         return _same(element, spec.value, collation)
@@ -1002,6 +1033,7 @@ def _apply_rename(leaf: _Leaf, loc: _Loc, taken: list[str], to_create: list[str]
     else:
         _apply_to_existing("$set", value, loc, taken, st)
     del source_parent[source_parts[-1]]
+    st.record("deleted", source_parts)
     if source_parts[0] == "_id":
         raise CommandError(66, f"Unsetting the path '{source}' using $rename would modify the "
                                "immutable field '_id'")
@@ -1261,13 +1293,14 @@ def _scan_document(doc: Mapping[str, Any], allow_top_level_dollar: bool) -> None
 _SHALLOW_ENOUGH_BYTES = 8 * 181
 
 
-def validate_new_document(doc: Mapping[str, Any], encoded_size: int | None = None) -> None:
+def validate_new_document(doc: Mapping[str, Any], encoded_size: int | None = None, *,
+                          raw: bytes | None = None) -> None:
     """The checks an insert makes before storing ``doc`` (fixDocumentForInsert, 5.0+ rules).
 
     Since 5.0 '$'-prefixed and dotted field names are allowed at every level of an inserted
-    document (crud spec tests "dots_and_dollars"); ``_id`` may not be an array or a regex (or
-    undefined, which the driver decodes as null and cannot be told apart here), nor contain
-    '$'-prefixed names.  The nesting limit is 180 levels.
+    document (crud spec tests "dots_and_dollars"); ``_id`` may not be an array, a regex or
+    undefined, nor contain '$'-prefixed names.  The nesting limit is 180 levels.  Undefined
+    decodes as null, so it is seen only in ``raw``, the document as the client encoded it.
     """
     if (encoded_size is None or encoded_size >= _SHALLOW_ENOUGH_BYTES) and \
             _container_depth(doc) > _MAX_USER_DEPTH:
@@ -1279,6 +1312,8 @@ def validate_new_document(doc: Mapping[str, Any], encoded_size: int | None = Non
     value = doc["_id"]
     if _is_regex(value):
         raise CommandError(2, "can't use a regex for _id")
+    if value is None and raw is not None and raw_element_type(raw, "_id") == BSON_UNDEFINED:
+        raise CommandError(2, "can't use a undefined for _id")
     if isinstance(value, list):
         raise CommandError(2, "can't use an array for _id")
     if isinstance(value, dict):
@@ -1378,8 +1413,10 @@ class ParsedUpdate:
 
     def apply(self, doc: Mapping[str, Any], *, is_upsert_insert: bool = False,
               matched_position: int | None = None, now: datetime.datetime | None = None,
-              cluster_time: Timestamp | None = None) -> dict[str, Any]:
-        """See :func:`apply_update`."""
+              cluster_time: Timestamp | None = None,
+              log: list[LogEntry] | None = None) -> dict[str, Any]:
+        """See :func:`apply_update`; an operator update appends what it did to ``log`` (the
+        paths its modifiers updated, created or deleted), from which the oplog diff is built."""
         validate = not is_upsert_insert
         if self.kind == "pipeline":
             assert isinstance(self.update, list)
@@ -1402,6 +1439,7 @@ class ParsedUpdate:
                 current_date=moment,
                 current_timestamp=cluster_time or Timestamp(int(moment.timestamp()), 1),
                 collation=self.collation,
+                log=log,
             )
             _apply_object_node(self.tree, _Loc(None, None, state.doc, ""), [], [], state)
             result = state.doc

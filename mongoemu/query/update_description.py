@@ -23,10 +23,16 @@ import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import bson
 from bson.dbref import DBRef
 
-from mongoemu.bsonvalues import CODEC, TYPE_NUMBERS, datetime_to_millis, deep_copy, type_name
+from mongoemu.bsonvalues import (
+    TYPE_NUMBERS,
+    datetime_to_millis,
+    deep_copy,
+    encode,
+    type_name,
+    utf8,
+)
 
 # BSON element type bytes, used to decide "same type" exactly as the server does.
 _T_DOUBLE, _T_STRING, _T_OBJECT, _T_ARRAY, _T_BINARY = 1, 2, 3, 4, 5
@@ -51,7 +57,7 @@ def _type_code(value: Any) -> int:
 
 
 def _encoded_value(value: Any) -> bytes:
-    return bson.encode({"": value}, codec_options=CODEC)
+    return encode({"": value})
 
 
 def bson_identical(a: Any, b: Any) -> bool:
@@ -99,7 +105,7 @@ def bson_value_size(value: Any) -> int:
     if code == _T_OBJECTID:
         return 12
     if code == _T_STRING:
-        return len(value.encode("utf-8")) + 5
+        return len(utf8(value)) + 5
     if code == _T_OBJECT and not isinstance(value, DBRef):
         return bson_document_size(value)
     if code == _T_ARRAY:
@@ -110,7 +116,7 @@ def bson_value_size(value: Any) -> int:
 
 def bson_document_size(document: Mapping[str, Any]) -> int:
     """Size of the encoded document."""
-    return 5 + sum(len(k.encode("utf-8")) + 2 + bson_value_size(v) for k, v in document.items())
+    return 5 + sum(len(utf8(k)) + 2 + bson_value_size(v) for k, v in document.items())
 
 
 class _DocDiff:
@@ -126,7 +132,7 @@ class _DocDiff:
         self.size = padding + _EMPTY_DOC_DIFF_SIZE
 
     def _charge(self, name: str, section: list, value_size: int) -> None:
-        self.size += len(name.encode("utf-8")) + 2 + value_size
+        self.size += len(utf8(name)) + 2 + value_size
         if not section:
             self.size += _SECTION_WRAP_SIZE
 
@@ -143,7 +149,7 @@ class _DocDiff:
         self.inserts.append((name, value))
 
     def add_subdiff(self, name: str, sub: _DocDiff | _ArrayDiff) -> None:
-        self.size += len(name.encode("utf-8")) + 2 + sub.size + 1  # +1: the "s" prefix
+        self.size += len(utf8(name)) + 2 + sub.size + 1  # +1: the "s" prefix
         self.subdiffs.append((name, sub))
 
     def serialize(self) -> dict[str, Any]:
@@ -272,7 +278,7 @@ def _doc_diff(pre: Mapping[str, Any], post: Mapping[str, Any], limited: bool,
         diff.add_insert(post_name, post_value)
         deletes.discard(post_name)
     # The server keeps these in a std::set, so they come out in byte order.
-    for name in sorted(deletes, key=lambda n: n.encode("utf-8")):
+    for name in sorted(deletes, key=utf8):
         diff.add_delete(name)
     if limited and post_size <= diff.size:
         return None
@@ -295,6 +301,65 @@ def compute_diff(before: Mapping[str, Any], after: Mapping[str, Any], *,
     if diff is None:
         return None
     return diff.serialize()
+
+
+def diff_from_log(after: Mapping[str, Any],
+                  log: list[tuple[str, tuple[str, ...], int]]) -> dict[str, Any] | None:
+    """The ``$v: 2`` diff of an operator update, from what its modifiers did (V2LogBuilder).
+
+    An operator update is not diffed from its images: each modifier logs the path it changed,
+    with the value it left there (``$set`` of a whole sub-document logs that sub-document,
+    whatever its field order — comparing field by field would report the fields and lose the
+    new order), a created path logs its first new component, ``$unset`` a delete, and an append
+    by ``$push`` the new elements alone. ``log`` holds ("updated" | "created" | "deleted", path,
+    index of the first created component); None when nothing was logged.
+    """
+    if not log:
+        return None
+    root = _DocDiff()
+    children: dict[int, dict[str, Any]] = {}  # id(node) -> sub-diffs by field name or index
+    for kind, path, first_created in log:
+        last = first_created if kind == "created" else len(path) - 1
+        node: _DocDiff | _ArrayDiff = root
+        value: Any = after
+        for part in path[:last]:
+            value = value[int(part)] if isinstance(value, list) else value[part]
+            key: str | int = int(part) if isinstance(node, _ArrayDiff) else part
+            known = children.setdefault(id(node), {})
+            child = known.get(key)
+            if child is None:
+                child = _ArrayDiff() if isinstance(value, list) else _DocDiff()
+                known[key] = child
+                if isinstance(node, _ArrayDiff):
+                    node.add_subdiff(int(part), child)
+                else:
+                    node.add_subdiff(part, child)
+            node = child
+        name = path[last]
+        if isinstance(node, _ArrayDiff):
+            # Arrays have no inserts or deletes: a new or unset element is an update.
+            index = int(name)
+            node.add_update(index, value[index] if index < len(value) else None)
+        elif kind == "deleted":
+            node.add_delete(name)
+        elif kind == "created":
+            node.add_insert(name, value[name])
+        else:
+            node.add_update(name, value[name])
+    _order_array_entries(root)
+    return root.serialize()
+
+
+def _order_array_entries(node: _DocDiff | _ArrayDiff) -> None:
+    """Array sub-diffs list their indexes in order, however the modifiers visited them."""
+    if isinstance(node, _ArrayDiff):
+        node.entries.sort(key=lambda entry: entry[0])
+        for _, value, is_subdiff in node.entries:
+            if is_subdiff:
+                _order_array_entries(value)
+    else:
+        for _, sub in node.subdiffs:
+            _order_array_entries(sub)
 
 
 # ---------------------------------------------------------------------------------------------

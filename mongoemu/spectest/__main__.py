@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", type=Path, help="directories of unified-format *.json spec files")
     parser.add_argument("--uri", help="replica-set URI to test; without it the runner starts emulators itself")
     parser.add_argument("--sharded-uri", help="mongos URI for tests that need a sharded cluster")
+    parser.add_argument("--auth-uri", help="replica-set URI with credentials, for tests that need "
+                                           "authentication")
+    parser.add_argument("--cluster", type=int, metavar="SHARDS",
+                        help="run every case through the router of an emulated cluster of SHARDS "
+                             "shards (python -m mongoemu cluster); cases that need a replica set "
+                             "are skipped")
     parser.add_argument("--server-version", default="7.0",
                         help="version for started emulators, and for runOnRequirements if the server "
                              "does not report one (default: %(default)s)")
@@ -32,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"not a directory: {', '.join(missing)}")
     report = run_suites(args.dirs, args.uri, args.sharded_uri, server_version=args.server_version,
-                        pattern=args.pattern, verbose=args.verbose)
+                        pattern=args.pattern, verbose=args.verbose, auth_uri=args.auth_uri,
+                        cluster_shards=args.cluster)
     print(report.format(verbose=args.verbose))
     if args.fail_under is not None:
         rate = report.pass_rate

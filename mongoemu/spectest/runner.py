@@ -23,6 +23,7 @@ from typing import Any
 import pymongo
 from bson import SON, json_util
 from bson.json_util import JSONOptions
+from gridfs import GridFSBucket
 from pymongo import MongoClient, ReturnDocument, monitoring
 from pymongo.change_stream import ChangeStream
 from pymongo.client_session import ClientSession
@@ -37,7 +38,15 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
 )
-from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
+from pymongo.operations import (
+    DeleteMany,
+    DeleteOne,
+    InsertOne,
+    ReplaceOne,
+    SearchIndexModel,
+    UpdateMany,
+    UpdateOne,
+)
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import Nearest, Primary, PrimaryPreferred, Secondary, SecondaryPreferred
 from pymongo.results import (
@@ -58,6 +67,8 @@ from mongoemu.spectest.matching import MatchError, exact_diff, match, match_docu
 TEST_TIMEOUT_S = 30.0  # wall clock per test case; past it the case fails and its clients are closed
 ITERATE_TIMEOUT_S = 10.0  # how long iterateUntilDocumentOrError waits for a change event
 HEALTH_TIMEOUT_S = 5.0
+# Root user of the emulator the runner starts with --auth for cases that require authentication.
+AUTH_USER, AUTH_PASSWORD = "spectest", "spectest-password"
 MAX_SCHEMA_MAJOR = 1
 
 # Applied to every client the runner creates (test files may override them in uriOptions):
@@ -274,15 +285,27 @@ class Deployment:
 
 
 class Deployments:
-    """The replica set and (optionally) mongos to run against; starts emulators when none are given."""
+    """The replica set and (optionally) mongos to run against; starts emulators when none are given.
 
-    KINDS = ("replicaset", "sharded")
+    Cases that require authentication ("auth": true) run on a third emulator, a replica set with
+    --auth whose URI carries the root user's credentials; the runner starts it only when it
+    owns the emulators and such a case comes up.
+    """
 
-    def __init__(self, uri: str | None, sharded_uri: str | None, server_version: str) -> None:
+    KINDS = ("replicaset", "sharded", "replicaset-auth")
+
+    def __init__(self, uri: str | None, sharded_uri: str | None, server_version: str,
+                 auth_uri: str | None = None, cluster_shards: int | None = None) -> None:
         self.server_version = server_version
-        self._uris: dict[str, str | None] = {"replicaset": uri, "sharded": sharded_uri}
+        # With a shard count, every case runs through the router of a cluster of that many
+        # shards (python -m mongoemu cluster); without, only cases needing a sharded topology
+        # do, on a 2-shard cluster.
+        self.cluster_shards = cluster_shards
+        self._uris: dict[str, str | None] = {"replicaset": uri, "sharded": sharded_uri,
+                                             "replicaset-auth": auth_uri}
         # The runner owns (starts and may restart) an emulator only when the user gave no URI at all.
-        self._owned = {"replicaset": uri is None, "sharded": uri is None and sharded_uri is None}
+        self._owned = {"replicaset": uri is None, "sharded": uri is None and sharded_uri is None,
+                       "replicaset-auth": uri is None and sharded_uri is None and auth_uri is None}
         self._processes: dict[str, contextlib.ExitStack] = {}
         self._live: dict[str, Deployment] = {}
         self._start_errors: dict[str, str] = {}
@@ -308,14 +331,24 @@ class Deployments:
 
     def _start(self, kind: str) -> str:
         try:
-            from mongoemu.testing import start_emulator
+            from mongoemu.testing import start_cluster, start_emulator
             stack = contextlib.ExitStack()
-            mode = "replset" if kind == "replicaset" else "mongos"
-            process = stack.enter_context(start_emulator(mode=mode, server_version=self.server_version))
+            extra = (["--auth", "--user", AUTH_USER, "--password", AUTH_PASSWORD]
+                     if kind == "replicaset-auth" else [])
+            if kind == "sharded" or (kind == "replicaset-auth" and self.cluster_shards):
+                # Through a cluster, authentication cases get a router with --auth.
+                process = stack.enter_context(start_cluster(
+                    shards=self.cluster_shards or 2, server_version=self.server_version,
+                    extra_args=extra))
+            else:
+                process = stack.enter_context(start_emulator(
+                    mode="replset", server_version=self.server_version, extra_args=extra))
         except Exception as exc:
             self._start_errors[kind] = f"{type(exc).__name__}: {exc}"
             raise RunnerError(f"could not start the {kind} emulator: {exc}") from exc
         self._processes[kind] = stack
+        if kind == "replicaset-auth":
+            return str(process.uri).replace("mongodb://", f"mongodb://{AUTH_USER}:{AUTH_PASSWORD}@", 1)
         return str(process.uri)
 
     def restart(self, kind: str) -> bool:
@@ -532,6 +565,15 @@ def _has_label(exc: BaseException, label: str) -> bool:
     return False
 
 
+def _write_concern_error(error: Any) -> Any:
+    """A client bulk write's write concern error as the CRUD spec describes it (code, message,
+    details): PyMongo keeps the server's document (code, errmsg, errInfo)."""
+    if not isinstance(error, Mapping) or "errmsg" not in error:
+        return error
+    renamed = {"errmsg": "message", "errInfo": "details"}
+    return {renamed.get(key, key): value for key, value in error.items()}
+
+
 def describe_error(exc: BaseException) -> str:
     docs = _error_documents(exc)
     if docs:
@@ -701,6 +743,8 @@ class SpecCase:
             elif entity_type == "session":
                 self.entities[name] = self._make_session(spec)
                 self.lsids[name] = dict(self.entities[name].session_id)
+            elif entity_type == "bucket":
+                self.entities[name] = self._make_bucket(spec)
             else:
                 raise RunnerError(f"unsupported entity type {entity_type}")
 
@@ -719,6 +763,22 @@ class SpecCase:
         client: MongoClient[Any] = MongoClient(self.deployment.uri, event_listeners=[recorder], **options)
         self.clients.append(client)
         return client
+
+    def _make_bucket(self, spec: Mapping[str, Any]) -> GridFSBucket:
+        database: Database[Any] = self.entity(spec["database"])
+        options = dict(spec.get("bucketOptions", {}))
+        kwargs: dict[str, Any] = {}
+        renames = {"bucketName": "bucket_name", "chunkSizeBytes": "chunk_size_bytes"}
+        for key, value in options.items():
+            if key in renames:
+                kwargs[renames[key]] = value
+            elif key == "writeConcern":
+                kwargs["write_concern"] = write_concern(value)
+            elif key == "readPreference":
+                kwargs["read_preference"] = read_preference(value)
+            else:
+                raise RunnerError(f"unsupported bucketOptions {key}")
+        return GridFSBucket(database, **kwargs)
 
     def _make_session(self, spec: Mapping[str, Any]) -> ClientSession:
         client: MongoClient[Any] = self.entity(spec["client"])
@@ -870,7 +930,8 @@ class SpecCase:
             if "writeErrors" in expected:
                 self._check_write_errors(expected["writeErrors"], exc)
             if "writeConcernErrors" in expected:
-                actual = list(getattr(exc, "write_concern_errors", None) or [])
+                actual = [_write_concern_error(error)
+                          for error in getattr(exc, "write_concern_errors", None) or []]
                 match_documents(expected["writeConcernErrors"], actual, self, path="writeConcernErrors")
         except MatchError as failure:
             raise CaseFailure(f"error mismatch {failure}") from failure
@@ -1088,6 +1149,21 @@ def _collection_handlers() -> dict[str, Handler]:
     def rename(case: SpecCase, coll: Collection[Any], args: dict[str, Any]) -> Any:
         return _call(case, coll.rename, args, renames={"to": "new_name"})
 
+    def search_index_model(spec: Mapping[str, Any]) -> SearchIndexModel:
+        return SearchIndexModel(spec["definition"], name=spec.get("name"), type=spec.get("type"))
+
+    def create_search_index(case: SpecCase, coll: Collection[Any], args: dict[str, Any]) -> Any:
+        args["model"] = search_index_model(args["model"])
+        return _call(case, coll.create_search_index, args)
+
+    def create_search_indexes(case: SpecCase, coll: Collection[Any], args: dict[str, Any]) -> Any:
+        args["models"] = [search_index_model(model) for model in args["models"]]
+        return _call(case, coll.create_search_indexes, args)
+
+    def list_search_indexes(case: SpecCase, coll: Collection[Any], args: dict[str, Any]) -> Any:
+        args.update(args.pop("aggregationOptions", {}))  # passed on to the aggregate command
+        return list(_call(case, coll.list_search_indexes, args))
+
     def simple(method: str, **renames: str) -> Handler:
         return lambda case, coll, args: _call(case, getattr(coll, method), args, renames=renames)
 
@@ -1099,6 +1175,11 @@ def _collection_handlers() -> dict[str, Handler]:
         "bulkWrite": bulk_write,
         "count": count,
         "countDocuments": simple("count_documents"),
+        "createSearchIndex": create_search_index,
+        "createSearchIndexes": create_search_indexes,
+        "dropSearchIndex": simple("drop_search_index"),
+        "listSearchIndexes": list_search_indexes,
+        "updateSearchIndex": simple("update_search_index"),
         "createChangeStream": simple("watch"),
         "createIndex": create_index,
         "deleteMany": simple("delete_many"),
@@ -1224,8 +1305,19 @@ _CURSOR_HANDLERS: dict[str, Handler] = {
     "close": _close_cursor,
 }
 
+def _bucket_handlers() -> dict[str, Handler]:
+    def download(case: SpecCase, bucket: GridFSBucket, args: dict[str, Any]) -> Any:
+        return _call(case, bucket.open_download_stream, args, renames={"id": "file_id"}).read()
+
+    def download_by_name(case: SpecCase, bucket: GridFSBucket, args: dict[str, Any]) -> Any:
+        return _call(case, bucket.open_download_stream_by_name, args).read()
+
+    return {"download": download, "downloadByName": download_by_name}
+
+
 _HANDLERS: list[tuple[type, dict[str, Handler]]] = [
     (MongoClient, _client_handlers()),
+    (GridFSBucket, _bucket_handlers()),
     (Database, _database_handlers()),
     (Collection, _collection_handlers()),
     (ClientSession, _session_handlers()),
@@ -1316,8 +1408,11 @@ class SuiteRunner:
         """Prefer the replica set; use the mongos only for tests that cannot run on a replica set.
 
         The replica set is connected first (the version it reports judges every requirement); a
-        mongos is only started for a case whose requirements it would meet.
+        mongos is only started for a case whose requirements it would meet. Run through a
+        cluster (``cluster_shards``), every case goes to its router.
         """
+        if self.deployments.cluster_shards:
+            return self._through_router(file_spec, test)
         replset_error = self.deployments.start_error("replicaset")
         if replset_error:
             raise RunnerError(f"the replica-set emulator could not start: {replset_error}")
@@ -1325,6 +1420,16 @@ class SuiteRunner:
         unmet_replset = self._unmet(file_spec, test, "replicaset", replset)
         if unmet_replset is None:
             return replset
+        if unmet_replset[0] == "auth" and self.deployments.available("replicaset-auth"):
+            try:
+                with_auth = self.deployments.get("replicaset-auth")
+            except RunnerError:
+                with_auth = None
+            if with_auth is not None:
+                unmet_auth = self._unmet(file_spec, test, "replicaset", with_auth)
+                if unmet_auth is None:
+                    return with_auth
+                unmet_replset = unmet_auth
         mongos = self.deployments.live("sharded")
         unmet_sharded = self._unmet(file_spec, test, "sharded", mongos)
         if unmet_sharded is None and mongos is None:
@@ -1341,6 +1446,24 @@ class SuiteRunner:
         reasons = [r for r in (unmet_replset, unmet_sharded) if r is not None]
         precise = [r for r in reasons if r[0] != "topology-other"]
         raise SkipCase((precise or reasons)[0][1])
+
+    def _through_router(self, file_spec: Mapping[str, Any], test: Mapping[str, Any]
+                        ) -> Deployment:
+        error = self.deployments.start_error("sharded")
+        if error:
+            raise RunnerError(f"the cluster could not start: {error}")
+        router = self.deployments.get("sharded")
+        unmet = self._unmet(file_spec, test, "sharded", router)
+        if unmet is not None and unmet[0] == "auth" and \
+                self.deployments.available("replicaset-auth"):
+            try:
+                router = self.deployments.get("replicaset-auth")
+            except RunnerError as exc:
+                raise SkipCase(unmet[1]) from exc
+            unmet = self._unmet(file_spec, test, "sharded", router)
+        if unmet is not None:
+            raise SkipCase(unmet[1])
+        return router
 
     def _unmet(self, file_spec: Mapping[str, Any], test: Mapping[str, Any], kind: str,
                live: Deployment | None) -> tuple[str, str] | None:
@@ -1405,14 +1528,16 @@ class SuiteRunner:
 
 def run_suites(paths: Iterable[str | Path], uri: str | None, sharded_uri: str | None = None, *,
                server_version: str = "7.0", pattern: str | None = None, verbose: bool = False,
-               log: Callable[[str], None] = print) -> Report:
+               log: Callable[[str], None] = print, auth_uri: str | None = None,
+               cluster_shards: int | None = None) -> Report:
     """Run every ``*.json`` spec file in each directory; one SuiteReport per directory.
 
     With ``uri`` None the runner starts (and afterwards stops) emulators itself: a replica set,
     and a mongos when a test needs one.  With ``uri`` given and no ``sharded_uri``, sharded-only
-    tests are skipped.
+    tests are skipped. ``auth_uri`` (a replica set with authentication, credentials in the URI)
+    serves the cases that require authentication; without any URI the runner starts one.
     """
-    deployments = Deployments(uri, sharded_uri, server_version)
+    deployments = Deployments(uri, sharded_uri, server_version, auth_uri, cluster_shards)
     runner = SuiteRunner(deployments, pattern=pattern, verbose=verbose, log=log)
     report = Report()
     try:

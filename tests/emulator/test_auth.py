@@ -39,10 +39,9 @@ from mongoemu.errors import CommandError
 # ---------------------------------------------------------------------------------- harness
 
 
-def make_store(*, auth: bool = True, bypass_switch: bool = False) -> AuthManager:
+def make_store(*, auth: bool = True) -> AuthManager:
     config = EmulatorConfig(auth=auth, root_user="root" if auth else None,
-                            root_password="rootpw" if auth else None,
-                            unauthenticated_bypass_write_blocking=bypass_switch)
+                            root_password="rootpw" if auth else None)
     store = AuthManager(config)
     if auth:
         store.seed_root("root", "rootpw")
@@ -742,17 +741,17 @@ def test_users_info_on_self_needs_no_privilege() -> None:
 
 
 def test_can_bypass_write_blocking() -> None:
-    assert not make_store(auth=False).can_bypass_write_blocking(new_conn())
-    assert make_store(auth=False, bypass_switch=True).can_bypass_write_blocking(new_conn())
-    store = make_store(bypass_switch=True)
-    assert not store.can_bypass_write_blocking(new_conn())  # auth on: switch irrelevant
+    store = make_store()
+    assert not store.can_bypass_write_blocking(new_conn())
     assert store.can_bypass_write_blocking(user_with(store, RoleName("restore", "admin")))
     assert store.can_bypass_write_blocking(login(store, "root", "rootpw"))
     assert not store.can_bypass_write_blocking(user_with(store, RoleName("backup", "admin")))
     assert not store.can_bypass_write_blocking(user_with(store, RoleName("readWrite", "x")))
-    # With auth off an authenticated connection is judged by its user's roles.
-    off = make_store(auth=False, bypass_switch=True)
-    assert not off.can_bypass_write_blocking(user_with(off, RoleName("read", "x")))
+    # Without auth every client holds every privilege, bypassWriteBlockingMode included,
+    # whether it authenticated or not (SERVER-67545).
+    off = make_store(auth=False)
+    assert off.can_bypass_write_blocking(new_conn())
+    assert off.can_bypass_write_blocking(user_with(off, RoleName("read", "x")))
 
 
 # ---------------------------------------------------------------------------------- commands

@@ -267,3 +267,21 @@ def test_history_lost(client: pymongo.MongoClient, db) -> None:
     with pytest.raises(OperationFailure) as info:
         db.c.watch(start_at_operation_time=Timestamp(1, 1))
     assert info.value.code == 286
+
+
+def test_set_of_a_reordered_sub_document_is_reported_whole(db) -> None:
+    """A $set of a whole embedded document is logged (and reported) as that document, so a
+    consumer applying updatedFields gets the new field order, and array modifiers other than
+    an append report the whole array."""
+    coll = db.c
+    coll.insert_one({"_id": 1, "a": {"x": 1, "y": 2}, "arr": [1, 2, 3]})
+    with coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        coll.update_one({"_id": 1}, {"$set": {"a": {"y": 2, "x": 1}}})
+        coll.update_one({"_id": 1}, {"$pull": {"arr": 2}})
+        coll.update_one({"_id": 1}, {"$set": {"a.y": 3}})
+        reordered, pulled, nested = (next_change(stream) for _ in range(3))
+    fields = reordered["updateDescription"]["updatedFields"]
+    assert fields == {"a": {"y": 2, "x": 1}} and list(fields["a"]) == ["y", "x"]
+    assert pulled["updateDescription"]["updatedFields"] == {"arr": [1, 3]}
+    assert pulled["updateDescription"]["truncatedArrays"] == []
+    assert nested["updateDescription"]["updatedFields"] == {"a.y": 3}

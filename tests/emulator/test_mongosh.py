@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mongoemu.testing import EmulatorProcess, start_emulator
+from mongoemu.testing import EmulatorProcess, start_emulator, start_secured_emulator
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,9 +23,10 @@ def _mongosh() -> str:
     pytest.skip("mongosh not installed (make setup installs it from npm)")
 
 
-def shell(emulator: EmulatorProcess, script: str, timeout: float = 90) -> str:
+def shell(emulator: EmulatorProcess, script: str, timeout: float = 90,
+          uri: str | None = None) -> str:
     """Feed ``script`` to an interactive mongosh, as a person typing it would."""
-    result = subprocess.run([_mongosh(), emulator.uri, "--quiet", "--norc"], input=script,
+    result = subprocess.run([_mongosh(), uri or emulator.uri, "--quiet", "--norc"], input=script,
                             capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, "MONGOSH_NO_UPDATE_CHECK": "1",
                                  "DO_NOT_TRACK": "1"})
@@ -62,16 +63,18 @@ def test_watch_sees_insert(server: EmulatorProcess) -> None:
     assert "EVENT insert 42" in output
 
 
-def test_write_blocking_and_drop_database(server: EmulatorProcess) -> None:
-    output = shell(server, "use blocked\n"
-                           "db.c.insertOne({a: 1})\n"
-                           "db.adminCommand({setUserWriteBlockMode: 1, global: true})\n"
-                           "db.c.insertOne({a: 2})\n"
-                           "db.adminCommand({setUserWriteBlockMode: 1, global: false})\n"
-                           "db.c.insertOne({a: 3})\n"
-                           "print('COUNT', db.c.countDocuments())\n"
-                           "db.dropDatabase()\n"
-                           "show dbs\n")
+def test_write_blocking_and_drop_database() -> None:
+    # Blocking stops a user without bypassWriteBlockingMode, on a deployment with auth on.
+    with start_secured_emulator("replset") as server:
+        output = shell(server, uri=server.application_uri, script="use blocked\n"
+                       "db.c.insertOne({a: 1})\n"
+                       "db.adminCommand({setUserWriteBlockMode: 1, global: true})\n"
+                       "db.c.insertOne({a: 2})\n"
+                       "db.adminCommand({setUserWriteBlockMode: 1, global: false})\n"
+                       "db.c.insertOne({a: 3})\n"
+                       "print('COUNT', db.c.countDocuments())\n"
+                       "db.dropDatabase()\n"
+                       "show dbs\n")
     assert "UserWritesBlocked" in output
     assert "COUNT 2" in output
     assert "blocked " not in output.split("COUNT 2", 1)[1]

@@ -15,7 +15,7 @@ from bson.timestamp import Timestamp
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
 from mongoemu import wire
-from mongoemu.testing import EmulatorProcess, start_emulator
+from mongoemu.testing import EmulatorProcess, start_emulator, start_secured_emulator
 
 
 @pytest.fixture(scope="module")
@@ -192,28 +192,46 @@ def test_rename_and_drop(db, client) -> None:
     assert db.name not in client.list_database_names()
 
 
-def test_write_blocking_rules(db, client) -> None:
-    db.c.insert_one({"_id": 1})
-    client.admin.command("setUserWriteBlockMode", 1, **{"global": True})
-    with pytest.raises(WriteError) as info:
+def test_write_blocking_rules() -> None:
+    # Blocking is seen with authentication on, by a user without bypassWriteBlockingMode.
+    with start_secured_emulator() as emulator, \
+            pymongo.MongoClient(emulator.application_uri) as client:
+        db = client.t_write_blocking_rules
+        db.c.insert_one({"_id": 1})
+        client.admin.command("setUserWriteBlockMode", 1, **{"global": True})
+        with pytest.raises(WriteError) as info:
+            db.c.insert_one({"_id": 2})
+        assert info.value.code == 371
+        with pytest.raises(OperationFailure) as ddl:
+            db.create_collection("other")
+        assert ddl.value.code == 371
+        assert db.c.count_documents({}) == 1  # reads keep working
+        client.admin.command("setUserWriteBlockMode", 1, **{"global": False})
         db.c.insert_one({"_id": 2})
-    assert info.value.code == 371
-    with pytest.raises(OperationFailure) as ddl:
-        db.create_collection("other")
-    assert ddl.value.code == 371
-    assert db.c.count_documents({}) == 1  # reads keep working
-    client.admin.command("setUserWriteBlockMode", 1, **{"global": False})
-    db.c.insert_one({"_id": 2})
 
 
-def test_write_blocking_bypass_by_app_name() -> None:
-    with start_emulator(extra_args=["--bypass-write-blocking-app", "tool"]) as emulator:
-        with pymongo.MongoClient(emulator.uri, appname="tool") as tool, \
-                pymongo.MongoClient(emulator.uri, appname="user") as user:
-            tool.admin.command("setUserWriteBlockMode", 1, **{"global": True})
-            tool.x.c.insert_one({"_id": 1})
-            with pytest.raises(WriteError):
-                user.x.c.insert_one({"_id": 2})
+def test_write_blocking_bypass_by_privilege() -> None:
+    with start_secured_emulator() as emulator, \
+            pymongo.MongoClient(emulator.uri) as tool, \
+            pymongo.MongoClient(emulator.application_uri) as user:
+        tool.admin.command("setUserWriteBlockMode", 1, **{"global": True})
+        tool.x.c.insert_one({"_id": 1})  # root holds bypassWriteBlockingMode (restore)
+        with pytest.raises(WriteError):
+            user.x.c.insert_one({"_id": 2})
+
+
+def test_without_auth_every_client_bypasses_write_blocking(db, client) -> None:
+    # Without authentication every client holds every privilege (as on MongoDB), so the block
+    # is recorded but stops no one: a migration tool started against unauthenticated
+    # emulators keeps writing its destination.
+    client.admin.command("setUserWriteBlockMode", 1, **{"global": True})
+    status = client.admin.command("serverStatus")["writeBlocking"]
+    assert status["userWritesBlocked"] is True
+    with pymongo.MongoClient(client.address[0], client.address[1], appname="application",
+                             directConnection=True) as application:
+        application[db.name].c.insert_one({"_id": 1})
+        application[db.name].create_collection("other")
+    assert db.c.count_documents({}) == 1
 
 
 def test_retryable_write_is_not_applied_twice(client, db) -> None:

@@ -376,3 +376,65 @@ def test_round_trips(before: dict, after: dict) -> None:
             assert encoded(apply_diff(before, diff)) == encoded(after)
     assert encoded(canonical(apply_description(before, describe_update(before, after)))) == \
         encoded(canonical(after))
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator updates: the diff is what the modifiers logged (the server's V2LogBuilder), not an
+# image diff — so a sub-document set whole is reported whole, in its new field order.
+
+
+def logged_diff(before: dict, update: dict) -> tuple[dict, dict | None]:
+    from mongoemu.query.update import parse_update
+    from mongoemu.query.update_description import diff_from_log
+    log: list = []
+    after = parse_update(update).apply(before, log=log)
+    return after, diff_from_log(after, log)
+
+
+class TestModifierDiffs:
+    def test_set_of_a_reordered_sub_document_replaces_it(self) -> None:
+        before = {"_id": 1, "a": {"x": 1, "y": 2}}
+        after, diff = logged_diff(before, {"$set": {"a": {"y": 2, "x": 1}}})
+        assert diff == {"u": {"a": {"y": 2, "x": 1}}}
+        reported = describe_diff(diff)
+        assert reported == description({"a": {"y": 2, "x": 1}})
+        assert list(reported["updatedFields"]["a"]) == ["y", "x"]
+        assert encoded(apply_description(before, reported)) == encoded(after)
+
+    def test_set_of_a_changed_sub_document_is_the_whole_value(self) -> None:
+        _, diff = logged_diff({"_id": 1, "a": {"x": 1, "y": 2}}, {"$set": {"a": {"x": 1, "y": 3}}})
+        assert diff == {"u": {"a": {"x": 1, "y": 3}}}
+
+    def test_paths(self) -> None:
+        before = {"_id": 1, "a": {"x": 1}, "arr": [1, 2], "gone": 1, "old": {"k": 1}}
+        _, diff = logged_diff(before, {"$set": {"a.x": 2, "n.m": 3, "arr.1": 9},
+                                       "$unset": {"gone": ""}, "$rename": {"old.k": "moved"}})
+        assert diff == {"d": {"gone": False}, "i": {"moved": 1, "n": {"m": 3}},
+                        "sa": {"u": {"x": 2}}, "sarr": {"a": True, "u1": 9},
+                        "sold": {"d": {"k": False}}}
+
+    def test_array_modifiers(self) -> None:
+        before = {"_id": 1, "arr": [1, 2, 3]}
+        assert logged_diff(before, {"$push": {"arr": 4}})[1] == {"sarr": {"a": True, "u3": 4}}
+        # Anything but an append to a non-empty array logs the whole array.
+        assert logged_diff(before, {"$pull": {"arr": 2}})[1] == {"u": {"arr": [1, 3]}}
+        assert logged_diff(before, {"$pop": {"arr": 1}})[1] == {"u": {"arr": [1, 2]}}
+        assert logged_diff(before, {"$addToSet": {"arr": 5}})[1] == {"u": {"arr": [1, 2, 3, 5]}}
+        assert logged_diff(before, {"$push": {"arr": {"$each": [0], "$position": 0}}})[1] == {
+            "u": {"arr": [0, 1, 2, 3]}}
+        assert logged_diff({"_id": 1, "arr": []}, {"$push": {"arr": 1}})[1] == {"u": {"arr": [1]}}
+        assert logged_diff(before, {"$unset": {"arr.0": ""}})[1] == {
+            "sarr": {"a": True, "u0": None}}
+
+    @settings(max_examples=400)
+    @given(_docs, _updates)
+    def test_description_reproduces_after_in_order(self, before: dict, update: dict) -> None:
+        try:
+            after, diff = logged_diff(before, update)
+        except CommandError:
+            return
+        if bson_identical(before, after):
+            return
+        assert diff is not None
+        assert encoded(apply_diff(before, diff)) == encoded(after)
+        assert encoded(apply_description(before, describe_diff(diff))) == encoded(after)
