@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 NODE_PREFIX := .ci/node
 OLD_PYMONGO_VENV := .ci/venv-pymongo410
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup venv clean
 
 $(PY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,21 @@ $(OLD_PYMONGO_VENV)/bin/python:
 	$(PYTHON) -m venv $(OLD_PYMONGO_VENV)
 	$(OLD_PYMONGO_VENV)/bin/python -m pip install --quiet 'pymongo==4.10.1'
 
+# The virtual environment alone: pymongosync (the `mongosync` command), mongoemu and the tools.
+venv: $(PY)
+
+# Everything `make test` needs: the virtual environment, mongosh, and PyMongo 4.10.1.
 setup: $(PY) $(NODE_PREFIX)/node_modules/.bin/mongosh $(OLD_PYMONGO_VENV)/bin/python
 
+# DEMO_ARGS=--keep-running keeps mongosync and its dashboard up after COMMITTED.
 demo: $(PY)
-	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
-test: setup
+lint: $(PY)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: setup lint
 	MONGOSH=$(CURDIR)/$(NODE_PREFIX)/node_modules/.bin/mongosh \
 	OLD_PYMONGO_PYTHON=$(CURDIR)/$(OLD_PYMONGO_VENV)/bin/python \
 	$(PY) -m pytest -q

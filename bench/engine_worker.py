@@ -13,9 +13,7 @@ import resource
 import sys
 import time
 
-from pymongosync.clusters import Cluster
-from pymongosync.engine import Migration
-from pymongosync.request import StartRequest
+from pymongosync import Cluster, Migration, StartRequest
 
 
 def main() -> None:

@@ -23,10 +23,9 @@ import pymongo
 from bson.raw_bson import RawBSONDocument
 
 from mongoemu.testing import start_emulator
-from pymongosync.clusters import APP_NAME
+from pymongosync import APP_NAME
 
-EMULATOR_ARGS = ["--bypass-write-blocking-app", APP_NAME, "--oplog-size-mb", "8192",
-                 "--noop-interval", "1"]
+EMULATOR_ARGS = ["--oplog-size-mb", "8192", "--noop-interval", "1"]
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
 COLLECTIONS = 4
 

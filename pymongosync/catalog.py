@@ -9,84 +9,56 @@ capped collections have no limits. At commit, :func:`restore_final_options` read
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
+from pymongosync.cluster_client import ClusterClient
+from pymongosync.errors import IndexConflict
 from pymongosync.namespaces import NamespaceFilter
+from pymongosync.state import IndexRef, NamespaceKind, NamespaceRecord
 
 TTL_NEVER_EXPIRES = 2147483647
 CAPPED_SIZE_LIFTED = 1 << 50  # 1 PiB, as mongosync does
 _DUMP_ONLY_INDEX_FIELDS = ("ns", "background")
-NAMESPACE_EXISTS, INDEX_EXISTS_CODES = 48, (68, 85, 86)
+INDEX_EXISTS_CODES = (68, 85, 86)
+ALREADY_SHARDED = 23
 
 
-@dataclass
-class SourceNamespace:
-    db: str
-    name: str
-    kind: str  # "collection" | "view" | "timeseries"
-    options: dict[str, Any]
-    uuid: Any = None
-    indexes: list[dict[str, Any]] = field(default_factory=list)
-    shard_key: dict[str, Any] | None = None
-    documents: int = 0
-    size: int = 0
-
-    @property
-    def namespace(self) -> str:
-        return f"{self.db}.{self.name}"
-
-    def to_document(self) -> dict[str, Any]:
-        return {"_id": self.namespace, "db": self.db, "name": self.name, "kind": self.kind,
-                "options": self.options, "uuid": self.uuid, "indexes": self.indexes,
-                "shardKey": self.shard_key, "estimatedDocuments": self.documents,
-                "estimatedBytes": self.size}
-
-
-def clean_index_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def clean_index_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in _DUMP_ONLY_INDEX_FIELDS}
 
 
-def list_source_namespaces(client: MongoClient, namespace_filter: NamespaceFilter,
-                           sharded: bool) -> list[SourceNamespace]:
+def list_namespaces(cluster: ClusterClient,
+                    namespace_filter: NamespaceFilter) -> list[NamespaceRecord]:
     """Every collection and view the filter includes, with options, indexes and sizes."""
-    shard_keys: dict[str, dict[str, Any]] = {}
-    if sharded:
-        for entry in client.config.collections.find({}, {"key": 1}):
-            shard_keys[entry["_id"]] = dict(entry["key"])
-    found: list[SourceNamespace] = []
-    for db_name in sorted(client.list_database_names()):
+    shard_keys = cluster.shard_keys()
+    found: list[NamespaceRecord] = []
+    for db_name in sorted(cluster.database_names()):
         if not namespace_filter.includes_database(db_name):
             continue
-        database = client[db_name]
-        for info in sorted(database.list_collections(), key=lambda i: i["name"]):
+        for info in sorted(cluster.collection_infos(db_name), key=lambda i: str(i["name"])):
             name = info["name"]
             if not namespace_filter.includes(db_name, name):
                 continue
-            kind = info.get("type", "collection")
-            entry = SourceNamespace(db=db_name, name=name, kind=kind,
-                                    options=dict(info.get("options", {})),
-                                    uuid=(info.get("info") or {}).get("uuid"))
-            if kind == "collection":
-                entry.indexes = [clean_index_spec(dict(spec)) for spec in
-                                 database[name].list_indexes()]
-                entry.shard_key = shard_keys.get(entry.namespace)
-                stats = _stats(database, name)
-                entry.documents, entry.size = stats
-            found.append(entry)
+            found.append(namespace_record(cluster, db_name, info, shard_keys))
     return found
 
 
-def _stats(database: Any, name: str) -> tuple[int, int]:
-    try:
-        stats = next(database[name].aggregate([{"$collStats": {"storageStats": {}}}]))
-        storage = stats.get("storageStats", {})
-        return int(storage.get("count", 0)), int(storage.get("size", 0))
-    except (OperationFailure, StopIteration):
-        return database[name].estimated_document_count(), 0
+def namespace_record(cluster: ClusterClient, db: str, info: Mapping[str, Any],
+                     shard_keys: Mapping[str, dict[str, Any]] | None = None) -> NamespaceRecord:
+    """One ``listCollections`` entry as a namespace record (indexes and sizes read too)."""
+    name = info["name"]
+    kind = NamespaceKind(info.get("type", "collection"))
+    record = NamespaceRecord(id=f"{db}.{name}", db=db, name=name, kind=kind,
+                             options=dict(info.get("options", {})),
+                             uuid=(info.get("info") or {}).get("uuid"))
+    if kind == NamespaceKind.COLLECTION:
+        record.indexes = [clean_index_spec(spec) for spec in cluster.index_specs(db, name)]
+        record.shard_key = (shard_keys or {}).get(record.id)
+        record.estimated_documents, record.estimated_bytes = cluster.collection_size(db, name)
+    return record
 
 
 # -- the temporary shape of things on the destination ---------------------------------------
@@ -129,63 +101,123 @@ def indexes_to_build(specs: list[dict[str, Any]], mode: str) -> list[dict[str, A
     return chosen
 
 
-def create_collection(client: MongoClient, db: str, name: str, options: dict[str, Any],
-                      before_create: Callable[[str, str], None]) -> bool:
-    """Create a destination collection or view; False when it already existed."""
-    before_create(db, name)
-    try:
-        client[db].command({"create": name, **options})
+class CreatedNamespaces(Protocol):
+    """Where the namespaces a migration creates are recorded (the metadata store)."""
+
+    def record_created(self, database: str, collection: str, *, new_database: bool) -> None: ...
+    def confirm_created(self, database: str, collection: str) -> None: ...
+    def forget_created(self, database: str, collection: str) -> None: ...
+
+
+def create_collection(cluster: ClusterClient, created: CreatedNamespaces, db: str, name: str,
+                      options: Mapping[str, Any]) -> bool:
+    """Create a destination collection or view; False when it existed.
+
+    Recorded before (a crash in between cannot hide it) and confirmed after, so that reset
+    drops only what this migration really created.
+    """
+    new_database = db not in cluster.database_names()
+    # A server (7.0+) accepts creating a collection that exists with the same options: it
+    # must not be taken for one this migration created.
+    if not new_database and cluster.collection_infos(db, name):
+        created.forget_created(db, name)
+        return False
+    created.record_created(db, name, new_database=new_database)
+    if cluster.create_collection(db, name, options):
+        created.confirm_created(db, name)
         return True
-    except OperationFailure as exc:
-        if exc.code == NAMESPACE_EXISTS:
-            return False
-        raise
+    created.forget_created(db, name)
+    return False
 
 
-def create_indexes(client: MongoClient, db: str, name: str, specs: list[dict[str, Any]]) -> None:
+def _comparable(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """An index as it stands while syncing, without what the server adds (version)."""
+    temporary = temporary_index_spec(dict(spec))
+    temporary.pop("v", None)
+    temporary["key"] = list(dict(temporary.get("key", {})).items())
+    return temporary
+
+
+def create_indexes(cluster: ClusterClient, db: str, name: str,
+                   specs: list[dict[str, Any]], batch_size: int | None = None) -> None:
+    """Build the indexes, ``batch_size`` per command (``--createIndexesBatchSize``; one at a
+    time by default); one that exists already in the same form (a restart) is fine, any
+    other conflict is an :class:`IndexConflict` naming the namespace, the index and why."""
+    if batch_size is not None and batch_size > 1:
+        for start in range(0, len(specs), batch_size):
+            batch = specs[start:start + batch_size]
+            try:
+                cluster.create_indexes(db, name, list(batch))
+            except OperationFailure:
+                create_indexes(cluster, db, name, batch)  # one by one: which one, and why
+        return
     for spec in specs:
         try:
-            client[db].command("createIndexes", name, indexes=[spec])
+            cluster.create_index(db, name, spec)
         except OperationFailure as exc:
             if exc.code not in INDEX_EXISTS_CODES:
                 raise
+            existing = {index["name"]: index for index in cluster.index_specs(db, name)}
+            same = existing.get(spec["name"])
+            if same is None or _comparable(same) != _comparable(spec):
+                reason = (exc.details or {}).get("errmsg") or str(exc)
+                raise IndexConflict(
+                    f"the index {spec['name']} of {db}.{name} cannot be built on the "
+                    f"destination as the source has it ({spec}): {reason}. Drop the "
+                    f"conflicting index on the destination, or exclude {db}.{name}, then "
+                    f"restart the migration") from None
 
 
-def shard_collection(client: MongoClient, db: str, name: str, key: dict[str, Any]) -> None:
-    client.admin.command("enableSharding", db)
+def shard_key_index(indexes: list[dict[str, Any]],
+                    key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The source's index on exactly the shard key, if it has one."""
+    wanted = list(dict(key).items())
+    for spec in indexes:
+        if list(dict(spec.get("key", {})).items()) == wanted:
+            return spec
+    return None
+
+
+def shard_collection(cluster: ClusterClient, db: str, name: str, key: Mapping[str, Any],
+                     source_indexes: list[dict[str, Any]]) -> None:
+    """Shard a destination collection. The source's own index on the key is built first, so
+    that sharding uses it: otherwise the destination would get an index of its own making on
+    the key, and the source's (its name, and uniqueness at commit) could not be built."""
+    index = shard_key_index(source_indexes, key)
+    if index is not None and index.get("name") != "_id_":
+        create_indexes(cluster, db, name, [temporary_index_spec(index)])
     try:
-        client.admin.command("shardCollection", f"{db}.{name}", key=key)
+        cluster.shard_collection(db, name, key)
     except OperationFailure as exc:
-        if exc.code != 23:  # already sharded with this key after a restart
+        if exc.code != ALREADY_SHARDED:  # already sharded with this key after a restart
             raise
 
 
 # -- commit: back to the source's exact shape -------------------------------------------------
 
 
-def restore_final_options(source: MongoClient, destination: MongoClient,
-                          namespace_filter: NamespaceFilter, build_mode: str) -> list[tuple]:
+def restore_final_options(source: ClusterClient, destination: ClusterClient,
+                          namespace_filter: NamespaceFilter, build_mode: str) -> list[IndexRef]:
     """Undo every temporary change; unique indexes go to ``prepareUnique`` only.
 
-    Returns the (db, collection, index name) triples still to convert to unique after writes
-    are allowed again, as mongosync does (canWrite comes before the unique conversion).
+    Returns the indexes still to convert to unique after writes are allowed again, as
+    mongosync does (canWrite comes before the unique conversion).
     """
-    pending_unique: list[tuple] = []
-    for entry in list_source_namespaces(source, namespace_filter, sharded=False):
-        if entry.kind != "collection":
+    pending_unique: list[IndexRef] = []
+    for entry in list_namespaces(source, namespace_filter):
+        if not entry.is_collection:
             continue
-        target = destination[entry.db]
         if entry.options.get("capped"):
             change: dict[str, Any] = {"cappedSize": entry.options["size"]}
             if entry.options.get("max"):
                 change["cappedMax"] = entry.options["max"]
-            target.command({"collMod": entry.name, **change})
+            destination.modify_collection(entry.db, entry.name, change)
         if "clusteredIndex" in entry.options and "expireAfterSeconds" in entry.options:
-            target.command({"collMod": entry.name,
-                            "expireAfterSeconds": entry.options["expireAfterSeconds"]})
+            destination.modify_collection(entry.db, entry.name, {
+                "expireAfterSeconds": entry.options["expireAfterSeconds"]})
         if build_mode == "never":
             continue
-        existing = {spec["name"]: dict(spec) for spec in target[entry.name].list_indexes()}
+        existing = {spec["name"]: spec for spec in destination.index_specs(entry.db, entry.name)}
         for spec in entry.indexes:
             name = spec["name"]
             if name == "_id_" or name not in existing:
@@ -193,19 +225,23 @@ def restore_final_options(source: MongoClient, destination: MongoClient,
             current = existing[name]
             if "expireAfterSeconds" in spec and \
                     current.get("expireAfterSeconds") != spec["expireAfterSeconds"]:
-                target.command({"collMod": entry.name, "index": {
+                destination.modify_collection(entry.db, entry.name, {"index": {
                     "name": name, "expireAfterSeconds": spec["expireAfterSeconds"]}})
             if bool(spec.get("hidden")) != bool(current.get("hidden")):
-                target.command({"collMod": entry.name, "index": {
+                destination.modify_collection(entry.db, entry.name, {"index": {
                     "name": name, "hidden": bool(spec.get("hidden"))}})
-            if spec.get("unique") and not current.get("unique"):
-                if not current.get("prepareUnique"):
-                    target.command({"collMod": entry.name, "index": {
-                        "name": name, "prepareUnique": True}})
-                pending_unique.append((entry.db, entry.name, name))
+            wants_unique = bool(spec.get("unique"))
+            if (wants_unique or spec.get("prepareUnique")) and not current.get("unique") \
+                    and not current.get("prepareUnique"):
+                # Also for an index the source was converting to unique (prepareUnique only).
+                destination.modify_collection(entry.db, entry.name, {"index": {
+                    "name": name, "prepareUnique": True}})
+            if wants_unique and not current.get("unique"):
+                pending_unique.append(IndexRef(db=entry.db, coll=entry.name, name=name))
     return pending_unique
 
 
-def enforce_unique(destination: MongoClient, pending: list[tuple]) -> None:
-    for db, collection, index in pending:
-        destination[db].command({"collMod": collection, "index": {"name": index, "unique": True}})
+def enforce_unique(destination: ClusterClient, pending: list[IndexRef]) -> None:
+    for index in pending:
+        destination.modify_collection(index.db, index.coll,
+                                      {"index": {"name": index.name, "unique": True}})

@@ -1,6 +1,6 @@
 """JSON-lines logging as mongosync writes it (spec §17), and the metrics log (spec §18.1).
 
-Every line is one JSON object: ``level`` (lowercase), ``time`` (ISO-8601, milliseconds and
+Every line is one JSON object: ``level`` (lowercase), ``time`` (ISO-8601, microseconds and
 offset), ``message``, ``mongosyncID``, ``componentName``, ``pid``, then the event's own keys.
 Code logs through the standard ``logging`` module and passes its keys as
 ``extra={"fields": {...}}``; this module turns records into lines, so the engine needs no
@@ -38,6 +38,12 @@ _COMPONENTS = {
     "pymongosync.engine": "Migration",
     "pymongosync.copy": "Collection Copy",
     "pymongosync.changes": "Change Event Application",
+    "pymongosync.buffer": "Change Buffer",
+    "pymongosync.indexes": "Index Builds",
+    "pymongosync.verifier": "Verifier",
+    "pymongosync.preflight": "Preflight",
+    "pymongosync.lease": "Migration",
+    "pymongosync.clusters": "Driver",
     "pymongosync.retry": "Retryer",
     "pymongosync.api": "API Server",
     "pymongosync.process": "Mongosync",
@@ -73,9 +79,11 @@ def bounded(value: Any) -> Any:
 
 
 def timestamp(seconds: float) -> str:
-    """``2024-06-21T11:15:33.123-04:00``: local time, milliseconds, offset."""
+    """``2024-06-21T11:15:33.123456-04:00``: local time, microseconds, offset — as mongosync
+    writes it. MongoDB's Mongosync Insights reads the first 26 characters as
+    ``%Y-%m-%dT%H:%M:%S.%f``, so milliseconds would make it fail on every line."""
     moment = datetime.datetime.fromtimestamp(seconds).astimezone()
-    return moment.isoformat(timespec="milliseconds")
+    return moment.isoformat(timespec="microseconds")
 
 
 class JsonFormatter(logging.Formatter):

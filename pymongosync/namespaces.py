@@ -2,7 +2,7 @@
 rename means when it crosses the boundary of the filter.
 
 `NamespaceFilter` is built from already-validated `FilterRule`s, normally through
-`NamespaceFilter.from_request`; the helpers below are shared with the request validation so that
+`StartRequest.namespace_filter`; the helpers below are shared with the request validation so that
 the validator and the engine agree on names and regex semantics.
 """
 
@@ -11,10 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from pymongosync.request import StartRequest
+from typing import Literal
 
 RenameAction = Literal["apply", "drop-source", "create-target", "ignore", "fatal"]
 
@@ -25,10 +22,11 @@ SYSTEM_DATABASES = frozenset({"admin", "config", "local"})
 # §7/§23 1.18: every `__mdb_internal*` database (Atlas internals) is ignored. Syncing any of
 # them would copy one migration's state into another.
 _RESERVED_DATABASE_NAMES = SYSTEM_DATABASES | {"mongosync_reserved_for_internal_use"}
+# (`mongosync_internal_<name>` is only the beta --migrationName's metadata, an option
+# pymongosync does not have: a database of that name is a user's, and is migrated.)
 _RESERVED_DATABASE_PREFIXES = (
     "__mdb_internal",
     "mongosync_reserved_for_verification_",
-    "mongosync_internal_",
 )
 
 # Spec §7/§21: `system.*` collections are not replicated. Views are synced as metadata through the
@@ -174,15 +172,6 @@ class NamespaceFilter:
     ) -> None:
         self._include = tuple(include)
         self._exclude = tuple(exclude)
-
-    @classmethod
-    def from_request(cls, request: StartRequest) -> NamespaceFilter:
-        """The filter of a validated `/start` request. This compiles its regexes: build it once
-        per migration and keep it."""
-        return cls(
-            include=[entry.to_rule() for entry in request.includeNamespaces or ()],
-            exclude=[entry.to_rule() for entry in request.excludeNamespaces or ()],
-        )
 
     def includes(self, db: str, coll: str) -> bool:
         """Whether the namespace is synced: include, then remove the exclusions (spec §13.2)."""

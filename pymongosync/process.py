@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import platform
 import signal
 import socket
 import threading
@@ -27,11 +28,11 @@ from typing import Any
 import uvicorn
 from prometheus_client import generate_latest
 
-from pymongosync import logs
+from pymongosync import logs, retry
 from pymongosync.api import Service, create_app
 from pymongosync.clusters import Cluster, redact
-from pymongosync.engine import Migration
 from pymongosync.errors import MigrationError
+from pymongosync.migration import EngineSettings, Migration
 
 log = logging.getLogger("pymongosync.process")
 
@@ -43,6 +44,7 @@ POLL_SECONDS = 0.1
 # Exit codes: 0 after a clean stop; 1 on a fatal error (spec §2.6); 128 + signal number when a
 # second signal cuts the shutdown short, as shells report a process killed by that signal.
 EXIT_FATAL = 1
+CLOSE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Options:
     hotDocIDs: tuple[str, ...] = ()
     createIndexesBatchSize: int | None = None
     enableCappedCollectionHandling: bool = False
+    changeBufferLimitMB: int = 10240
+    disableChangeBuffering: bool = False
 
     @property
     def mongosync_id(self) -> str:
@@ -105,9 +109,14 @@ class MongosyncProcess:
         options = self.options
         self._log_handler = logs.configure(options.verbosity, options.logPath,
                                            options.mongosync_id)
-        log.info("Version info", extra={"fields": {"version": VERSION,
-                                                    "compatibleWith": "mongosync 1.22"}})
+        log.info("Version info", extra={"fields": {
+            "version": VERSION, "os": platform.system().lower(), "arch": platform.machine(),
+            "compatibleWith": "mongosync 1.22"}})
         log.info("Mongosync Options", extra={"fields": options.for_log()})
+        # mongosync echoes its hidden flags here (spec §2.3); pymongosync has one such knob,
+        # the retry window mongosync calls longRetryTime, under that name.
+        log.info("Mongosync HiddenFlags", extra={"fields": {
+            "longRetryTime": f"{retry.RETRY_FOR_SECONDS / 60:.0f}m0s"}})
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGUSR1, self._on_rotate_signal)
@@ -155,10 +164,17 @@ class MongosyncProcess:
                 cluster.client.admin.command("ping")
             log.info(f"Initialized client0 with URI: {redact(options.cluster0)} and client1 "
                      f"with URI: {redact(options.cluster1)}")
-            migration = Migration.open(cluster0, cluster1, options.loadLevel)
+            settings = EngineSettings(
+                change_buffering=not options.disableChangeBuffering,
+                change_buffer_limit_bytes=options.changeBufferLimitMB * 1024 * 1024,
+                create_indexes_batch_size=options.createIndexesBatchSize)
+            migration = Migration.open(cluster0, cluster1, options.loadLevel,
+                                       disable_verification=options.disableVerification,
+                                       settings=settings, instance_id=options.id)
             migration.add_listener(lambda message: self._on_migration_event(migration))
             if migration.error is not None:
-                self._fatal = (f"the migration stopped on a fatal error: {migration.error.name}: "
+                self._fatal = (f"the migration stopped on a fatal error: "
+                               f"{migration.error.error_name}: "
                                f"{migration.error.message}. Fix the cause, then run `mongosync "
                                f"reset` and start a new migration (spec §15.2)")
                 return
@@ -166,7 +182,7 @@ class MongosyncProcess:
             log.info("Transitioning the state", extra={"fields": {
                 "oldState": "INITIALIZING", "newState": migration.state}})
         except MigrationError as exc:
-            self._fatal = f"{exc.name}: {exc.message}"
+            self._fatal = f"{exc.error_name}: {exc.message}"
         except Exception as exc:  # noqa: BLE001 - e.g. unreachable cluster, bad credentials
             self._fatal = (f"cannot use the clusters: {type(exc).__name__}: "
                            f"{redact(str(exc))}")
@@ -176,7 +192,7 @@ class MongosyncProcess:
         # the migration has stopped for good (spec §2.6: the process then exits).
         if migration.error is not None:
             self._fatal_fields = migration.error.to_document()
-            self._fatal = f"{migration.error.name}: {migration.error.message}"
+            self._fatal = f"{migration.error.error_name}: {migration.error.message}"
 
     def _wait(self) -> bool:
         """Sleep until a signal (False) or a fatal error (True); rotate logs and write metrics
@@ -239,4 +255,7 @@ class MongosyncProcess:
         # exit ends it like a crash, which resumes cleanly.
         if initialized:
             for cluster in self.clusters:
-                cluster.close()
+                # Closing ends the driver's sessions on the server: bounded, as a cluster that
+                # does not answer would hold the exit for its whole server selection timeout.
+                with retry.bounded(CLOSE_SECONDS):
+                    cluster.close()

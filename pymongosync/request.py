@@ -9,6 +9,7 @@ where a typo (`"buildindexes"`, `"true"`) would otherwise silently change a long
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal, NoReturn
 
 from pydantic import (
@@ -22,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from pymongosync.errors import InvalidStartRequest
 from pymongosync.namespaces import (
     FilterRule,
     NamespaceFilter,
@@ -54,23 +56,6 @@ _MISSING_HINTS = {
         'add "shardingEntries": [] to shard nothing, or list the collections to shard'
     ),
 }
-
-
-class InvalidStartRequest(Exception):
-    """A `/start` body that cannot start a migration; `field` is the JSON path of the culprit."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-    def to_envelope(self) -> dict[str, Any]:
-        """The standard error envelope of spec §3.1."""
-        return {
-            "success": False,
-            "error": "InvalidRequest",
-            "errorDescription": f"{self.field}: {self.message}",
-        }
 
 
 def _fail(message: str, *path: str | int) -> NoReturn:
@@ -363,6 +348,7 @@ class StartRequest(_Document):
             value = data["lagTimeSeconds"]
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+                or not math.isfinite(value)
             ):
                 _fail(
                     f"must be a non-negative number or null (it is ignored), got {_show(value)}",
@@ -526,7 +512,7 @@ class StartRequest(_Document):
     def _check_sharding_entries_in_filter(self) -> None:
         if self.sharding is None or not self.has_namespace_filter:
             return
-        namespace_filter = NamespaceFilter.from_request(self)
+        namespace_filter = self.namespace_filter()
         for index, entry in enumerate(self.sharding.shardingEntries):
             if not namespace_filter.includes(entry.database, entry.collection):
                 _fail(
@@ -538,6 +524,14 @@ class StartRequest(_Document):
                 )
 
     # -- derived settings --------------------------------------------------------------------------
+
+    def namespace_filter(self) -> NamespaceFilter:
+        """The filter of this request. This compiles its regexes: build it once per migration
+        and keep it."""
+        return NamespaceFilter(
+            include=[entry.to_rule() for entry in self.includeNamespaces or ()],
+            exclude=[entry.to_rule() for entry in self.excludeNamespaces or ()],
+        )
 
     @property
     def has_namespace_filter(self) -> bool:
@@ -623,8 +617,8 @@ class StartRequest(_Document):
             raise InvalidStartRequest(
                 "destination",
                 f"the destination cluster ({self.destination}) runs MongoDB "
-                f"{_release(destination_version)}; supported destination releases are 6.0, 7.0 and 8.0 "
-                "(major releases only)",
+                f"{_release(destination_version)}; supported destination releases are 6.0, 7.0 "
+                "and 8.0 (major releases only)",
             )
         if destination_release < source_release:
             raise InvalidStartRequest(
@@ -633,12 +627,9 @@ class StartRequest(_Document):
                 f"{_release(destination_version)}, older than the source's "
                 f"{_release(source_version)}; the destination must run the same or a newer release",
             )
-        if source_is_sharded and not destination_is_sharded:
-            raise InvalidStartRequest(
-                "destination",
-                "migrating from a sharded cluster to a replica set is not supported; make "
-                f"{self.destination} a sharded cluster",
-            )
+        # A sharded source into a replica set is allowed (mongosync refuses it): collections
+        # arrive unsharded, their shard keys stay recorded in the metadata, and pre-flight
+        # refuses collections whose _id values repeat across shards.
         replica_set_to_sharded = destination_is_sharded and not source_is_sharded
         if replica_set_to_sharded and self.sharding is None:
             raise InvalidStartRequest(

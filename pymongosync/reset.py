@@ -11,33 +11,27 @@ does the same steps from what the migration recorded about itself:
   nothing; it refuses (:class:`ResetError`) while a process still works on the migration, or
   when the clusters given do not match the stored migration;
 - :func:`apply_reset` carries a plan out, checking first that nothing moved in between;
-- :func:`describe_leftovers` explains to ``/start`` what a non-empty destination holds;
-- :data:`reset_command` is the ``mongosync reset`` click command, a thin layer over them.
+- :data:`pymongosync.cli.reset.reset_command` is the ``mongosync reset`` command, a thin
+  layer over them.
 """
 
 from __future__ import annotations
 
-import datetime
 import re
-import shlex
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-import click
-import yaml
 from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
-from pymongosync.clusters import Cluster, InvalidConnectionString, redact
-from pymongosync.metadata import METADATA_DATABASE, MetadataStore, is_metadata_database
+from pymongosync.clusters import Cluster, redact
+from pymongosync.errors import ResetError
+from pymongosync.lease import LEASE_SECONDS, Lease
+from pymongosync.leftovers import blocked_word, write_blocked
 from pymongosync.namespaces import SYSTEM_DATABASES
+from pymongosync.store import METADATA_DATABASE, StoredMigration, is_metadata_database
 
-LABELS = ("cluster0", "cluster1")
-# A migration whose heartbeat or last update is younger than this has a live process: the
-# engine beats every 2 s, so 10 s leaves room for a slow beat without waiting long after a stop.
-LIVE_HEARTBEAT_SECONDS = 10.0
 # Short, so a wrong host fails in seconds rather than after the engine's 30 s.
 CONNECT_TIMEOUT_MS = 5_000
 UNBLOCK_COMMAND = "db.adminCommand({setUserWriteBlockMode: 1, global: false})"
@@ -45,10 +39,6 @@ AUTH_FAILED = 18
 
 
 ActionKind = Literal["unblock", "drop-collection", "drop-database", "start-balancer"]
-
-
-class ResetError(Exception):
-    """Reset refused or failed; the message says what was (not) changed and what to do."""
 
 
 # -- what the clusters hold ----------------------------------------------------------------------
@@ -61,7 +51,7 @@ class ClusterState:
     databases: list[str]  # every name listDatabases returns, system databases included
     write_blocked: bool | None  # None: the server does not report it
     balancer_running: bool | None  # None: not a sharded cluster
-    record: dict[str, Any] | None  # the migration document of its reserved database
+    record: StoredMigration | None  # the migration stored in its reserved database
 
     @property
     def label(self) -> str:
@@ -106,7 +96,7 @@ class ResetPlan:
     states: dict[str, ClusterState]
     destination: str
     source: str
-    record: dict[str, Any] | None  # the stored migration that identified the destination
+    record: StoredMigration | None  # the stored migration that identified the destination
     record_ids: dict[str, str | None]  # label -> migrationId seen, to detect changes
     actions: list[Action] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # destination user databases left alone
@@ -121,18 +111,18 @@ class ResetPlan:
                  + self.states["cluster1"].summary]
         record = self.record
         if record is not None:
-            superseded = " (superseded by a reverse migration)" if record.get(
-                "supersededBy") else ""
+            stored = record.global_state
+            superseded = " (superseded by a reverse migration)" if stored.superseded_by else ""
             lines.append(
-                f"Migration {record.get('migrationId')}{superseded}: {record.get('sourceLabel')} → "
-                f"{record.get('destinationLabel')}, state {record.get('state')}, phase "
-                f"{record.get('phase')!r}, stored on {self.destination}")
+                f"Migration {stored.migration_id}{superseded}: {stored.source_label} → "
+                f"{stored.destination_label}, state {record.resume.state.value}, phase "
+                f"{record.resume.phase.label!r}, stored on {self.destination}")
         destination = self.states[self.destination]
         lines.append(f"Destination {self.destination}: writes "
-                     f"{_blocked_word(destination.write_blocked)}; databases: "
+                     f"{blocked_word(destination.write_blocked)}; databases: "
                      f"{', '.join(destination.user_databases) or 'no user database'}")
         lines.append(f"Source {self.source}: writes "
-                     f"{_blocked_word(self.states[self.source].write_blocked)}")
+                     f"{blocked_word(self.states[self.source].write_blocked)}")
         if self.actions:
             lines.append("Plan:")
             lines += [f"  {number}. {action.describe()}"
@@ -160,8 +150,7 @@ class ResetReport:
 # -- planning ------------------------------------------------------------------------------------
 def plan_reset(cluster0: Cluster, cluster1: Cluster, *, all_user_databases: bool = False,
                enable_balancer: bool = False, force_balancer: bool = False,
-               destination: str | None = None,
-               live_heartbeat_seconds: float | None = None) -> ResetPlan:
+               destination: str | None = None) -> ResetPlan:
     """Decide what a reset does, changing nothing.
 
     ``destination`` ("cluster0"/"cluster1") only matters when no metadata says which cluster
@@ -173,13 +162,12 @@ def plan_reset(cluster0: Cluster, cluster1: Cluster, *, all_user_databases: bool
         raise ResetError(f"--cluster0 and --cluster1 are the same cluster "
                          f"({', '.join(cluster0.hosts)}); give the source and the destination")
     states = {label: _inspect(cluster) for label, cluster in clusters.items()}
-    _refuse_if_live({label: state.record for label, state in states.items()},
-                    live_heartbeat_seconds)
+    _refuse_if_live(clusters, states)
     destination_label, record = _find_destination(states, destination)
     source_label = "cluster1" if destination_label == "cluster0" else "cluster0"
     plan = ResetPlan(states=states, destination=destination_label, source=source_label,
                      record=record,
-                     record_ids={label: (state.record or {}).get("migrationId")
+                     record_ids={label: _migration_id(state.record)
                                  for label, state in states.items()})
     records = [state.record for state in states.values() if state.record is not None]
     _plan_write_blocks(plan, records)
@@ -194,9 +182,9 @@ def _inspect(cluster: Cluster) -> ClusterState:
     with _talking_to(cluster):
         return ClusterState(cluster=cluster, sharded=cluster.is_sharded,
                             databases=sorted(cluster.client.list_database_names()),
-                            write_blocked=_write_blocked(cluster),
+                            write_blocked=write_blocked(cluster),
                             balancer_running=cluster.balancer_running(),
-                            record=MetadataStore(cluster.client).load())
+                            record=cluster.metadata_store().load())
 
 
 @contextmanager
@@ -222,52 +210,34 @@ def _talking_to(cluster: Cluster, outcome: str = "Nothing was changed") -> Itera
         raise ResetError(f"{where}: {redact(str(exc))}. {outcome}") from None
 
 
-def _write_blocked(cluster: Cluster) -> bool | None:
-    try:
-        return cluster.write_blocked()
-    except OperationFailure:
-        return None  # serverStatus not allowed for this user: the state is unknown
+def _migration_id(record: StoredMigration | None) -> str | None:
+    return None if record is None else record.global_state.migration_id
 
 
-def _blocked_word(blocked: bool | None) -> str:
-    return {True: "blocked", False: "not blocked", None: "in an unknown state"}[blocked]
-
-
-def _last_activity(record: dict[str, Any]) -> datetime.datetime | None:
-    times = [t for t in ((record.get("heartbeat") or {}).get("at"), record.get("updatedAt"))
-             if isinstance(t, datetime.datetime)]
-    if not times:
-        return None
-    # Stored through a tz_aware client, but be safe with naive values (they are UTC).
-    return max(t if t.tzinfo else t.replace(tzinfo=datetime.UTC) for t in times)
-
-
-def _refuse_if_live(records: dict[str, dict[str, Any] | None],
-                    live_heartbeat_seconds: float | None) -> None:
-    limit = LIVE_HEARTBEAT_SECONDS if live_heartbeat_seconds is None else live_heartbeat_seconds
-    now = datetime.datetime.now(datetime.UTC)
-    for label, record in records.items():
-        if record is None:
+def _refuse_if_live(clusters: dict[str, Cluster], states: dict[str, ClusterState]) -> None:
+    """Refuse while a process owns a stored migration: its lease is live by the server's clock
+    (and, for a process on this host, its PID still exists)."""
+    for label, state in states.items():
+        if state.record is None:
             continue
-        last = _last_activity(record)
-        if last is None:
-            continue
-        age = (now - last).total_seconds()
-        if age < limit:
-            owner = (record.get("heartbeat") or {}).get("owner", "a mongosync process")
+        with _talking_to(clusters[label]):
+            holder = Lease(clusters[label].metadata_store()).holder()
+        if holder is not None and holder.live:
             raise ResetError(
-                f"a mongosync process ({owner}) is still working on the migration stored on "
-                f"{label}: it reported {max(age, 0):.0f} s ago. Stop it first: press Ctrl-C "
-                f"where it runs (or POST /api/v1/pause, e.g. `curl -X POST "
-                f"localhost:27182/api/v1/pause -d '{{}}'`, then stop the process), wait "
-                f"{limit:.0f} seconds and run reset again. Nothing was changed")
+                f"a mongosync process ({holder.describe()}) is still working on the migration "
+                f"stored on {label}: it holds the migration's lease. Stop it first: press "
+                f"Ctrl-C where it runs (or POST /api/v1/pause, e.g. `curl -X POST "
+                f"localhost:27182/api/v1/pause -d '{{}}'`, then stop the process); if it was "
+                f"killed on another host, wait {LEASE_SECONDS:.0f} seconds for its lease to "
+                f"expire. Then run reset again. Nothing was changed")
 
 
 def _find_destination(states: dict[str, ClusterState], named: str | None
-                      ) -> tuple[str, dict[str, Any] | None]:
+                      ) -> tuple[str, StoredMigration | None]:
     """Which cluster is the destination, and the stored migration that says so (if any)."""
     records = {label: state.record for label, state in states.items() if state.record}
-    live = [label for label, record in records.items() if not record.get("supersededBy")]
+    live = [label for label, record in records.items()
+            if not record.global_state.superseded_by]
     if len(live) > 1:
         raise ResetError("both clusters hold the metadata of a running migration (each the "
                          "destination of its own); reset one pair of clusters at a time, by "
@@ -305,9 +275,9 @@ def _find_destination(states: dict[str, ClusterState], named: str | None
     return "cluster1", None
 
 
-def _check_record_matches(label: str, record: dict[str, Any],
+def _check_record_matches(label: str, record: StoredMigration,
                           states: dict[str, ClusterState]) -> None:
-    stored_destination = record.get("destinationLabel")
+    stored_destination = record.global_state.destination_label
     if stored_destination != label:
         raise ResetError(
             f"the migration metadata found on {label} belongs to a migration whose destination "
@@ -321,28 +291,28 @@ def _check_record_matches(label: str, record: dict[str, Any],
                          f"changed")
 
 
-def _hosts_mismatch(record: dict[str, Any], states: dict[str, ClusterState]) -> str | None:
+def _hosts_mismatch(record: StoredMigration, states: dict[str, ClusterState]) -> str | None:
     """How the stored cluster hosts differ from the clusters given (None when they agree)."""
-    for stored_label, hosts in (record.get("clusterHosts") or {}).items():
+    for stored_label, hosts in record.global_state.cluster_hosts.items():
         given = states[stored_label].cluster.hosts if stored_label in states else None
         if hosts and given is not None and sorted(hosts) != given:
             return f"{stored_label} = {', '.join(hosts)}, not {', '.join(given)}"
     return None
 
 
-def _labels_flagged(records: list[dict[str, Any]], source_flag: str,
-                    destination_flag: str) -> set[str]:
-    """The cluster labels any stored migration flagged (e.g. blocked-by-us) in either role."""
+def _labels_write_blocked_by_us(records: list[StoredMigration]) -> set[str]:
+    """The cluster labels any stored migration blocked writes on, in either role."""
     flagged = set()
     for record in records:
-        if record.get(source_flag):
-            flagged.add(record.get("sourceLabel"))
-        if record.get(destination_flag):
-            flagged.add(record.get("destinationLabel"))
+        stored = record.global_state
+        if stored.source_write_blocked_by_us:
+            flagged.add(stored.source_label)
+        if stored.destination_write_blocked_by_us:
+            flagged.add(stored.destination_label)
     return flagged
 
 
-def _plan_write_blocks(plan: ResetPlan, records: list[dict[str, Any]]) -> None:
+def _plan_write_blocks(plan: ResetPlan, records: list[StoredMigration]) -> None:
     destination = plan.states[plan.destination]
     # The documented procedure always unblocks the destination; when the server cannot say
     # whether it is blocked, do it whenever a migration was there to block it.
@@ -350,8 +320,7 @@ def _plan_write_blocks(plan: ResetPlan, records: list[dict[str, Any]]) -> None:
         plan.actions.append(Action("unblock", plan.destination,
                                    reason="the destination of the migration"))
     source = plan.states[plan.source]
-    blocked_by_us = plan.source in _labels_flagged(records, "sourceWriteBlockedByUs",
-                                                   "destinationWriteBlockedByUs")
+    blocked_by_us = plan.source in _labels_write_blocked_by_us(records)
     if blocked_by_us and source.write_blocked is not False:
         plan.actions.append(Action("unblock", plan.source,
                                    reason="the source, blocked by this migration at commit"))
@@ -366,7 +335,7 @@ def _plan_user_drops(plan: ResetPlan, all_user_databases: bool) -> None:
     destination = plan.states[plan.destination]
     record = plan.record
     user = [name for name in destination.user_databases if not is_metadata_database(name)]
-    if record is not None and record.get("canWrite") and not all_user_databases:
+    if record is not None and record.resume.can_write and not all_user_databases:
         raise ResetError(
             f"the migration stored on {plan.destination} has committed (canWrite: true): "
             f"{plan.destination} may already take your application's writes, and a reset "
@@ -392,45 +361,54 @@ def _plan_user_drops(plan: ResetPlan, all_user_databases: bool) -> None:
 
 def _plan_created_drops(plan: ResetPlan, user: list[str]) -> None:
     destination = plan.states[plan.destination]
-    store = MetadataStore(destination.cluster.client)
+    store = destination.cluster.metadata_store()
     with _talking_to(destination.cluster):
         created_databases = set(store.created_databases())
-        created_collections = {document["_id"] for document in
-                               store.created.find({"kind": "collection"}, {"_id": 1})}
+        created_collections = set(store.created_namespaces())
+        unconfirmed = store.unconfirmed_namespaces()
     # Without preExistingDestinationData /start refused any user database, so whatever a
     # created database holds came through this migration; with it, a database the migration
     # wrote into may have existed before, and only the collections it created go.
-    pre_existing_allowed = bool((plan.record.get("request") or {}).get(
+    assert plan.record is not None
+    pre_existing_allowed = bool(plan.record.global_state.request.get(
         "preExistingDestinationData"))
-    not_created = [name for name in user if name not in created_databases]
-    plan.kept += not_created
+    not_created: list[str] = []
     for name in user:
-        if name not in created_databases:
-            continue
-        if not pre_existing_allowed:
+        ours = name in created_databases
+        created_here = sorted(c for c in created_collections if c.startswith(f"{name}."))
+        if ours and not pre_existing_allowed:
             plan.actions.append(Action("drop-database", plan.destination, name,
                                        "created by this migration"))
+            continue
+        if not ours and not created_here:
+            not_created.append(name)
             continue
         with _talking_to(destination.cluster):
             collections = [c for c in destination.cluster.client[name].list_collection_names()
                            if not c.startswith("system.")]
         foreign = [c for c in collections if f"{name}.{c}" not in created_collections]
-        if not foreign:
+        if ours and not foreign:
             plan.actions.append(Action("drop-database", plan.destination, name,
                                        "created by this migration"))
             continue
         plan.kept.append(name)
-        plan.notes.append(f"database {name} also holds collections this migration did not "
-                          f"create ({', '.join(sorted(foreign))}): only the ones it created "
-                          f"are dropped")
+        if foreign:
+            plan.notes.append(f"database {name} also holds collections this migration did not "
+                              f"create ({', '.join(sorted(foreign))}): only the ones it "
+                              f"created are dropped")
         for collection in sorted(collections):
             if f"{name}.{collection}" in created_collections:
                 plan.actions.append(Action("drop-collection", plan.destination,
                                            f"{name}.{collection}", "created by this migration"))
+    plan.kept += not_created
     if not_created:
         plan.notes.append(f"kept on {plan.destination} because this migration did not create "
                           f"them: {', '.join(not_created)} (--all-user-databases drops every "
                           f"user database)")
+    if unconfirmed and pre_existing_allowed:
+        plan.notes.append(f"kept because a stop interrupted their creation and nothing says "
+                          f"this migration created them rather than someone else: "
+                          f"{', '.join(unconfirmed)}; drop them by hand if they are leftovers")
 
 
 def _plan_metadata_drops(plan: ResetPlan) -> None:
@@ -444,7 +422,7 @@ def _plan_metadata_drops(plan: ResetPlan) -> None:
     # other metadata there belongs to some other migration, which this reset does not touch.
     source = plan.states[plan.source]
     record = source.record
-    ours = (record is not None and record.get("supersededBy")
+    ours = (record is not None and bool(record.global_state.superseded_by)
             and _hosts_mismatch(record, plan.states) is None)
     if ours:
         plan.actions.append(Action("drop-database", plan.source, METADATA_DATABASE,
@@ -456,14 +434,15 @@ def _plan_metadata_drops(plan: ResetPlan) -> None:
                           f"migration ({', '.join(others)}): kept")
 
 
-def _plan_balancers(plan: ResetPlan, records: list[dict[str, Any]], enable: bool,
+def _plan_balancers(plan: ResetPlan, records: list[StoredMigration], enable: bool,
                     force: bool) -> None:
     stopped_by_us = set()
     for record in records:
-        stopped = record.get("balancersStoppedByUs") or {}
-        for role in ("source", "destination"):
-            if stopped.get(role):
-                stopped_by_us.add(record.get(f"{role}Label"))
+        stored = record.global_state
+        for role, label in (("source", stored.source_label),
+                            ("destination", stored.destination_label)):
+            if stored.balancers_stopped_by_us.get(role):
+                stopped_by_us.add(label)
     for label in (plan.source, plan.destination):
         state = plan.states[label]
         if state.balancer_running is not False:
@@ -483,19 +462,25 @@ def _plan_balancers(plan: ResetPlan, records: list[dict[str, Any]], enable: bool
 
 
 # -- applying ------------------------------------------------------------------------------------
-def apply_reset(plan: ResetPlan, live_heartbeat_seconds: float | None = None) -> ResetReport:
+def apply_reset(plan: ResetPlan) -> ResetReport:
     """Carry the plan out, after checking no process started and the metadata did not change."""
     clusters = {label: state.cluster for label, state in plan.states.items()}
-    records: dict[str, dict[str, Any] | None] = {}
+    records: dict[str, StoredMigration | None] = {}
     for label, cluster in clusters.items():
         with _talking_to(cluster):
-            records[label] = MetadataStore(cluster.client).load()
-    _refuse_if_live(records, live_heartbeat_seconds)
-    now_ids = {label: (record or {}).get("migrationId") for label, record in records.items()}
+            records[label] = cluster.metadata_store().load()
+    _refuse_if_live(clusters, plan.states)
+    now_ids = {label: _migration_id(record) for label, record in records.items()}
     if now_ids != plan.record_ids:
         raise ResetError("the migration metadata changed since the plan was made (a mongosync "
                          "process started?); run reset again to see the new plan. Nothing was "
                          "changed")
+    # Before anything is dropped: a process started while the reset is under way, or after it
+    # was interrupted, must refuse this migration rather than resume a half-dropped one.
+    for label, record in records.items():
+        if record is not None and plan.actions:
+            with _talking_to(clusters[label]):
+                clusters[label].metadata_store().mark_reset_started()
     done: list[str] = []
     for action in plan.actions:
         cluster = clusters[action.cluster]
@@ -525,161 +510,3 @@ def _apply(cluster: Cluster, action: Action) -> None:
     else:  # "start-balancer"
         cluster.set_balancer(True)
 
-
-# -- what /start says about a non-empty destination ----------------------------------------------
-def describe_leftovers(source: Cluster, destination: Cluster,
-                       user_data_allowed: bool = False) -> str | None:
-    """Why ``/start`` must refuse this destination (None when it may start).
-
-    Metadata databases always block a start (another or an abandoned migration); user
-    databases do unless the request allows pre-existing destination data.
-    """
-    databases = [name for name in destination.client.list_database_names()
-                 if name not in SYSTEM_DATABASES]
-    metadata = [name for name in databases if is_metadata_database(name)]
-    user = [name for name in databases if not is_metadata_database(name)]
-    if not metadata and (not user or user_data_allowed):
-        return None
-    blocking = _write_block_summary(source, destination)
-    command = reset_command_line(source, destination)
-    if metadata:
-        found = f"the metadata databases {', '.join(metadata)}" if len(metadata) > 1 else \
-            f"the metadata database {metadata[0]}"
-        if user:
-            found += f" and the user databases {', '.join(user)}"
-        return (f"the destination {destination.label} holds leftovers of another or an "
-                f"abandoned migration: {found}; {blocking}. Stop any mongosync still running "
-                f"on these clusters, then remove them safely with `{command}` (it shows its "
-                f"plan and asks first; --dry-run only shows it) and start again")
-    return (f"the destination {destination.label} already holds user databases "
-            f"({', '.join(user)}); {blocking}. Migrate into an empty cluster, drop them "
-            f"(`{command} --all-user-databases` drops every user database on "
-            f"{destination.label}), or use preExistingDestinationData with a namespace filter")
-
-
-def _write_block_summary(source: Cluster, destination: Cluster) -> str:
-    states = [(destination, "the destination", _write_blocked(destination)),
-              (source, "the source", _write_blocked(source))]
-    if all(blocked is False for _, _, blocked in states):
-        return "writes are not blocked on either cluster"
-    parts = [f"{_blocked_word(blocked)} on {cluster.label} ({role})"
-             for cluster, role, blocked in states]
-    return "writes are " + " and ".join(parts)
-
-
-def reset_command_line(*clusters: Cluster) -> str:
-    """The ``mongosync reset`` invocation for these clusters, credentials redacted."""
-    by_label = {cluster.label: cluster for cluster in clusters}
-    parts = ["mongosync", "reset"]
-    for label in LABELS:
-        if label in by_label:
-            parts += [f"--{label}", shlex.quote(redact(by_label[label].uri))]
-    return " ".join(parts)
-
-
-# -- the command ---------------------------------------------------------------------------------
-def _cluster_uris(config: str | None, cluster0: str | None, cluster1: str | None
-                  ) -> dict[str, str]:
-    """--cluster0/--cluster1, falling back to the flat YAML file the process also reads."""
-    settings: dict[str, Any] = {}
-    if config is not None:
-        try:
-            with open(config, encoding="utf-8") as handle:
-                loaded = yaml.safe_load(handle)
-        except (OSError, yaml.YAMLError) as exc:
-            raise click.UsageError(f"cannot read --config {config}: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise click.UsageError(f"--config {config} must be a YAML mapping "
-                                   f"(cluster0: ..., cluster1: ...)")
-        settings = loaded or {}
-    uris = {}
-    for label, given in (("cluster0", cluster0), ("cluster1", cluster1)):
-        value = given if given is not None else settings.get(label)
-        if not value:
-            raise click.UsageError(f"--{label} is required (or a {label} key in --config)")
-        if not isinstance(value, str):
-            raise click.UsageError(f"{label} in --config must be a connection string")
-        uris[label] = value
-    return uris
-
-
-def _connect(uris: dict[str, str]) -> dict[str, Cluster]:
-    clusters: dict[str, Cluster] = {}
-    try:
-        for label, uri in uris.items():
-            clusters[label] = Cluster.connect(label, uri, timeout_ms=CONNECT_TIMEOUT_MS)
-    except InvalidConnectionString as exc:
-        for cluster in clusters.values():
-            cluster.close()
-        raise click.UsageError(f"--{label}: {exc}") from None
-    return clusters
-
-
-def _stdin_is_interactive() -> bool:
-    return sys.stdin.isatty()
-
-
-@click.command("reset", help="""Remove what a failed or abandoned migration left, so a new one
-can start (the documented restart-from-scratch procedure, checked).
-
-Finds the migration on the clusters, refuses while a mongosync process still works on it, and
-then: disables write blocking on the destination (and on the source when the migration blocked
-it), drops the databases the migration created and its metadata database (never admin, local or
-config), and optionally turns the balancers back on. Shows the plan and asks before changing
-anything.""")
-@click.option("--cluster0", metavar="URI", help="First cluster, as given to mongosync.")
-@click.option("--cluster1", metavar="URI", help="Second cluster, as given to mongosync.")
-@click.option("--config", type=click.Path(dir_okay=False), metavar="FILE",
-              help="mongosync's YAML configuration file (its cluster0/cluster1 keys are used; "
-                   "--cluster0/--cluster1 win).")
-@click.option("--all-user-databases", is_flag=True,
-              help="Drop every user database on the destination, not only those the "
-                   "migration created (the documented procedure).")
-@click.option("--enable-balancer", is_flag=True,
-              help="Start the balancers this migration stopped (to abandon the migration).")
-@click.option("--force-balancer", is_flag=True,
-              help="With --enable-balancer (implied): start the balancers even where no "
-                   "metadata says this migration stopped them.")
-@click.option("--destination", type=click.Choice(LABELS),
-              help="Which cluster is the destination when no metadata says so "
-                   "(default cluster1); must agree with the metadata otherwise.")
-@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Apply the plan without asking.")
-def reset_command(cluster0: str | None, cluster1: str | None, config: str | None,
-                  all_user_databases: bool, enable_balancer: bool, force_balancer: bool,
-                  destination: str | None, dry_run: bool, yes: bool) -> None:
-    clusters = _connect(_cluster_uris(config, cluster0, cluster1))
-    try:
-        plan = plan_reset(clusters["cluster0"], clusters["cluster1"],
-                          all_user_databases=all_user_databases,
-                          enable_balancer=enable_balancer, force_balancer=force_balancer,
-                          destination=destination)
-        click.echo(plan.describe())
-        databases = ", ".join(plan.states[plan.destination].databases)
-        if plan.nothing_to_do:
-            click.echo(f"Nothing to reset. Databases on {plan.destination}: {databases}")
-            return
-        if dry_run:
-            click.echo(f"Dry run: nothing was changed. Databases on {plan.destination}: "
-                       f"{databases}")
-            return
-        if not yes:
-            if not _stdin_is_interactive():
-                raise click.ClickException(
-                    "not applying the plan: standard input is not a terminal, so there is no "
-                    "one to confirm it. Review the plan above and run again with --yes to "
-                    "apply it. Nothing was changed")
-            if not click.confirm("Apply this plan?", default=False):
-                raise click.ClickException("not confirmed. Nothing was changed")
-        report = apply_reset(plan)
-        click.echo(report.describe())
-        click.echo("Start mongosync again and call /api/v1/start for a new migration.")
-    except ResetError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        for cluster in clusters.values():
-            cluster.close()
-
-
-if __name__ == "__main__":
-    reset_command(prog_name="mongosync reset")  # pylint: disable=no-value-for-parameter

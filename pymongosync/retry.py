@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import pymongo
 
 from pymongo.errors import (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout,
                             NotPrimaryError, OperationFailure, PyMongoError,
@@ -32,9 +37,32 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+_budget = threading.local()
+
+
+@contextmanager
+def bounded(seconds: float) -> Iterator[None]:
+    """Everything inside gives up after ``seconds``: each driver operation (through
+    ``pymongo.timeout``, server selection included) and every retry loop of this thread.
+
+    For callers that must answer in bounded time (the HTTP API, shutdown): without it a
+    cluster that does not answer would hold them for the 30 minutes of retries."""
+    previous = getattr(_budget, "deadline", None)
+    deadline = time.monotonic() + seconds
+    _budget.deadline = deadline if previous is None else min(previous, deadline)
+    try:
+        with pymongo.timeout(seconds):
+            yield
+    finally:
+        _budget.deadline = previous
+
+
 def retrying(operation: Callable[[], T], give_up_after: float | None = None) -> T:
     """Run ``operation``, retrying transient errors with backoff for a bounded time."""
     deadline = time.monotonic() + (RETRY_FOR_SECONDS if give_up_after is None else give_up_after)
+    budget = getattr(_budget, "deadline", None)
+    if budget is not None:
+        deadline = min(deadline, budget)
     delay = 0.05
     while True:
         try:

@@ -31,16 +31,15 @@ from typing import Any
 import pymongo
 from pymongo.errors import PyMongoError
 
-from mongoemu.sampledata import LoadedCollection, generate, load_dump
+from mongoemu.sampledata import DEFAULT_DUMP, LoadedCollection, ProgressReport, load
 from mongoemu.testing import EmulatorProcess, start_emulator
-from pymongosync.clusters import APP_NAME
-from pymongosync.verify import compare_clusters
+from pymongosync import compare_clusters
 
-DUMP = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "dump"
+DUMP = DEFAULT_DUMP
 MONGOSYNC = Path(sys.executable).with_name("mongosync")
-# The emulator grants pymongosync's connections the write-blocking bypass a real deployment
-# gives its user through the restore role.
-CLUSTER_ARGS = ["--bypass-write-blocking-app", APP_NAME, "--noop-interval", "1"]
+# Emulators as the README starts them: without authentication, where (as on MongoDB) every
+# client may write through the commit's write block; the application stops before the cutover.
+CLUSTER_ARGS = ["--noop-interval", "1"]
 WRITES_DURING_SYNC = 300  # change events to see applied before the writer stops
 USER_WRITES_BLOCKED = 371
 
@@ -116,22 +115,8 @@ class Writer:
 
 
 def load_source(uri: str) -> list[LoadedCollection]:
-    def report(namespace: str, count: int) -> None:
-        print(f"\r  loading {namespace:45s} {count:8d} documents", end="", flush=True)
-
-    started = time.perf_counter()
-    client: pymongo.MongoClient[dict[str, Any]]
-    with pymongo.MongoClient(uri) as client:
-        if DUMP.exists():
-            print(f"loading the sample dump from {DUMP} into the source ...")
-            loaded = load_dump(client, DUMP, report)
-        else:
-            print("../shared/datasets/dump not found: generating sample data instead ...")
-            loaded = generate(client, progress=report)
-    total = sum(c.documents for c in loaded)
-    print(f"\rloaded {total} documents into {len(loaded)} collections in "
-          f"{time.perf_counter() - started:.1f} s" + " " * 40)
-    return loaded
+    # One line rewritten in place at a terminal, one line per collection in a log file.
+    return load(uri, DUMP, report=ProgressReport())
 
 
 def start_mongosync(source: EmulatorProcess, destination: EmulatorProcess,
@@ -162,9 +147,12 @@ def progress_line(progress: dict[str, Any], elapsed: float) -> str:
     percent = 100.0 * (copy.get("estimatedCopiedBytes") or 0) / total
     lag = progress.get("lagTimeSeconds")
     phase = (progress.get("copyDetails") or {}).get("phase") or progress.get("info")
+    verification = (progress.get("verification") or {}).get("source") or {}
+    verifier = "" if not verification else (
+        f"  verifier: {verification['phase']}, {verification['hashedDocumentCount']} hashed")
     return (f"[{elapsed:5.1f} s] {progress['state']:10s} {phase:38s} copied {percent:5.1f}%  "
             f"events applied {progress.get('totalEventsApplied') or 0:6d}  "
-            f"lag {'-' if lag is None else f'{lag} s'}")
+            f"lag {'-' if lag is None else f'{lag} s'}{verifier}")
 
 
 def follow(api: Api, started: float, until: Any, timeout: float = 600) -> dict[str, Any]:
@@ -187,10 +175,11 @@ def follow(api: Api, started: float, until: Any, timeout: float = 600) -> dict[s
 
 
 def migrate(source: EmulatorProcess, destination: EmulatorProcess,
-            loaded: list[LoadedCollection], log_directory: Path) -> bool:
+            loaded: list[LoadedCollection], log_directory: Path, keep_running: bool) -> bool:
     process, api = start_mongosync(source, destination, log_directory)
     try:
-        print(f"mongosync is up: API at {api.url}, log in {log_directory}/mongosync.log\n")
+        print(f"mongosync is up: API at {api.url}, log in {log_directory}/mongosync.log")
+        print(f"dashboard: {api.url}/ (open it in a browser while the demo runs)\n", flush=True)
         writer = Writer(source.uri, loaded)
         started = time.monotonic()
         api.post("start", {"source": "cluster0", "destination": "cluster1"})
@@ -199,14 +188,25 @@ def migrate(source: EmulatorProcess, destination: EmulatorProcess,
         print(f"\nthe application made {writer.operations} writes during the sync; stopping "
               f"it before the cutover. What `mongosync status` shows now:\n")
         writer.stop()
+        sys.stdout.flush()  # in a log file, what came before stays before the child's output
         subprocess.run([str(MONGOSYNC), "status", "--port", api.url.rsplit(":", 1)[1]],
                        check=False)
         print()
         follow(api, started, lambda p: p["canCommit"])
         api.post("commit")
         final = follow(api, started, lambda p: p["state"] == "COMMITTED")
-        print(f"\ncommitted: canWrite={final['canWrite']}; the source is now write-blocked, "
-              f"the destination takes writes")
+        print(f"\ncommitted: canWrite={final['canWrite']}; user write blocking is on for the "
+              f"source (it stops users without bypassWriteBlockingMode once authentication is "
+              f"on), the destination takes writes")
+        details = final.get("verificationDetails") or {}
+        hashed = ((final.get("verification") or {}).get("source") or {}).get(
+            "hashedDocumentCount")
+        print(f"the embedded verifier's verdict: {details.get('verdict')} ({hashed} documents "
+              f"hashed on each side, {details.get('recheckedDocuments')} changed documents "
+              f"compared again, {details.get('mismatches')} mismatches)")
+        if keep_running:
+            input(f"\nmongosync and its dashboard ({api.url}/) stay up: press Enter to compare "
+                  f"the clusters and stop ")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -223,7 +223,10 @@ def migrate(source: EmulatorProcess, destination: EmulatorProcess,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args()
+    parser.add_argument("--keep-running", action="store_true",
+                        help="after COMMITTED, keep mongosync and its dashboard up until Enter "
+                             "is pressed")
+    arguments = parser.parse_args()
     if not MONGOSYNC.exists():
         raise SystemExit(f"{MONGOSYNC} not found: install the project first (make demo does)")
     print("starting two emulated clusters ...", flush=True)
@@ -233,7 +236,7 @@ def main() -> None:
         print(f"  source      (cluster0) {source.uri}")
         print(f"  destination (cluster1) {destination.uri}")
         loaded = load_source(source.uri)
-        equal = migrate(source, destination, loaded, log_directory)
+        equal = migrate(source, destination, loaded, log_directory, arguments.keep_running)
     sys.exit(0 if equal else 1)
 
 

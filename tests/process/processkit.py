@@ -20,23 +20,24 @@ import httpx
 import pymongo
 from pymongo.errors import PyMongoError
 
-from mongoemu.testing import EmulatorProcess, start_emulator
+from mongoemu.testing import EmulatorProcess, start_secured_emulator
 from pymongosync.clusters import APP_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 MONGOSYNC = Path(sys.executable).with_name("mongosync")
-# pymongosync's connections stand in for a user holding bypassWriteBlockingMode.
-BYPASS = ["--bypass-write-blocking-app", APP_NAME, "--noop-interval", "1"]
+# Clusters with authentication, as write blocking needs to be seen: mongosync's URIs sign in as
+# root (which holds bypassWriteBlockingMode), applications as a user that does not.
+CLUSTER_ARGS = ["--noop-interval", "1"]
 START = {"source": "cluster0", "destination": "cluster1"}
 
 
 def start_cluster(extra: list[str] | None = None) -> EmulatorProcess:
-    return start_emulator("replset", extra_args=BYPASS + list(extra or []))
+    return start_secured_emulator("replset", extra_args=CLUSTER_ARGS + list(extra or []))
 
 
 def user_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
     """An application's connection (no write-blocking bypass)."""
-    return pymongo.MongoClient(emulator.uri, appname="application",
+    return pymongo.MongoClient(emulator.application_uri, appname="application",
                                serverSelectionTimeoutMS=10_000)
 
 

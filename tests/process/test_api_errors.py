@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mongoemu.testing import EmulatorProcess
-from pymongosync.metadata import METADATA_DATABASE
+from pymongosync.store import METADATA_DATABASE, MetadataStore
 
 from .processkit import (
     START,
@@ -37,6 +37,10 @@ IDLE_CASES = [
     ("POST", "/api/v1/start", '"cluster0"', 400, "InvalidRequest", "must be a JSON object"),
     ("POST", "/api/v1/start", b"\xff\xfe{}", 400, "InvalidRequest", "not UTF-8"),
     ("POST", "/api/v1/start", '{"source": NaN}', 400, "InvalidRequest", "NaN"),
+    ("POST", "/api/v1/start", VALID[:-1] + ', "lagTimeSeconds": 1e400}', 400, "InvalidRequest",
+     "1e400 is out of the range of a number"),
+    ("POST", "/api/v1/start", VALID[:-1] + ', "pad": "' + "x" * (1024 * 1024) + '"}', 413,
+     "RequestTooLarge", "larger than 1024 KiB"),
     ("POST", "/api/v1/start", '{"source": "cluster0", "source": "cluster1"}', 400,
      "InvalidRequest", "given twice"),
     ("POST", "/api/v1/start", '{"source": "cluster0"}', 400, "InvalidRequest",
@@ -153,12 +157,16 @@ def test_invalid_calls_while_running_are_refused_and_change_nothing(
     assert process.progress()["info"] == "collection copy", "canCommit must still be false"
     try:
         with admin_client(destination) as client:
-            stored = client[METADATA_DATABASE].migration.find_one
+            def stored() -> tuple[object, ...]:
+                record = MetadataStore(client).load()
+                assert record is not None
+                return (record.global_state.request, record.resume.state,
+                        record.global_state.migration_id)
             for case in RUNNING_CASES:
-                before = stored({}, {"request": 1, "state": 1, "migrationId": 1})
+                before = stored()
                 check_refused(process, case)
                 assert process.progress()["state"] == "RUNNING"
-                assert stored({}, {"request": 1, "state": 1, "migrationId": 1}) == before
+                assert stored() == before
     finally:
         speed_up(destination)
     final = process.wait_for(lambda p: p["canCommit"], timeout=60, what="canCommit")

@@ -7,7 +7,7 @@ import signal
 import subprocess
 
 from mongoemu.testing import EmulatorProcess
-from pymongosync.verify import compare_clusters
+from pymongosync.verifier.compare import compare_clusters
 
 from .processkit import (
     MONGOSYNC,
@@ -70,7 +70,9 @@ def test_migration_over_http_survives_stops_and_kills(source: EmulatorProcess,
             what="copy progressing after resume")
         process.kill()
         process = mongosync.clusters(source, destination, "--loadLevel", "1")
-        resumed = process.progress()
+        # The copy's figures are read back from its checkpoints by the monitor's first sample.
+        resumed = process.wait_for(lambda p: p["collectionCopy"]["estimatedCopiedBytes"] > 0,
+                                   timeout=30, what="the stored copy progress read back")
         assert resumed["state"] == "RUNNING" and resumed["info"] == "collection copy"
         assert resumed["collectionCopy"]["estimatedCopiedBytes"] >= \
             before_kill["collectionCopy"]["estimatedCopiedBytes"]

@@ -84,7 +84,7 @@ def fuzz_mode(process: Mongosync, operation: APIOperation, mode: GenerationMode,
         counts[label] += 1
         statuses[response.status_code] += 1
         case.validate_response(response, checks=CHECKS)
-        if operation.label == "GET /metrics":
+        if operation.label in ("GET /metrics", "GET /"):  # Prometheus text, the HTML dashboard
             return
         document = response.json()
         if not document["success"]:

@@ -8,8 +8,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mongoemu.testing import EmulatorProcess
-from pymongosync.metadata import METADATA_DATABASE
+from mongoemu.testing import EmulatorProcess, start_emulator
+from pymongosync.store import MetadataStore
 
 from .processkit import (
     START,
@@ -32,7 +32,8 @@ def everything_said(process: Mongosync) -> str:
 
 def test_passwords_never_appear_and_bad_credentials_are_fatal(
         destination: EmulatorProcess, mongosync: MongosyncFactory) -> None:
-    with start_cluster(["--auth", "--user", "root", "--password", SECRET]) as secured:
+    with start_emulator("replset", extra_args=["--auth", "--user", "root", "--password", SECRET,
+                                               "--noop-interval", "1"]) as secured:
         good = secured.uri.replace("mongodb://", f"mongodb://root:{SECRET}@")
         process = mongosync("--cluster0", good, "--cluster1", destination.uri, "--port", "0",
                             "--acceptDisclaimer").wait_listening().wait_ready()
@@ -53,6 +54,33 @@ def test_passwords_never_appear_and_bad_credentials_are_fatal(
         assert fatal["message"] == "Got a fatal error running Mongosync"
         assert "cluster" in fatal["error"] and "Authentication failed" in fatal["error"]
         assert SECRET not in everything_said(refused)
+
+
+def test_secrets_with_spaces_and_secret_options_never_appear(
+        destination: EmulatorProcess, mongosync: MongosyncFactory) -> None:
+    """A password containing a raw space, and secret-bearing URI options such as
+    tlsCertificateKeyFilePassword, reached the logs in clear."""
+    spaced = "open sesame 42"
+    with start_emulator("replset", extra_args=["--auth", "--user", "root", "--password",
+                                               spaced, "--noop-interval", "1"]) as secured:
+        good = secured.uri.replace("mongodb://", f"mongodb://root:{spaced}@")
+        process = mongosync("--cluster0", good, "--cluster1", destination.uri, "--port", "0",
+                            "--acceptDisclaimer").wait_listening().wait_ready()
+        assert process.progress()["state"] == "IDLE"
+        process.signal(signal.SIGTERM)
+        assert process.wait_exit(10) == 0
+        assert spaced not in everything_said(process), everything_said(process)
+        # TLS options cannot reach an emulator without TLS: the process fails, and says why
+        # without the key file's password or the AWS session token.
+        key_password, token = "KeyFile-Secret-77", "Session-Token-99"
+        tls = (good + f"&tls=true&tlsCertificateKeyFile=/nonexistent.pem"
+               f"&tlsCertificateKeyFilePassword={key_password}")
+        failed = mongosync("--cluster0", tls, "--cluster1", destination.uri + "&authMechanism="
+                           f"MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:{token}",
+                           "--port", "0", "--acceptDisclaimer")
+        assert failed.wait_exit(30) != 0
+        said = everything_said(failed)
+        assert key_password not in said and token not in said and spaced not in said, said
 
 
 def test_restart_against_other_clusters_is_refused(source: EmulatorProcess,
@@ -80,7 +108,8 @@ def test_fatal_migration_error_exits_and_stays_recorded(source: EmulatorProcess,
                                                         mongosync: MongosyncFactory) -> None:
     seed(source, items=3000)
     slow_down(destination, "insert", 300, namespace="bulk.items")
-    process = mongosync.clusters(source, destination)
+    # Without the change buffer, the changes made during the copy live only in the oplog.
+    process = mongosync.clusters(source, destination, "--disableChangeBuffering")
     assert process.post("start", START) == (200, {"success": True})
     process.wait_for(lambda p: p["info"] == "collection copy"
                      and p["collectionCopy"]["estimatedCopiedBytes"] > 0, timeout=60)
@@ -93,8 +122,9 @@ def test_fatal_migration_error_exits_and_stays_recorded(source: EmulatorProcess,
     fatal = process.log()[-1]
     assert fatal["level"] == "fatal" and fatal["name"] == "ChangeStreamHistoryLost", fatal
     with admin_client(destination) as client:
-        stored = client[METADATA_DATABASE].migration.find_one()
-    assert stored is not None and stored["error"]["name"] == "ChangeStreamHistoryLost"
+        stored = MetadataStore(client).load()
+    assert stored is not None and stored.global_state.error is not None
+    assert stored.global_state.error.name == "ChangeStreamHistoryLost"
     restarted = mongosync("--cluster0", source.uri, "--cluster1", destination.uri, "--port",
                           "0", "--acceptDisclaimer")
     assert restarted.wait_exit(30) == 1

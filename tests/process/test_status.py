@@ -3,7 +3,7 @@ the command itself in each state; here the copy bar, its rate and ETA, and the a
 
 from __future__ import annotations
 
-from pymongosync.cli import next_step, render
+from pymongosync.cli.status import next_step, render
 
 URL = "http://127.0.0.1:27182"
 COPYING = {

@@ -7,16 +7,17 @@ from typing import Iterator
 import pymongo
 import pytest
 
-from mongoemu.testing import EmulatorProcess, start_emulator
-from pymongosync.clusters import APP_NAME, Cluster
+from mongoemu.testing import EmulatorProcess, start_secured_emulator
+from pymongosync.clusters import Cluster
 
-# The emulator grants pymongosync's connections the bypassWriteBlockingMode privilege the
-# tool's user would hold (restore role) on an authenticated cluster.
-BYPASS = ["--bypass-write-blocking-app", APP_NAME, "--noop-interval", "1"]
+# Clusters with authentication, as write blocking needs to be seen: the URIs pymongosync gets
+# sign in as root, which holds bypassWriteBlockingMode (restore); applications sign in as a
+# user that does not.
+CLUSTER_ARGS = ["--noop-interval", "1"]
 
 
 def start_cluster(mode: str = "replset", extra: list[str] | None = None) -> EmulatorProcess:
-    return start_emulator(mode, extra_args=BYPASS + list(extra or []))
+    return start_secured_emulator(mode, extra_args=CLUSTER_ARGS + list(extra or []))
 
 
 @pytest.fixture
@@ -43,5 +44,5 @@ def clusters(source: EmulatorProcess, destination: EmulatorProcess
 
 def user_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
     """An application's connection: no bypass of write blocking."""
-    return pymongo.MongoClient(emulator.uri, appname="application",
+    return pymongo.MongoClient(emulator.application_uri, appname="application",
                                serverSelectionTimeoutMS=10_000)

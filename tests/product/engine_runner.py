@@ -1,9 +1,10 @@
 """A process that runs one migration to COMMITTED (the kill -9 test kills and restarts it).
 
-Usage: python engine_runner.py SOURCE_URI DESTINATION_URI [MIN_CEA_SECONDS]
+Usage: python engine_runner.py SOURCE_URI DESTINATION_URI [MIN_CEA_SECONDS [LOAD_LEVEL]]
 It resumes whatever migration is stored, or starts one; commits once it can and has spent
-MIN_CEA_SECONDS (default 0) applying changes; prints the phase it resumed in and every phase
-change as ``PHASE <text>``, and exits 0 once COMMITTED.
+MIN_CEA_SECONDS (default 0) applying changes (never, when negative: it runs until killed);
+prints the phase it resumed in and every phase change as ``PHASE <text>``, and exits 0 once
+COMMITTED. LOAD_LEVEL (default 1) is mongosync's ``--loadLevel``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pymongosync.clusters import Cluster  # noqa: E402
-from pymongosync.engine import Migration  # noqa: E402
+from pymongosync.migration import Migration  # noqa: E402
 from pymongosync.errors import InvalidState  # noqa: E402
 from pymongosync.request import StartRequest  # noqa: E402
 
@@ -24,13 +25,15 @@ from pymongosync.request import StartRequest  # noqa: E402
 def main() -> int:
     source_uri, destination_uri = sys.argv[1], sys.argv[2]
     min_cea_seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    load_level = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     cluster0 = Cluster.connect("cluster0", source_uri)
     cluster1 = Cluster.connect("cluster1", destination_uri)
-    migration = Migration.open(cluster0, cluster1, load_level=1)
+    migration = Migration.open(cluster0, cluster1, load_level=load_level)
     migration.add_listener(lambda message: print(f"PHASE {message}", flush=True))
     if migration.store is not None:
-        stored = migration.store.load() or {}
-        print(f"PHASE resumed in {stored.get('phase')} phase", flush=True)
+        stored = migration.store.load()
+        phase = stored.resume.phase.label if stored is not None else None
+        print(f"PHASE resumed in {phase} phase", flush=True)
     cea_since: float | None = None
     if migration.state == "IDLE":
         print("PHASE start", flush=True)
@@ -46,7 +49,7 @@ def main() -> int:
             return 0
         if progress["info"] == "change event application" and cea_since is None:
             cea_since = time.monotonic()
-        if progress["canCommit"] and cea_since is not None and \
+        if progress["canCommit"] and cea_since is not None and min_cea_seconds >= 0 and \
                 time.monotonic() - cea_since >= min_cea_seconds:
             try:
                 migration.commit()

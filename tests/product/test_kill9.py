@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mongoemu.testing import EmulatorProcess
 from pymongosync.clusters import Cluster
-from pymongosync.verify import compare_clusters
+from pymongosync.verifier.compare import compare_clusters
 
 from .conftest import user_client
 from .workload import Writer, seed_source
@@ -82,7 +82,8 @@ def test_kill_at_random_points_loses_nothing(source: EmulatorProcess,
         client.bulk.more.insert_many([{"i": i, "payload": "z" * 300} for i in range(40000)])
     kills: list[str] = []
     history: list[str] = []
-    with Writer(source.uri, seed=3) as writer:
+    # The application: write-blocked on the source at commit (root would bypass the block).
+    with Writer(source.application_uri, seed=3) as writer:
         for phase, low, high in KILL_POINTS:  # each in a fresh run that gets that far
             runner = Runner(source, destination, min_cea_seconds=1.5)
             if runner.wait_for(phase, timeout=60):
@@ -94,7 +95,8 @@ def test_kill_at_random_points_loses_nothing(source: EmulatorProcess,
                 writer.stop.set()  # commit blocks the source: the application is done
         writer.finish()
         final = Runner(source, destination)
-        assert final.wait_for("PHASE done", timeout=180), "the migration did not finish"
+        assert final.wait_for("PHASE done", timeout=180), \
+            ("the migration did not finish", final.seen[-20:])
         final.process.wait(timeout=30)
     assert len(kills) >= 10, (kills, history[-12:])
     cluster0 = Cluster.connect("cluster0", source.uri)

@@ -6,10 +6,9 @@ from typing import Any
 
 from mongoemu.testing import EmulatorProcess
 from pymongosync.clusters import Cluster
-from pymongosync.engine import Migration
-from pymongosync.namespaces import NamespaceFilter
+from pymongosync.migration import Migration
 from pymongosync.request import StartRequest
-from pymongosync.verify import compare_clusters
+from pymongosync.verifier.compare import compare_clusters
 
 from .conftest import user_client
 
@@ -57,7 +56,7 @@ def test_namespace_filter_and_renames(source: EmulatorProcess,
     assert cluster1.client.sales.list_collection_names() == ["accounts_eu"]
     assert sorted(cluster1.client.marketing.list_collection_names()) == ["leads_2026",
                                                                          "new_collection"]
-    namespace_filter = NamespaceFilter.from_request(StartRequest.from_document(request))
+    namespace_filter = StartRequest.from_document(request).namespace_filter()
     comparison = compare_clusters(cluster0.client, cluster1.client, namespace_filter)
     assert comparison.equal, comparison.summary()
     # Filtered migrations never block the source (spec §9.2).

@@ -34,7 +34,7 @@ def make_filter(
         body["includeNamespaces"] = include
     if exclude is not None:
         body["excludeNamespaces"] = exclude
-    return NamespaceFilter.from_request(StartRequest.from_document(body))
+    return StartRequest.from_document(body).namespace_filter()
 
 
 RESERVED_DATABASES = [
@@ -47,8 +47,12 @@ RESERVED_DATABASES = [
     "__mdb_internalanything",
     "mongosync_reserved_for_verification_src_metadata",
     "mongosync_reserved_for_verification_dst_metadata",
-    "mongosync_internal_mymigration",
 ]
+
+
+def test_a_database_named_like_beta_metadata_is_a_user_database() -> None:
+    # Only the beta --migrationName (which pymongosync does not have) names its metadata so.
+    assert not is_reserved_database("mongosync_internal_mymigration")
 
 
 # -- always-excluded namespaces --------------------------------------------------------------------

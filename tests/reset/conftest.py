@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from mongoemu.testing import EmulatorProcess
-from pymongosync import reset
 
 from .resetkit import start_cluster
 
@@ -22,12 +21,3 @@ def source() -> Iterator[EmulatorProcess]:
 def destination() -> Iterator[EmulatorProcess]:
     with start_cluster() as emulator:
         yield emulator
-
-
-@pytest.fixture
-def after_kill(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip the 10 s a real operator waits after stopping mongosync (its last heartbeat ages).
-
-    Only for tests whose migration process is already dead; the refusal test keeps the wait.
-    """
-    monkeypatch.setattr(reset, "LIVE_HEARTBEAT_SECONDS", 0.0)

@@ -17,31 +17,36 @@ import pymongo
 import pytest
 from click.testing import CliRunner, Result
 
-from mongoemu.testing import EmulatorProcess, start_emulator
-from pymongosync.clusters import APP_NAME, Cluster
-from pymongosync.engine import Migration
-from pymongosync.metadata import MetadataStore
-from pymongosync.namespaces import NamespaceFilter
+from mongoemu.testing import EmulatorProcess, start_emulator, start_secured_emulator
+from pymongosync.clusters import Cluster
+from pymongosync.migration import Migration
+from pymongosync.store import MetadataStore, StoredMigration
 from pymongosync.request import StartRequest
-from pymongosync.reset import reset_command
-from pymongosync.verify import compare_clusters
+from pymongosync.cli.reset import reset_command
+from pymongosync.verifier.compare import compare_clusters
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("crash_runner.py")
-# As in tests/product: pymongosync's connections bypass write blocking (the privilege its
-# user holds on a real cluster); mongosh and applications do not.
-BYPASS = ["--bypass-write-blocking-app", APP_NAME, "--noop-interval", "1"]
+# As in tests/product: clusters with authentication, where pymongosync's URIs (and mongosh's)
+# sign in as root, which bypasses write blocking, and applications as a user that does not.
+CLUSTER_ARGS = ["--noop-interval", "1"]
 START = {"source": "cluster0", "destination": "cluster1"}
 SYSTEM = {"admin", "config", "local"}
 
 
 def start_cluster(mode: str = "replset", extra: list[str] | None = None) -> EmulatorProcess:
-    return start_emulator(mode, extra_args=BYPASS + list(extra or []))
+    return start_secured_emulator(mode, extra_args=CLUSTER_ARGS + list(extra or []))
+
+
+def start_open_cluster(mode: str = "replset") -> EmulatorProcess:
+    """A cluster without authentication, whose connection strings carry no credentials (where
+    write blocking is recorded but every client bypasses it, as on MongoDB)."""
+    return start_emulator(mode, extra_args=CLUSTER_ARGS)
 
 
 def user_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
     """An application's (or an operator's) connection: no bypass of write blocking."""
-    return pymongo.MongoClient(emulator.uri, appname="application",
+    return pymongo.MongoClient(emulator.application_uri or emulator.uri, appname="application",
                                serverSelectionTimeoutMS=10_000)
 
 
@@ -77,7 +82,7 @@ def user_databases(emulator: EmulatorProcess) -> list[str]:
     return [name for name in snapshot(emulator).databases if name not in SYSTEM]
 
 
-def stored_migration(emulator: EmulatorProcess) -> dict[str, Any] | None:
+def stored_migration(emulator: EmulatorProcess) -> StoredMigration | None:
     with pymongo.MongoClient(emulator.uri, tz_aware=True) as client:
         return MetadataStore(client).load()
 
@@ -117,8 +122,10 @@ def migrate(source: EmulatorProcess, destination: EmulatorProcess,
         migration.wait_for(lambda p: p["canCommit"], timeout=120)
         migration.commit()
         migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+        # Views are not migrated when the destination holds pre-existing data (spec §3.3).
         comparison = compare_clusters(cluster0.client, cluster1.client,
-                                      NamespaceFilter.from_request(request), compare_indexes)
+                                      request.namespace_filter(), compare_indexes,
+                                      include_views=not request.preExistingDestinationData)
         assert comparison.equal, comparison.summary()
         assert comparison.documents > 0
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterator
 
 import pymongo
 import pytest
@@ -11,11 +12,12 @@ from click.testing import CliRunner
 
 from mongoemu.testing import EmulatorProcess
 from pymongosync.clusters import APP_NAME, Cluster
-from pymongosync.engine import Migration
+from pymongosync.migration import Migration
 from pymongosync.errors import DestinationNotEmpty
-from pymongosync.metadata import METADATA_DATABASE
+from pymongosync.store import METADATA_DATABASE
 from pymongosync.request import StartRequest
-from pymongosync.reset import reset_command, reset_command_line
+from pymongosync.cli.reset import reset_command
+from pymongosync.leftovers import reset_command_line
 
 from .resetkit import (
     START,
@@ -23,13 +25,23 @@ from .resetkit import (
     reset,
     seed,
     snapshot,
+    start_open_cluster,
     stored_migration,
     user_databases,
 )
 
 
+@pytest.fixture
+def open_clusters() -> Iterator[tuple[EmulatorProcess, EmulatorProcess]]:
+    # The suggested command is checked as typed: connection strings without credentials
+    # (a redacted password could not be typed back).
+    with start_open_cluster() as source, start_open_cluster() as destination:
+        yield source, destination
+
+
 def test_start_names_the_leftovers_and_the_command_that_removes_them(
-        source: EmulatorProcess, destination: EmulatorProcess) -> None:
+        open_clusters: tuple[EmulatorProcess, EmulatorProcess]) -> None:
+    source, destination = open_clusters
     seed(source, documents=300)
     with pymongo.MongoClient(destination.uri, appname=APP_NAME) as client:
         # What a real mongosync 1.20+ (its metadata and verifier databases) left behind.
@@ -79,7 +91,7 @@ def test_the_command_line_never_shows_a_password() -> None:
 
 
 def test_a_reversed_migration_is_found_and_both_records_go(
-        source: EmulatorProcess, destination: EmulatorProcess, after_kill: None) -> None:
+        source: EmulatorProcess, destination: EmulatorProcess) -> None:
     seed(source, documents=300)
     cluster0 = Cluster.connect("cluster0", source.uri)
     cluster1 = Cluster.connect("cluster1", destination.uri)
@@ -95,8 +107,8 @@ def test_a_reversed_migration_is_found_and_both_records_go(
         migration.close()
         cluster0.close()
         cluster1.close()
-    assert stored_migration(destination)["supersededBy"] == "reverse"
-    assert stored_migration(source)["destinationLabel"] == "cluster0"
+    assert stored_migration(destination).global_state.superseded_by == "reverse"
+    assert stored_migration(source).global_state.destination_label == "cluster0"
 
     result = reset(source, destination, "--yes")
     assert "stored on cluster0" in result.output  # the reverse's destination

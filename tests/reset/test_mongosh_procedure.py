@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mongoemu.testing import EmulatorProcess
-from pymongosync.metadata import METADATA_DATABASE
+from pymongosync.store import METADATA_DATABASE
 
 from .resetkit import (
     SYSTEM,
@@ -38,7 +38,7 @@ def test_documented_procedure_then_new_migration(source: EmulatorProcess,
     seed(source, documents=40000)
     with start_cluster(topology) as destination:
         run_and_crash(source, destination, kill_on="collection copy", delay=0.2, body=body)
-        assert stored_migration(destination)["phase"] == "collection copy"
+        assert stored_migration(destination).resume.phase.label == "collection copy"
         before = snapshot(destination)
         assert before.write_blocked and {"app", "shop", METADATA_DATABASE} <= set(
             before.databases)

@@ -14,13 +14,13 @@ import pymongo
 import pytest
 from click.testing import CliRunner
 
-from mongoemu.testing import EmulatorProcess
+from mongoemu.testing import EmulatorProcess, start_emulator
 from pymongosync import reset as reset_module
 from pymongosync.clusters import Cluster
-from pymongosync.engine import Migration
-from pymongosync.metadata import METADATA_DATABASE
+from pymongosync.migration import Migration
+from pymongosync.store import METADATA_DATABASE
 from pymongosync.request import StartRequest
-from pymongosync.reset import reset_command
+from pymongosync.cli.reset import reset_command
 
 from .resetkit import (
     REPO,
@@ -52,11 +52,10 @@ def stopped_migration(source: EmulatorProcess, destination: EmulatorProcess,
         cluster1.close()
 
 
-def test_after_kill_during_copy(source: EmulatorProcess, destination: EmulatorProcess,
-                                after_kill: None) -> None:
+def test_after_kill_during_copy(source: EmulatorProcess, destination: EmulatorProcess) -> None:
     seed(source, documents=40000)
     run_and_crash(source, destination, kill_on="collection copy", delay=0.2)
-    assert stored_migration(destination)["phase"] == "collection copy"
+    assert stored_migration(destination).resume.phase.label == "collection copy"
     assert snapshot(destination).write_blocked
 
     result = reset(source, destination, "--yes")
@@ -69,13 +68,12 @@ def test_after_kill_during_copy(source: EmulatorProcess, destination: EmulatorPr
 
 
 def test_after_kill_during_commit_with_the_source_blocked(source: EmulatorProcess,
-                                                          destination: EmulatorProcess,
-                                                          after_kill: None) -> None:
+                                                          destination: EmulatorProcess) -> None:
     seed(source, documents=2000)
     run_and_crash(source, destination, kill_on="blocked writes on the source")
     stored = stored_migration(destination)
-    assert stored["state"] == "COMMITTING" and stored["sourceWriteBlockedByUs"]
-    assert not stored.get("canWrite")
+    assert stored.resume.state == "COMMITTING" and stored.global_state.source_write_blocked_by_us
+    assert not stored.resume.can_write
     assert snapshot(source).write_blocked and snapshot(destination).write_blocked
 
     result = reset(source, destination, "--yes")
@@ -89,8 +87,7 @@ def test_after_kill_during_commit_with_the_source_blocked(source: EmulatorProces
 
 
 def test_reset_twice_finds_nothing_the_second_time(source: EmulatorProcess,
-                                                   destination: EmulatorProcess,
-                                                   after_kill: None) -> None:
+                                                   destination: EmulatorProcess) -> None:
     seed(source, documents=500)
     stopped_migration(source, destination)
     reset(source, destination, "--yes")
@@ -122,7 +119,7 @@ def test_refused_while_the_migration_process_runs(source: EmulatorProcess,
 
 
 def test_pre_existing_databases_are_kept_unless_all_user_databases(
-        source: EmulatorProcess, destination: EmulatorProcess, after_kill: None) -> None:
+        source: EmulatorProcess, destination: EmulatorProcess) -> None:
     seed(source, documents=500)
     with user_client(destination) as client:
         client.reports.daily.insert_one({"day": 1})  # unrelated to the migration
@@ -151,8 +148,7 @@ def test_pre_existing_databases_are_kept_unless_all_user_databases(
     assert user_databases(destination) == []
 
 
-def test_dry_run_changes_nothing(source: EmulatorProcess, destination: EmulatorProcess,
-                                 after_kill: None) -> None:
+def test_dry_run_changes_nothing(source: EmulatorProcess, destination: EmulatorProcess) -> None:
     seed(source, documents=500)
     run_and_crash(source, destination, kill_on="blocked writes on the source")
     before = (snapshot(source), snapshot(destination))
@@ -165,7 +161,7 @@ def test_dry_run_changes_nothing(source: EmulatorProcess, destination: EmulatorP
 
 
 def test_without_yes_and_without_a_terminal_nothing_happens(
-        source: EmulatorProcess, destination: EmulatorProcess, after_kill: None) -> None:
+        source: EmulatorProcess, destination: EmulatorProcess) -> None:
     seed(source, documents=500)
     stopped_migration(source, destination)
     before = snapshot(destination)
@@ -184,7 +180,7 @@ def test_confirmation_on_a_terminal(source: EmulatorProcess,
     def answer(reply: str) -> tuple[int, str]:
         leader, follower = pty.openpty()
         process = subprocess.Popen(
-            [sys.executable, "-m", "pymongosync.reset", "--cluster0", source.uri,
+            [sys.executable, "-m", "pymongosync.cli.reset", "--cluster0", source.uri,
              "--cluster1", destination.uri, "--all-user-databases"],
             stdin=follower, stdout=follower, stderr=follower, cwd=REPO, close_fds=True)
         os.close(follower)
@@ -213,8 +209,7 @@ def test_confirmation_on_a_terminal(source: EmulatorProcess,
 
 
 def test_metadata_gone_but_migrated_databases_remain(source: EmulatorProcess,
-                                                     destination: EmulatorProcess,
-                                                     after_kill: None) -> None:
+                                                     destination: EmulatorProcess) -> None:
     seed(source, documents=500)
     stopped_migration(source, destination)
     with pymongo.MongoClient(destination.uri, appname="pymongosync") as client:
@@ -249,15 +244,15 @@ def test_unreachable_cluster(source: EmulatorProcess, closed_port: int,
 
 
 def test_wrong_credentials(destination: EmulatorProcess) -> None:
-    with start_cluster(extra=["--auth", "--user", "root", "--password", "right"]) as secured:
+    with start_emulator("replset", extra_args=["--auth", "--user", "root", "--password",
+                                               "right"]) as secured:
         wrong = f"mongodb://root:not-the-password@127.0.0.1:{secured.port}/?authSource=admin"
         result = reset(wrong, destination, "--yes", expect_exit=1)
     assert "cluster0 (127.0.0.1" in result.output and "credentials" in result.output
     assert "not-the-password" not in result.output
 
 
-def test_source_given_as_destination(source: EmulatorProcess, destination: EmulatorProcess,
-                                     after_kill: None) -> None:
+def test_source_given_as_destination(source: EmulatorProcess, destination: EmulatorProcess) -> None:
     seed(source, documents=300)
     stopped_migration(source, destination)
     before = (snapshot(source), snapshot(destination))
@@ -295,7 +290,7 @@ def test_config_file_and_overrides(source: EmulatorProcess, destination: Emulato
     assert overridden.exit_code == 1 and "cannot reach cluster1" in overridden.output
 
 
-def test_balancers_only_where_this_migration_stopped_them(after_kill: None) -> None:
+def test_balancers_only_where_this_migration_stopped_them() -> None:
     with start_cluster("mongos") as source, start_cluster("mongos") as destination:
         with pymongo.MongoClient(source.uri) as client:
             client.app.items.insert_many([{"i": i} for i in range(200)])

@@ -1,0 +1,1 @@
+"""Change application split in three: read the stream, translate events to writes, write them."""

@@ -1,0 +1,169 @@
+"""Reading the source's change stream in batches, one batch ahead of the applier.
+
+One cluster-wide stream with expanded (DDL) events, opened on a client that decodes to
+``RawBSONDocument`` so documents reach the destination byte for byte. A reader thread fills a
+small queue of ``(events, resume token)`` batches while the applying thread writes the
+previous one, so the two round trips overlap. A batch is handed over when it is full or when
+its oldest event has waited long enough, so a trickle of writes is never held back.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
+
+from pymongosync.cluster_client import ClusterClient
+from pymongosync.namespaces import NamespaceFilter
+from pymongosync.retry import retrying
+
+CRUD = frozenset({"insert", "update", "replace", "delete"})
+BATCH_EVENTS = 1000
+READ_AHEAD = 4  # batches read while one is being applied
+MAX_BATCH_AGE_SECONDS = 0.25
+
+
+@dataclass
+class EventBatch:
+    events: list[RawBSONDocument]
+    resume_token: Mapping[str, Any] | None
+
+
+def token_time(token: Mapping[str, Any] | None) -> Timestamp | None:
+    """The cluster time a resume token encodes (its KeyString starts with the Timestamp)."""
+    data = token.get("_data") if token is not None else None
+    if not isinstance(data, str) or len(data) < 18 or not data.startswith("82"):
+        return None
+    return Timestamp(int(data[2:10], 16), int(data[10:18], 16))
+
+
+@contextmanager
+def read_batches(source: ClusterClient, stop: threading.Event, *,
+                 resume_after: Mapping[str, Any] | None, start_at: Timestamp | None,
+                 max_await_ms: int = 250,
+                 shard: str | None = None) -> Iterator[Iterator[EventBatch]]:
+    """Batches of events from the resume point; the reader thread ends with the context.
+    ``shard``: one shard's stream of a sharded cluster (one instance per source shard).
+
+    An error of the stream (e.g. ChangeStreamHistoryLost) is raised from the iterator, after
+    every batch read before it.
+    """
+    stream = retrying(lambda: source.watch(resume_after=resume_after, start_at=start_at,
+                                           batch_size=BATCH_EVENTS, max_await_ms=max_await_ms,
+                                           shard=shard))
+    batches: queue.Queue[EventBatch | None] = queue.Queue(maxsize=READ_AHEAD)
+    finished = threading.Event()
+    failure: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            buffer: list[RawBSONDocument] = []
+            oldest = 0.0
+            while not stop.is_set() and not finished.is_set():
+                event = stream.try_next()
+                if event is not None:
+                    if not buffer:
+                        oldest = time.monotonic()
+                    buffer.append(event)
+                    if len(buffer) < BATCH_EVENTS and \
+                            time.monotonic() - oldest < MAX_BATCH_AGE_SECONDS:
+                        continue
+                _put(batches, EventBatch(buffer, stream.resume_token), finished)
+                buffer = []
+        except BaseException as exc:  # noqa: BLE001 - handed to the applying thread
+            failure.append(exc)
+        finally:
+            stream.close()
+            _put(batches, None, finished)
+
+    def batches_until_end() -> Iterator[EventBatch]:
+        while True:
+            item = batches.get()
+            if item is None:
+                break
+            yield item
+        if failure:
+            raise failure[0]
+
+    reader = threading.Thread(target=read, name="change-stream-reader", daemon=True)
+    reader.start()
+    try:
+        yield batches_until_end()
+    finally:
+        finished.set()
+        while reader.is_alive():
+            try:
+                batches.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+def events_between(source: ClusterClient, stop: threading.Event, after: Timestamp,
+                   until: Timestamp) -> Iterator[RawBSONDocument]:
+    """Every event with a cluster time after ``after`` and up to ``until``."""
+    # A short wait when idle: this reads up to a known time, which the stream soon passes.
+    with read_batches(source, stop, resume_after=None, start_at=after,
+                      max_await_ms=50) as batches:
+        for batch in batches:
+            for event in batch.events:
+                if event["clusterTime"] > until:
+                    return
+                if event["clusterTime"] > after:
+                    yield event
+            reached = token_time(batch.resume_token)
+            if reached is not None and reached >= until:
+                return
+
+
+@dataclass
+class Change:
+    """A change a cluster had, summed up: when, what kind, where."""
+
+    time: Timestamp
+    crud: bool
+    namespace: str
+
+
+def changes_after(cluster: ClusterClient, stop: threading.Event,
+                  namespace_filter: NamespaceFilter, after: Timestamp,
+                  crud_only: bool = False) -> list[Change]:
+    """The changes within the migration's namespaces since ``after``, up to now."""
+    found: list[Change] = []
+    for event in events_between(cluster, stop, after=after, until=cluster.cluster_time()):
+        crud = event["operationType"] in CRUD
+        ns: Mapping[str, Any] = event.get("ns") or {}
+        db, coll = ns.get("db"), ns.get("coll")
+        if (crud_only and not crud) or not isinstance(db, str):
+            continue
+        inside = namespace_filter.includes(db, coll) if isinstance(coll, str) else \
+            namespace_filter.includes_database(db)
+        if inside:
+            found.append(Change(event["clusterTime"], crud,
+                                db + ("." + coll if isinstance(coll, str) else "")))
+    return found
+
+
+def summarize_changes(changes: list[Change]) -> str:
+    """``3 writes to app.items, 1 DDL change to app``."""
+    counts = Counter(f"{'writes' if change.crud else 'DDL changes'} to {change.namespace}"
+                     for change in changes)
+    return ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))
+
+
+def _put(batches: queue.Queue[EventBatch | None], item: EventBatch | None,
+         finished: threading.Event) -> None:
+    """Hand a batch over unless the applying side has stopped listening."""
+    while not finished.is_set():
+        try:
+            batches.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue

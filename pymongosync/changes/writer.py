@@ -1,0 +1,256 @@
+"""Applying translated change events to the destination: CRUD writes and DDL.
+
+CRUD writes go in ordered bulk writes per namespace. When the destination refuses one (it is
+ahead of or behind the event in a way an update cannot express, e.g. a path through a value
+that is not a document), the document is taken as the source has it now and later events
+converge from there. DDL events are replayed as the same command on the destination, within
+the namespace filter's rules for renames (spec §13.3); index and collection options stay in
+their temporary form until commit (spec §6–§7).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import BulkWriteError, OperationFailure
+
+from pymongosync import catalog
+from pymongosync.changes.translate import CrudStep, DdlStep, Operation, Refetch, Step
+from pymongosync.cluster_client import ClusterClient, Delete, RangeRead, Upsert, Write
+from pymongosync.errors import UnsupportedSourceChange
+from pymongosync.namespaces import NamespaceFilter
+from pymongosync.progress import Counters
+from pymongosync.retry import retrying
+
+log = logging.getLogger("pymongosync.changes")
+
+# Already applied before a restart: the namespace or index is already in the state the event
+# leads to (NamespaceNotFound, IndexNotFound, NamespaceExists, index option/key conflicts).
+IGNORED_DDL_ERRORS = frozenset({26, 27, 48, 68, 85, 86})
+NAMESPACE_EXISTS = 48
+RECOPY_BATCH = 1000
+
+
+class ChangeWriter:
+    """Writes translated steps to the destination."""
+
+    def __init__(self, source: ClusterClient, destination: ClusterClient,
+                 namespace_filter: NamespaceFilter, build_mode: str,
+                 created: catalog.CreatedNamespaces, counters: Counters, *,
+                 migrate_views: bool = True) -> None:
+        self.source = source
+        self.destination = destination
+        self.namespace_filter = namespace_filter
+        self.build_mode = build_mode
+        self.created = created
+        # With pre-existing destination data, mongosync does not migrate views (spec §3.3).
+        self.migrate_views = migrate_views
+        self.counters = counters
+        self._counting = threading.Lock()  # lanes refetch from their own threads
+        self.destination_sharded = destination.is_sharded
+
+    def apply(self, steps: list[Step],
+              after_ddl: Callable[[Mapping[str, Any]], None] | None = None) -> None:
+        """Apply the steps in order; ``after_ddl`` is called after each DDL event (to
+        checkpoint there: a replay after a crash then never repeats an applied DDL)."""
+        for step in steps:
+            if isinstance(step, CrudStep):
+                for (db, coll), operations in step.writes.items():
+                    self.write(db, coll, operations, step.collection_uuids.get((db, coll)))
+                self.counters.crud_events += step.events
+                if step.last_time is not None:
+                    self.counters.last_crud_event_time = step.last_time
+            else:
+                self.apply_ddl(step)
+                if after_ddl is not None:
+                    after_ddl(step.event)
+
+    # -- CRUD ------------------------------------------------------------------------------------
+    def write(self, db: str, coll: str, operations: list[Operation],
+              collection_uuid: Any = None) -> None:
+        """Apply one namespace's operations in order (safe to call from several threads for
+        different documents: each lane writes its own)."""
+        while operations:
+            head = operations[0]
+            if isinstance(head, Refetch):
+                self.refetch(db, coll, head.key, collection_uuid)
+                operations = operations[1:]
+                continue
+            # Up to the next refetch (usually all of them), found at C speed.
+            kinds = list(map(type, operations))
+            end = kinds.index(Refetch) if Refetch in kinds else len(operations)
+            chunk = cast(list[Write], operations[:end])
+            try:
+                retrying(lambda: self.destination.write(db, coll, chunk))
+                operations = operations[len(chunk):]
+            except BulkWriteError as exc:
+                index = exc.details["writeErrors"][0]["index"]
+                # The destination document is ahead of or behind this event in a way the
+                # update cannot express: take it as the source has it now.
+                self.refetch(db, coll, chunk[index].key, collection_uuid)
+                operations = operations[index + 1:]
+
+    def refetch(self, db: str, coll: str, key: Mapping[str, Any],
+                collection_uuid: Any = None) -> None:
+        """Make the destination document what the source holds now. The source collection is
+        found by UUID: renamed since the event, it is read under its new name (read under the
+        old one, the document would look deleted)."""
+        with self._counting:
+            self.counters.refetched += 1
+        where = (db, coll) if collection_uuid is None else \
+            retrying(lambda: self._locate(db, coll, collection_uuid))
+        if where is None:
+            return  # dropped on the source since: its drop event follows and drops it here
+        current = retrying(lambda: self.source.find_by_id(where[0], where[1], key))
+        write: Write = Delete(key) if current is None else Upsert(key, current)
+        retrying(lambda: self.destination.write(db, coll, [write]))
+
+    def _locate(self, db: str, coll: str, collection_uuid: Any) -> tuple[str, str] | None:
+        for info in self.source.collection_infos(db, coll):
+            if (info.get("info") or {}).get("uuid") == collection_uuid:
+                return db, coll
+        return self.source.find_collection_by_uuid(collection_uuid)
+
+    # -- DDL -------------------------------------------------------------------------------------
+    def apply_ddl(self, step: DdlStep) -> None:
+        event = step.event
+        kind = event["operationType"]
+        ns = event.get("ns") or {}
+        db, coll = ns.get("db"), ns.get("coll")
+        description = event.get("operationDescription") or {}
+        if not isinstance(db, str):
+            log.debug("ignoring %s event without a database", kind)
+            return
+        if coll is not None and kind != "rename" and not self.namespace_filter.includes(db, coll):
+            return  # outside the migration (renames decide by both names, below)
+        if coll is None and not self.namespace_filter.includes_database(db):
+            return
+        handler = getattr(self, f"_ddl_{kind}", None)
+        if handler is None:
+            if kind in ("reshardCollection", "refineCollectionShardKey"):
+                raise UnsupportedSourceChange(
+                    f"{kind} on {db}.{coll} during a migration is not supported (spec §8); "
+                    f"restart the migration after it completes")
+            log.debug("ignoring %s event", kind)
+            return
+        try:
+            retrying(lambda: handler(db, coll, description))
+        except OperationFailure as exc:
+            if exc.code not in IGNORED_DDL_ERRORS:
+                raise
+        self.counters.ddl_events += 1
+        self.counters.last_ddl_event_time = event["clusterTime"]
+
+    def _ddl_create(self, db: str, coll: str, description: Any) -> None:
+        options = {k: v for k, v in plain(description).items() if k != "idIndex"}
+        if "viewOn" in options and not self.migrate_views:
+            return
+        catalog.create_collection(self.destination, self.created, db, coll,
+                                  catalog.temporary_collection_options(options))
+
+    def _ddl_drop(self, db: str, coll: str, description: Any) -> None:
+        self.destination.drop_collection(db, coll)
+
+    def _ddl_dropDatabase(self, db: str, coll: None, description: Any) -> None:  # noqa: N802 - named after the event
+        # Only what the migration syncs: with pre-existing destination data, the database may
+        # also hold collections that are not the migration's.
+        names = [info["name"] for info in self.destination.collection_infos(db)]
+        if all(self.namespace_filter.includes(db, name) for name in names):
+            self.destination.drop_database(db)
+            return
+        for name in names:
+            if self.namespace_filter.includes(db, name):
+                self.destination.drop_collection(db, name)
+
+    def _ddl_rename(self, db: str, coll: str, description: Any) -> None:
+        target = description["to"]
+        to_db, to_coll = target["db"], target["coll"]
+        action = self.namespace_filter.rename_action(db, coll, to_db, to_coll)
+        if action == "ignore":
+            return
+        if action == "fatal":
+            raise UnsupportedSourceChange(
+                f"{db}.{coll} was renamed to {to_db}.{to_coll}, which the namespace filter "
+                f"excludes; include the whole target database to allow such renames")
+        if action == "drop-source":
+            self.destination.drop_collection(db, coll)
+            return
+        drop_target = bool(description.get("dropTarget"))
+        if action == "create-target":
+            if drop_target:  # the renamed collection replaces the target (e.g. $out)
+                self.destination.drop_collection(to_db, to_coll)
+            self._copy_whole_collection(to_db, to_coll)
+            return
+        self.created.record_created(to_db, to_coll,
+                                    new_database=to_db not in self.destination.database_names())
+        try:
+            self.destination.rename_collection(f"{db}.{coll}", f"{to_db}.{to_coll}",
+                                               drop_target)
+        except OperationFailure as exc:
+            if exc.code != NAMESPACE_EXISTS or drop_target:
+                raise
+            # On the source the target did not exist when it was renamed: here it does, so the
+            # rename was applied before a restart, and events replayed since then re-created
+            # the collection under its old name. That copy is stale: its documents are in the
+            # target already.
+            self.destination.drop_collection(db, coll)
+        self.created.confirm_created(to_db, to_coll)
+
+    def _ddl_createIndexes(self, db: str, coll: str, description: Any) -> None:  # noqa: N802 - named after the event
+        specs = [plain(spec) for spec in description.get("indexes", [])]
+        catalog.create_indexes(self.destination, db, coll,
+                               catalog.indexes_to_build(specs, self.build_mode))
+
+    def _ddl_dropIndexes(self, db: str, coll: str, description: Any) -> None:  # noqa: N802 - named after the event
+        for spec in description.get("indexes", []):
+            try:
+                self.destination.drop_index(db, coll, spec["name"])
+            except OperationFailure as exc:
+                if exc.code not in IGNORED_DDL_ERRORS:
+                    raise
+
+    def _ddl_modify(self, db: str, coll: str, description: Any) -> None:
+        # Index options, TTL and capped limits stay in their temporary state until commit,
+        # which copies them from the source; everything else follows at once.
+        change = {k: v for k, v in plain(description).items()
+                  if k in ("validator", "validationLevel", "validationAction", "viewOn",
+                           "pipeline", "changeStreamPreAndPostImages")}
+        if "viewOn" in change and not self.migrate_views:
+            return
+        if change:
+            self.destination.modify_collection(db, coll, change)
+
+    def _ddl_shardCollection(self, db: str, coll: str, description: Any) -> None:  # noqa: N802 - named after the event
+        if self.destination_sharded:
+            catalog.shard_collection(self.destination, db, coll,
+                                     plain(description["shardKey"]),
+                                     self.source.index_specs(db, coll))
+
+    def _copy_whole_collection(self, db: str, coll: str) -> None:
+        """A collection renamed into the filter: its documents were never inserted as events."""
+        infos = self.source.collection_infos(db, coll)
+        if not infos:
+            return
+        options = catalog.temporary_collection_options(dict(infos[0].get("options", {})))
+        catalog.create_collection(self.destination, self.created, db, coll, options)
+        catalog.create_indexes(self.destination, db, coll, catalog.indexes_to_build(
+            self.source.index_specs(db, coll), self.build_mode))
+        for batch in self.source.read_batches(RangeRead(db=db, coll=coll,
+                                                        batch_size=RECOPY_BATCH)):
+            writes: list[Write] = [Upsert({"_id": document["_id"]}, document)
+                                   for document in batch]
+            self.destination.write(db, coll, writes)
+
+
+def plain(value: Any) -> Any:
+    """Decode raw event values into plain Python structures for command arguments."""
+    if isinstance(value, RawBSONDocument | Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+

@@ -1,0 +1,43 @@
+"""The two clusters of a command-line tool (``check``, ``reset``, ``verify``): --cluster0 and
+--cluster1 or the same keys in mongosync's YAML configuration file, read and checked by the
+process's own option table, and connected with a short timeout."""
+
+from __future__ import annotations
+
+import click
+
+from pymongosync import reset as reset_logic
+from pymongosync.clusters import Cluster
+from pymongosync.cli.options import BY_NAME, convert, read_config
+from pymongosync.errors import InvalidConnectionString
+
+
+def cluster_uris(config: str | None, cluster0: str | None, cluster1: str | None
+                 ) -> dict[str, str]:
+    """--cluster0/--cluster1, falling back to the flat YAML file the process also reads; the
+    command line wins, and a refusal names the option or the file key."""
+    settings = read_config(config) if config else {}
+    uris: dict[str, str] = {}
+    for label, given in (("cluster0", cluster0), ("cluster1", cluster1)):
+        raw = given if given is not None else settings.get(label)
+        if raw is None:
+            raise click.UsageError(f"Missing option '--{label}' (or '{label}' in the config "
+                                   f"file): give the connection string of both clusters")
+        where = f"'--{label}'" if given is not None else f"'{label}' in {config}"
+        try:
+            uris[label] = convert(BY_NAME[label], raw, from_text=given is not None)
+        except (TypeError, ValueError) as exc:  # InvalidConnectionString included
+            raise click.UsageError(f"Invalid value for {where}: {exc}") from None
+    return uris
+
+
+def connect(uris: dict[str, str]) -> dict[str, Cluster]:
+    clusters: dict[str, Cluster] = {}
+    try:
+        for label, uri in uris.items():
+            clusters[label] = Cluster.connect(label, uri, timeout_ms=reset_logic.CONNECT_TIMEOUT_MS)
+    except InvalidConnectionString as exc:
+        for cluster in clusters.values():
+            cluster.close()
+        raise click.UsageError(f"--{label}: {exc}") from None
+    return clusters

@@ -1,0 +1,1 @@
+"""The phases of a migration, one module each, and the runner that composes them."""

@@ -1,0 +1,363 @@
+"""Phase 5, change event application (CEA): the source's change stream replayed on the destination.
+
+The stream is read from the time recorded before anything was listed (or from the last saved
+resume token), translated batch by batch into idempotent writes, and written by applier lanes
+in parallel (``changes/appliers.py``: each document's writes in one lane, in order; DDL events
+and transactions spanning lanes are barriers). Once every lane has applied a batch, one
+checkpoint write saves the resume token, the time of the last event and the counters together;
+lanes finishing out of order never move it past an event some lane has not applied. A crash
+replays at most the batches in flight, harmlessly (every write is idempotent and addressed by
+``_id``).
+
+The checkpoint never falls inside a transaction: a batch that ends inside one is checkpointed
+just before the transaction began (or not at all, when it began in an earlier batch), so a
+restart reads the whole transaction again.
+
+The phase runs until ``/commit`` is accepted; the commit phase then uses the same
+:class:`ChangeApplier` to apply everything up to its persisted end position.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections import deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson.timestamp import Timestamp
+from pymongo.errors import OperationFailure, PyMongoError
+
+from pymongosync.changes.appliers import ApplierLanes, Marker
+from pymongosync.changes.reader import read_batches, token_time
+from pymongosync.changes.translate import (
+    CrudStep,
+    LaneWrites,
+    Namespace,
+    Position,
+    SourceChange,
+    Translation,
+    Translator,
+)
+from pymongosync.changes.writer import ChangeWriter
+from pymongosync.errors import ChangeStreamHistoryLost
+from pymongosync.phases.context import PhaseContext, PhaseStep
+from pymongosync.phases.indexes import IndexBuilder, builds_after_copy
+from pymongosync.retry import is_transient
+from pymongosync.state import MigrationState, Phase, ResumeInfo
+
+log = logging.getLogger("pymongosync.changes")
+
+HISTORY_LOST = 286
+REPLAY_BATCHES = 8  # stored batches read at a time from the change buffer
+# loadLevel → applier lanes (mongosync's loadLevel is the load put on the clusters: as many
+# writes in flight as the copy has partitions in flight).
+LANES_BY_LOAD_LEVEL = {1: 1, 2: 2, 3: 4, 4: 8}
+# Batches handed to the lanes and not yet checkpointed: enough to keep the lanes busy while
+# the next batch is read and translated; each one is at most a reader batch of events.
+MAX_BATCHES_IN_FLIGHT = 3
+# While changes are applied, the cyclic garbage collector runs after this many new container
+# objects instead of Python's 700. Applying allocates a few containers per event (decoded
+# fields, writes), all freed by reference counting; with the default threshold, the collector
+# ran every ~100 events and kept traversing the batches in flight: measured, about a quarter
+# of change application's CPU. Garbage cycles, rare here, wait a little longer to be collected.
+GC_THRESHOLD_WHILE_APPLYING = 50_000
+
+
+def lanes_for(load_level: int) -> int:
+    return LANES_BY_LOAD_LEVEL.get(load_level, LANES_BY_LOAD_LEVEL[3])
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The garbage collector's first threshold raised (process-wide) while inside."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], GC_THRESHOLD_WHILE_APPLYING), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+
+
+@dataclass
+class _Applied:
+    """What a batch handed to the lanes brings, once they have applied it."""
+
+    position: Position | None  # where to resume after it (None: no new safe position)
+    buffer_seq: int | None  # the stored batch of the change buffer the position covers
+    events: int
+    crud_events: int
+    last_crud_time: Timestamp | None
+    changes: list[SourceChange] = field(default_factory=list)
+
+
+class ChangeApplier:
+    def __init__(self, context: PhaseContext, lanes: int | None = None) -> None:
+        self.context = context
+        self.writer = ChangeWriter(context.source, context.destination,
+                                   context.namespace_filter, context.request.buildIndexes,
+                                   context.store, context.counters,
+                                   migrate_views=not context.request.preExistingDestinationData)
+        self.lane_count = lanes if lanes is not None else lanes_for(context.load_level)
+        self.translator = Translator(context.namespace_filter, self.writer.destination_sharded,
+                                     lanes=self.lane_count)
+        self._lanes: ApplierLanes | None = None
+        self._in_flight: deque[Marker] = deque()
+        self._replayed_seq: int | None = None  # the last stored batch handed to the lanes
+
+    def run(self, until: Timestamp | None = None) -> bool:
+        """Apply events until ``stop``; with ``until``, until every event up to that time is
+        applied; without it, until a commit is requested.
+
+        Returns True when it reached its goal, False when stopped first.
+        """
+        with _fewer_collections():
+            return self._run(until)
+
+    def _run(self, until: Timestamp | None) -> bool:
+        context = self.context
+        while not context.stop.is_set():
+            try:
+                if self._follow(until):
+                    return True
+            except PyMongoError as exc:
+                if isinstance(exc, OperationFailure) and exc.code == HISTORY_LOST:
+                    raise ChangeStreamHistoryLost(
+                        "the source oplog no longer holds the changes this migration still "
+                        "needs (ChangeStreamHistoryLost); the migration must be restarted from "
+                        "scratch with a larger source oplog") from None
+                if not is_transient(exc):
+                    raise
+                log.warning("change stream interrupted, resuming from the saved token: %s", exc)
+                context.stop.wait(0.5)
+        return False
+
+    def _reached(self, until: Timestamp | None) -> bool:
+        if until is None:
+            return self.context.committing
+        last = self.context.resume.crud_change_stream_resume_info.last_event_ts
+        return last is not None and last >= until
+
+    def _follow(self, until: Timestamp | None) -> bool:
+        context = self.context
+        if self._reached(until):
+            return True
+        with self._applying():
+            if self._replay_buffer(until):
+                return True
+            if context.stop.is_set():
+                return False
+            # The live stream goes on from the last checkpoint: every replayed batch first. (A
+            # transaction the buffer ended in is read again from its start.)
+            self._drain()
+            self.translator.forget_open_transaction()
+            info = context.resume.crud_change_stream_resume_info
+            start_at = None if info.resume_token is not None else \
+                context.global_state.change_stream_start_time
+            with read_batches(context.source, context.stop, resume_after=info.resume_token,
+                              start_at=start_at) as batches:
+                for batch in batches:
+                    self._submit(batch.events, batch.resume_token, until)
+                    if self._reached(until):
+                        return True
+        return False
+
+    @contextmanager
+    def _applying(self) -> Iterator[None]:
+        """Lanes for one reading of the stream: on the way out, what they applied is
+        checkpointed; after an error, what they had not applied is dropped (a restart reads
+        it again from the last checkpoint)."""
+        self._lanes = ApplierLanes(self.lane_count, self._apply_lane)
+        self._in_flight.clear()
+        self._replayed_seq = None
+        self.translator.forget_open_transaction()
+        try:
+            yield
+            self._drain()
+        finally:
+            self._lanes.close()
+            self._lanes = None
+
+    def _replay_buffer(self, until: Timestamp | None) -> bool:
+        """Apply what the change buffer stored while the copy ran, batch by batch, each
+        checkpointed with its position in the buffer and its resume token in one write, then
+        deleted. True when ``until`` was reached."""
+        context = self.context
+        if not context.global_state.change_buffering:
+            return False
+        after = context.resume.buffer_applied_seq
+        while not context.stop.is_set():
+            batches = context.store.buffer_batches(after, limit=REPLAY_BATCHES)
+            if not batches:
+                return False
+            for batch in batches:
+                self._submit(batch.events, batch.resume_token, until, buffer_seq=batch.seq,
+                             stored_last_time=batch.last_event_ts)
+                after = batch.seq
+                if self._reached(until):
+                    return True
+                if context.stop.is_set():
+                    return False
+        return False
+
+    # -- one batch -----------------------------------------------------------------------------
+    def _submit(self, events: list[Any], resume_token: Mapping[str, Any] | None,
+                until: Timestamp | None, buffer_seq: int | None = None,
+                stored_last_time: Timestamp | None = None) -> None:
+        """Hand one batch to the lanes (DDL events and barriers applied here, in order), and
+        checkpoint whatever batches the lanes have finished."""
+        lanes = self._lanes
+        assert lanes is not None
+        verifier = self.context.verifier
+        translation = self.translator.translate(
+            events, note_changes=verifier is not None and verifier.notes_source_changes)
+        for step in translation.steps:
+            if isinstance(step, CrudStep):
+                if step.barrier:  # a transaction across lanes: alone
+                    self._drain()
+                    lanes.submit(step)
+                    self._drain()
+                else:
+                    lanes.submit(step)
+                continue
+            self._drain()
+            self.writer.apply_ddl(step)
+            if buffer_seq is None and not step.in_transaction:
+                # Right after a DDL event: a restart resumes past it, never applying it twice.
+                # (A DDL event ends its stored batch in the change buffer: there, the batch's
+                # own checkpoint, with its place in the buffer, is the one after it.)
+                self._checkpoint(Position(step.event["_id"], step.event["clusterTime"]), None)
+        last_time = translation.last_time or stored_last_time
+        position, covered_seq = self._position_after(translation, resume_token, last_time,
+                                                     buffer_seq)
+        if buffer_seq is not None:
+            self._replayed_seq = buffer_seq
+        crud_steps = [step for step in translation.steps if isinstance(step, CrudStep)]
+        self._in_flight.append(lanes.mark(_Applied(
+            position=position, buffer_seq=covered_seq, events=translation.events,
+            crud_events=translation.crud_events,
+            last_crud_time=next((step.last_time for step in reversed(crud_steps)
+                                 if step.last_time is not None), None),
+            changes=translation.changes)))
+        if until is not None and last_time is not None and last_time >= until:
+            self._drain()  # the goal is in this batch: checkpoint it now
+        while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
+            lanes.wait_until(self._in_flight[0])
+            self._checkpoint_reached()
+        self._checkpoint_reached()
+
+    def _position_after(self, translation: Translation, resume_token: Mapping[str, Any] | None,
+                        last_time: Timestamp | None, buffer_seq: int | None
+                        ) -> tuple[Position | None, int | None]:
+        """Where a restart may resume once this batch is applied, and the stored batch of the
+        buffer that position covers. Never inside a transaction: a batch that ends in one
+        gives the position just before it began, or none when it began in an earlier batch."""
+        if translation.open_transaction is None:
+            if resume_token is None:
+                return None, None
+            return Position(resume_token, last_time), \
+                buffer_seq if buffer_seq is not None else self._replayed_seq
+        before = translation.before_open_transaction
+        if before is None:
+            return None, None
+        # Inside this batch: it covers the stored batches before this one, not this one.
+        return before, None if buffer_seq is not None else self._replayed_seq
+
+    def _apply_lane(self, writes: LaneWrites, collection_uuids: dict[Namespace, Any]) -> None:
+        """One lane's writes of a step (in that lane's thread)."""
+        for (db, coll), operations in writes.items():
+            self.writer.write(db, coll, operations, collection_uuids.get((db, coll)))
+
+    def _drain(self) -> None:
+        """Wait until the lanes have applied everything handed to them, and checkpoint it."""
+        if self._lanes is not None:
+            self._lanes.wait_idle()
+            self._checkpoint_reached()
+
+    def _checkpoint_reached(self) -> None:
+        """Checkpoint the newest batch every lane has applied (and count those batches)."""
+        reached: list[_Applied] = []
+        while self._in_flight and self._in_flight[0].reached:
+            reached.append(self._in_flight.popleft().payload)
+        if not reached:
+            return
+        counters = self.context.counters
+        changes: list[SourceChange] = []
+        for applied in reached:
+            counters.events_applied += applied.events
+            counters.crud_events += applied.crud_events
+            if applied.last_crud_time is not None:
+                counters.last_crud_event_time = applied.last_crud_time
+            changes.extend(applied.changes)
+        verifier = self.context.verifier
+        if verifier is not None and changes:
+            # Before the checkpoint: a restart replays the batch, and notes again.
+            verifier.note_source_changes(changes)
+        newest = next((applied for applied in reversed(reached) if applied.position is not None),
+                      None)
+        if newest is None or newest.position is None:
+            return
+        self._checkpoint(newest.position, newest.buffer_seq)
+
+    def _checkpoint(self, position: Position, buffer_seq: int | None) -> None:
+        """One write: the resume token, the time of the last applied event, the counters
+        (and the last applied batch of the change buffer, deleted once the write is done)."""
+        context = self.context
+        info = context.resume.crud_change_stream_resume_info
+        for candidate in (position.time, token_time(position.token)):
+            if candidate is not None and (info.last_event_ts is None
+                                          or candidate > info.last_event_ts):
+                info.last_event_ts = candidate
+        info.resume_token = dict(position.token)
+        context.resume.events_applied = context.counters.events_applied
+        if context.counters.last_ddl_event_time is not None:
+            # mongosync's ddlChangeStreamResumeInfo, which MongoDB's tooling reads.
+            context.resume.ddl_change_stream_resume_info = ResumeInfo(
+                last_event_ts=context.counters.last_ddl_event_time)
+        fields = ["crud_change_stream_resume_info", "ddl_change_stream_resume_info",
+                  "events_applied"]
+        recorded_seq = None
+        if buffer_seq is not None and buffer_seq > context.resume.buffer_applied_seq:
+            recorded_seq = context.resume.buffer_applied_seq = buffer_seq
+            fields.append("buffer_applied_seq")
+        context.save_resume(*fields)
+        if recorded_seq is not None:
+            context.store.drop_buffer_through(recorded_seq)
+        self._start_verifying_once_caught_up()
+
+    def _start_verifying_once_caught_up(self) -> None:
+        """The verifier starts once the copy's backlog of changes is applied (hashing earlier
+        would only find documents that change application is about to fix)."""
+        context = self.context
+        verifier = context.verifier
+        if verifier is None or verifier.running:
+            return
+        copied = context.resume.copy_finished_time
+        applied = context.resume.crud_change_stream_resume_info.last_event_ts
+        if verifier.started or copied is None or (applied is not None and applied >= copied):
+            verifier.ensure_started()
+
+
+class ApplyChanges(PhaseStep):
+    phase = Phase.APPLY_CHANGES
+
+    def run(self, context: PhaseContext) -> None:
+        if context.resume.state == MigrationState.REVERSING:
+            context.set_state(MigrationState.RUNNING)
+            context.notify("Transitioning the state to RUNNING (reversed)")
+        if context.committing:
+            return
+        builder = None
+        if builds_after_copy(context) and context.resume.copy_finished_time is not None:
+            builder = context.index_builder = IndexBuilder(context)
+            builder.start()
+        try:
+            ChangeApplier(context).run()
+        finally:
+            if builder is not None:
+                builder.stop(timeout=5.0)  # a long build goes on on the server meanwhile
+                if builder.error is not None:
+                    raise builder.error
+        context.check_stop()

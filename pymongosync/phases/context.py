@@ -1,0 +1,138 @@
+"""What every phase works with: the clusters, the store, the request and the signals."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pymongosync.cluster_client import ClusterClient
+from pymongosync.errors import Stopped
+from pymongosync.instances import InstanceGroup, InstanceLayout
+from pymongosync.namespaces import NamespaceFilter
+from pymongosync.progress import Counters
+from pymongosync.request import StartRequest
+from pymongosync.state import GlobalState, MigrationState, Phase, ResumeData
+from pymongosync.store import MigrationStore
+
+if TYPE_CHECKING:
+    from pymongosync.changes.buffer import ChangeBuffer
+    from pymongosync.phases.indexes import IndexBuilder
+    from pymongosync.verifier.embedded import EmbeddedVerifier
+
+
+@dataclass(frozen=True)
+class ConnectionStrings:
+    """How a worker process opens its own connections to the two clusters (picklable; the
+    strings hold credentials, so they travel to workers through a pipe, never a command line).
+    """
+
+    source_label: str
+    source_uri: str
+    destination_label: str
+    destination_uri: str
+
+
+@dataclass
+class PhaseContext:
+    """One migration as the phases see it.
+
+    ``stop`` means "leave as soon as what was done is saved" (pause, shutdown, lost
+    ownership); ``commit_requested`` means "/commit was accepted": the change-application phase
+    then ends and the commit phase takes over. They are separate so that neither is mistaken
+    for the other.
+    """
+
+    source: ClusterClient
+    destination: ClusterClient
+    store: MigrationStore
+    request: StartRequest
+    global_state: GlobalState
+    resume: ResumeData
+    namespace_filter: NamespaceFilter
+    load_level: int = 3
+    instance: str = "coordinator"
+    stop: threading.Event = field(default_factory=threading.Event)
+    commit_requested: threading.Event = field(default_factory=threading.Event)
+    counters: Counters = field(default_factory=Counters)
+    notify: Callable[[str], None] = lambda message: None
+    # The embedded verifier, when verification is on (set by the migration).
+    verifier: EmbeddedVerifier | None = None
+    # The change buffer while it receives (set by the runner), and its size limit.
+    change_buffer: ChangeBuffer | None = None
+    # One instance per source shard: the coordinator's buffer of the router's DDL events.
+    ddl_buffer: ChangeBuffer | None = None
+    change_buffer_limit: int = 10 * 1024 * 1024 * 1024
+    # Indexes per createIndexes command (--createIndexesBatchSize; None: one at a time).
+    create_indexes_batch_size: int | None = None
+    # The index builds that run beside change application (set by that phase).
+    index_builder: IndexBuilder | None = None
+    # Where the clusters are, for phases that work in worker processes (set by the migration;
+    # None: in-process clusters only, e.g. the unit tests' fakes, and the copy uses threads).
+    connection_strings: ConnectionStrings | None = None
+    # One instance per source shard: which one this is (pymongosync.instances).
+    layout: InstanceLayout = field(default_factory=InstanceLayout)
+
+    @property
+    def group(self) -> InstanceGroup:
+        """The other instances of a multi-instance migration, as the metadata tells."""
+        return InstanceGroup(self.store, self.layout)
+
+    def wait_for_instances(self, condition: Callable[[], bool]) -> None:
+        """Until ``condition`` holds of the instances' shared records; Stopped on stop."""
+        self.group.wait(condition, self.stop.is_set)
+
+    @classmethod
+    def build(cls, source: ClusterClient, destination: ClusterClient, store: MigrationStore,
+              global_state: GlobalState, resume: ResumeData, *, load_level: int = 3,
+              notify: Callable[[str], None] | None = None) -> PhaseContext:
+        """A context for a stored migration; the namespace filter is built here, once."""
+        request = StartRequest.from_document(global_state.request)
+        context = cls(source=source, destination=destination, store=store, request=request,
+                      global_state=global_state, resume=resume,
+                      namespace_filter=request.namespace_filter(),
+                      load_level=load_level, instance=resume.id)
+        if notify is not None:
+            context.notify = notify
+        context.counters.events_applied = resume.events_applied
+        if resume.ddl_change_stream_resume_info is not None:  # ddlLagSeconds after a restart
+            context.counters.last_ddl_event_time = \
+                resume.ddl_change_stream_resume_info.last_event_ts
+        return context
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Stopped()
+
+    @property
+    def committing(self) -> bool:
+        return self.commit_requested.is_set() or self.resume.state == MigrationState.COMMITTING
+
+    def save_global(self, *fields: str) -> None:
+        self.store.save_global(self.global_state, *fields)
+
+    def save_resume(self, *fields: str) -> None:
+        self.store.save_resume(self.resume, *fields)
+
+    def set_state(self, state: MigrationState) -> None:
+        """Persist a new state; in memory only once stored (a failed write changes nothing)."""
+        previous, self.resume.state = self.resume.state, state
+        try:
+            self.save_resume("state")
+        except BaseException:
+            self.resume.state = previous
+            raise
+
+
+class PhaseStep:
+    """A phase: ``run`` does its work from whatever it stored before, and returns when done.
+
+    It raises :class:`pymongosync.errors.Stopped` when ``context.stop`` interrupts it; the
+    runner then leaves, and the next process runs the same phase again from its saved state.
+    """
+
+    phase: Phase
+
+    def run(self, context: PhaseContext) -> None:
+        raise NotImplementedError

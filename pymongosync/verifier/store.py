@@ -1,0 +1,211 @@
+"""Where the verifier keeps its progress: beside the migration's metadata on the destination
+(:class:`MetadataVerifierStore`), or in a local file for ``mongosync verify``, which must not
+write to the clusters it checks (:class:`pymongosync.verifier.standalone.LocalVerifierStore`).
+
+State per range and per pending recheck, never per document hashed: memory and storage follow
+how much changes, not how much there is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bson.timestamp import Timestamp
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo.collection import Collection
+from pymongo.mongo_client import MongoClient
+
+from pymongosync.retry import retrying
+from pymongosync.state import (
+    Mismatch,
+    Recheck,
+    RecheckKey,
+    TaskStatus,
+    VerificationTask,
+    VerifierState,
+)
+from pymongosync.store import METADATA_DATABASE, now
+
+
+@dataclass
+class TaskSummary:
+    tasks: int = 0
+    done: int = 0
+    estimated_documents: int = 0
+    collections: int = 0
+    collections_done: int = 0
+
+
+class TaskStore(Protocol):
+    """What hashing ranges needs (the embedded verifier and ``mongosync verify``)."""
+
+    def load_state(self) -> VerifierState | None: ...
+    def save_state(self, state: VerifierState, *fields: str) -> None: ...
+    def add_counts(self, source: int = 0, destination: int = 0, rechecked: int = 0,
+                   rehashed: int = 0) -> None: ...
+    def ensure_tasks(self, tasks: Iterable[VerificationTask]) -> None: ...
+    def claim_task(self, owner: str) -> VerificationTask | None: ...
+    def task_progress(self, task_id: str, source: int, destination: int) -> None: ...
+    def finish_task(self, task_id: str, source: int, destination: int) -> None: ...
+    def release_claims(self, owner_prefix: str) -> None: ...
+    def task_summary(self) -> TaskSummary: ...
+    def add_mismatches(self, mismatches: list[Mismatch]) -> None: ...
+    def mismatches(self, limit: int = 0) -> list[Mismatch]: ...
+    def mismatch_count(self) -> int: ...
+    def clear(self) -> None: ...
+
+
+class VerifierStore(TaskStore, Protocol):
+    """And the rechecks of documents changed while the migration runs."""
+
+    def add_rechecks(self, rechecks: list[Recheck]) -> None: ...
+    def due_rechecks(self, up_to: Timestamp | None, limit: int) -> list[Recheck]: ...
+    def remove_rechecks(self, keys: list[RecheckKey]) -> None: ...
+    def postpone_recheck(self, key: RecheckKey, due: Timestamp) -> None: ...
+    def recheck_count(self) -> int: ...
+    def oldest_due(self) -> Timestamp | None: ...
+
+
+def summarize(tasks: Iterable[VerificationTask]) -> TaskSummary:
+    summary = TaskSummary()
+    open_namespaces: dict[str, bool] = {}
+    for task in tasks:
+        summary.tasks += 1
+        summary.done += task.status == TaskStatus.DONE
+        summary.estimated_documents += task.estimated_documents
+        name = task.namespace.full_name
+        open_namespaces[name] = open_namespaces.get(name, False) or \
+            task.status != TaskStatus.DONE
+    summary.collections = len(open_namespaces)
+    summary.collections_done = sum(1 for still in open_namespaces.values() if not still)
+    return summary
+
+
+class MetadataVerifierStore:
+    """The embedded verifier's progress, in the migration's metadata database."""
+
+    def __init__(self, client: MongoClient[Any], database: str = METADATA_DATABASE) -> None:
+        db = client[database]
+        self.states: Collection[Any] = db["verifierState"]
+        self.tasks: Collection[Any] = db["verifierTasks"]
+        self.rechecks: Collection[Any] = db["verifierRechecks"]
+        self.mismatch_records: Collection[Any] = db["verifierMismatches"]
+
+    # Every method is one idempotent read or write, retried on transient errors.
+    def clear(self) -> None:
+        """Forget an earlier verification (of the other direction of a reversed migration)."""
+        for collection in (self.states, self.tasks, self.rechecks, self.mismatch_records):
+            retrying(collection.drop)
+
+    def load_state(self) -> VerifierState | None:
+        document = retrying(lambda: self.states.find_one({"_id": "verifier"}))
+        return None if document is None else VerifierState.from_document(document)
+
+    def save_state(self, state: VerifierState, *fields: str) -> None:
+        values = state.stored_values(*fields) if fields else \
+            {k: v for k, v in state.to_document().items() if k != "_id"}
+        retrying(lambda: self.states.update_one({"_id": state.id}, {"$set": values},
+                                                upsert=True))
+
+    def add_counts(self, source: int = 0, destination: int = 0, rechecked: int = 0,
+                   rehashed: int = 0) -> None:
+        increments = {name: value for name, value in (
+            ("hashedSourceDocuments", source), ("hashedDestinationDocuments", destination),
+            ("recheckedDocuments", rechecked), ("rehashedDocuments", rehashed)) if value}
+        if increments:
+            retrying(lambda: self.states.update_one({"_id": "verifier"}, {"$inc": increments},
+                                                    upsert=True))
+
+    # -- ranges ----------------------------------------------------------------------------------
+    def ensure_tasks(self, tasks: Iterable[VerificationTask]) -> None:
+        writes = [UpdateOne({"_id": task.id}, {"$setOnInsert": {
+            k: v for k, v in task.to_document().items() if k != "_id"}}, upsert=True)
+            for task in tasks]
+        if writes:
+            retrying(lambda: self.tasks.bulk_write(writes, ordered=False))
+
+    def claim_task(self, owner: str) -> VerificationTask | None:
+        document = retrying(lambda: self.tasks.find_one_and_update(
+            {"status": TaskStatus.PENDING.value, "owner": None}, {"$set": {"owner": owner}},
+            sort=[("namespace.db", ASCENDING), ("namespace.coll", ASCENDING), ("_id", ASCENDING)],
+            return_document=ReturnDocument.AFTER))
+        return None if document is None else VerificationTask.from_document(document)
+
+    def task_progress(self, task_id: str, source: int, destination: int) -> None:
+        retrying(lambda: self.tasks.update_one({"_id": task_id}, {"$set": {
+            "hashedSource": source, "hashedDestination": destination}}))
+
+    def finish_task(self, task_id: str, source: int, destination: int) -> None:
+        retrying(lambda: self.tasks.update_one({"_id": task_id}, {"$set": {
+            "status": TaskStatus.DONE.value, "owner": None, "hashedSource": source,
+            "hashedDestination": destination}}))
+
+    def release_claims(self, owner_prefix: str) -> None:
+        """Give back the ranges a stopped run was hashing; what they had hashed is hashed
+        again, and counted as such."""
+        def release() -> None:
+            for document in self.tasks.find({"owner": {"$ne": None},
+                                             "status": TaskStatus.PENDING.value}):
+                if not str(document["owner"]).startswith(owner_prefix):
+                    continue
+                partial = int(document.get("hashedSource", 0)) + \
+                    int(document.get("hashedDestination", 0))
+                self.tasks.update_one({"_id": document["_id"]}, {"$set": {
+                    "owner": None, "hashedSource": 0, "hashedDestination": 0}})
+                if partial:
+                    self.states.update_one({"_id": "verifier"},
+                                           {"$inc": {"rehashedDocuments": partial}}, upsert=True)
+        retrying(release)
+
+    def task_summary(self) -> TaskSummary:
+        return summarize(VerificationTask.from_document(document)
+                         for document in retrying(lambda: list(self.tasks.find())))
+
+    # -- rechecks --------------------------------------------------------------------------------
+    def add_rechecks(self, rechecks: list[Recheck]) -> None:
+        # The latest due wins: a document changed again must wait for that change to apply.
+        writes = [UpdateOne({"_id": recheck.key.to_document()},
+                            {"$max": {"due": recheck.due}, "$setOnInsert": {"attempts": 0}},
+                            upsert=True) for recheck in rechecks]
+        if writes:
+            retrying(lambda: self.rechecks.bulk_write(writes, ordered=False))
+
+    def due_rechecks(self, up_to: Timestamp | None, limit: int) -> list[Recheck]:
+        query = {} if up_to is None else {"due": {"$lte": up_to}}
+        documents = retrying(lambda: list(self.rechecks.find(query).sort("due", ASCENDING)
+                                          .limit(limit)))
+        return [Recheck.from_document(document) for document in documents]
+
+    def remove_rechecks(self, keys: list[RecheckKey]) -> None:
+        if keys:
+            retrying(lambda: self.rechecks.delete_many(
+                {"_id": {"$in": [key.to_document() for key in keys]}}))
+
+    def postpone_recheck(self, key: RecheckKey, due: Timestamp) -> None:
+        retrying(lambda: self.rechecks.update_one({"_id": key.to_document()},
+                                                  {"$max": {"due": due},
+                                                   "$inc": {"attempts": 1}}))
+
+    def recheck_count(self) -> int:
+        return int(retrying(lambda: self.rechecks.estimated_document_count()))
+
+    def oldest_due(self) -> Timestamp | None:
+        document = retrying(lambda: self.rechecks.find_one({}, sort=[("due", ASCENDING)]))
+        return None if document is None else document["due"]
+
+    # -- the report ------------------------------------------------------------------------------
+    def add_mismatches(self, mismatches: list[Mismatch]) -> None:
+        stamped = [mismatch.model_copy(update={"at": mismatch.at or now()}).to_document()
+                   for mismatch in mismatches]
+        if stamped:
+            retrying(lambda: self.mismatch_records.insert_many(stamped))
+
+    def mismatches(self, limit: int = 0) -> list[Mismatch]:
+        documents = retrying(lambda: list(self.mismatch_records.find({}, {"_id": 0})
+                                          .sort("at", ASCENDING).limit(limit)))
+        return [Mismatch.from_document(document) for document in documents]
+
+    def mismatch_count(self) -> int:
+        return int(retrying(lambda: self.mismatch_records.count_documents({})))

@@ -1,0 +1,396 @@
+"""Each way adversarial testing made a migration reach COMMITTED with the destination silently
+different from the source, as an end-to-end test that failed before its fix."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pymongo
+import pytest
+from bson import Decimal128, Int64, Timestamp
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.datetime_ms import DatetimeMS
+
+from mongoemu.testing import EmulatorProcess
+from pymongosync.clusters import APP_NAME, Cluster
+from pymongosync import reset as reset_module
+from pymongosync.errors import (
+    IndexConflict,
+    NamespaceConflict,
+    ResetInProgress,
+    SourceModifiedDuringCommit,
+)
+from pymongosync.migration import Migration
+from pymongosync.request import StartRequest
+from pymongosync.reset import apply_reset, plan_reset
+from pymongosync.store import METADATA_DATABASE, MetadataStore
+from pymongosync.verifier.compare import compare_clusters
+
+from .conftest import start_cluster, user_client
+
+START = {"source": "cluster0", "destination": "cluster1"}
+
+
+def migrate(cluster0: Cluster, cluster1: Cluster, during_cea: Callable[[], None] | None = None,
+            body: dict[str, Any] | None = None, during_copy: Callable[[], None] | None = None,
+            load_level: int = 3) -> dict[str, Any]:
+    """Start, run the callbacks in their phase, commit; returns the final progress."""
+    migration = Migration.open(cluster0, cluster1, load_level=load_level)
+    migration.start(StartRequest.from_document(body or START))
+    try:
+        if during_copy is not None:
+            migration.wait_for(lambda p: p["copyDetails"]["phase"] == "collection copy",
+                               timeout=120)
+            during_copy()
+        migration.wait_for(lambda p: p["info"] == "change event application", timeout=180)
+        if during_cea is not None:
+            during_cea()
+            events = migration.progress()["totalEventsApplied"]
+            migration.wait_for(lambda p: p["totalEventsApplied"] > events, timeout=60)
+        migration.wait_for(lambda p: p["canCommit"], timeout=180)
+        migration.commit()
+        return migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=180)
+    finally:
+        migration.close()
+
+
+def assert_equal(cluster0: Cluster, cluster1: Cluster, documents: int | None = None) -> None:
+    comparison = compare_clusters(cluster0.client, cluster1.client)
+    assert comparison.equal, comparison.summary()
+    if documents is not None:
+        assert comparison.documents == documents
+
+
+def test_numerically_equal_ids_swapped_during_change_application(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.ids.insert_many([{"_id": 1.0, "v": "double"}, {"_id": 7, "v": "int"},
+                                    {"_id": Int64(3), "v": "long"}, {"_id": "x", "v": "s"}])
+
+    def swap_types() -> None:
+        with user_client(source) as client:
+            ids = client.app.ids
+            for old, new in ((1.0, 1), (7, Decimal128("7")), (Int64(3), 3.0)):
+                ids.delete_one({"_id": old})
+                ids.insert_one({"_id": new, "v": "swapped"})
+                ids.delete_one({"_id": new})
+                ids.insert_one({"_id": old, "v": "back"})
+
+    migrate(cluster0, cluster1, during_cea=swap_types)
+    assert_equal(cluster0, cluster1, documents=4)
+    with pymongo.MongoClient(cluster1.uri) as client:
+        values = {repr(d["_id"]): d["v"] for d in client.app.ids.find()}
+    assert values == {"1.0": "back", "7": "back", "3": "back", "'x'": "s"}
+
+
+def slow_down(emulator: EmulatorProcess, command: str, milliseconds: int) -> None:
+    """Make pymongosync's ``command`` calls on this cluster wait before they run."""
+    with pymongo.MongoClient(emulator.uri) as client:
+        client.admin.command("configureFailPoint", "failCommand", mode="alwaysOn", data={
+            "failCommands": [command], "blockConnection": True, "blockTimeMS": milliseconds,
+            "appName": APP_NAME})
+
+
+def speed_up(emulator: EmulatorProcess) -> None:
+    with pymongo.MongoClient(emulator.uri) as client:
+        client.admin.command("configureFailPoint", "failCommand", mode="off")
+
+
+@pytest.mark.parametrize("drop_target", [False, True])
+def test_rename_during_the_copy(source: EmulatorProcess, clusters: tuple[Cluster, Cluster],
+                                drop_target: bool) -> None:
+    """The copy found the collection by UUID, then read by name: a rename in between made the
+    partition read nothing and be marked done (all 5,000 documents lost)."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.moving.insert_many([{"n": i, "pad": "p" * 100} for i in range(5000)])
+        if drop_target:
+            client.app.moved.insert_many([{"old": i} for i in range(2000)])
+    slow_down(source, "find", 400)
+
+    def rename() -> None:
+        with user_client(source) as client:
+            client.app.moving.rename("moved", dropTarget=drop_target)
+        speed_up(source)
+
+    try:
+        migrate(cluster0, cluster1, during_copy=rename, load_level=1)
+    finally:
+        speed_up(source)
+    assert_equal(cluster0, cluster1, documents=5000)
+    with pymongo.MongoClient(cluster1.uri) as client:
+        assert client.app.list_collection_names() == ["moved"]
+        assert client.app.moved.count_documents({"n": {"$exists": True}}) == 5000
+
+
+PRE_EXISTING = {**START, "preExistingDestinationData": True,
+                "includeNamespaces": [{"database": "app"}]}
+
+
+def test_pre_existing_data_with_a_conflicting_namespace_is_refused(
+        source: EmulatorProcess, destination: EmulatorProcess,
+        clusters: tuple[Cluster, Cluster]) -> None:
+    """/start accepted a namespace that existed on both sides; the copy then ignored the
+    duplicate keys and the destination kept its own documents instead of the source's."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.items.insert_many([{"_id": i, "side": "source"} for i in range(100)])
+        client.app.other.insert_one({"x": 1})
+    with user_client(destination) as client:
+        client.app.items.insert_many([{"_id": i, "side": "destination"} for i in range(50)])
+    migration = Migration.open(cluster0, cluster1)
+    with pytest.raises(NamespaceConflict) as refused:
+        migration.start(StartRequest.from_document(PRE_EXISTING))
+    assert "app.items" in refused.value.message and "app.other" not in refused.value.message
+    assert METADATA_DATABASE not in cluster1.client.list_database_names()
+    assert cluster1.client.app.list_collection_names() == ["items"]
+
+
+def test_pre_existing_data_keeps_views_out_and_reset_keeps_what_existed(
+        source: EmulatorProcess, destination: EmulatorProcess,
+        clusters: tuple[Cluster, Cluster]) -> None:
+    """Views were migrated (mongosync does not migrate them with pre-existing data), and
+    reset dropped a pre-existing database as "created by this migration"."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.items.insert_many([{"n": i} for i in range(300)])
+        client.app.create_collection("recent", viewOn="items", pipeline=[{"$match": {}}])
+    with user_client(destination) as client:
+        client.app.notes.insert_one({"kept": True})  # a database both sides use
+        client.legacy.data.insert_one({"kept": True})  # unrelated
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document(PRE_EXISTING))
+    try:
+        migration.wait_for(lambda p: p["canCommit"], timeout=120)
+    finally:
+        migration.close()
+    assert sorted(cluster1.client.app.list_collection_names()) == ["items", "notes"]
+    assert cluster1.client.app.items.count_documents({}) == 300
+    # Abandon it: reset drops what the migration created and nothing else.
+    plan = plan_reset(cluster0, cluster1, destination="cluster1", all_user_databases=False)
+    assert any(action.target == "app.items" for action in plan.actions), plan.describe()
+    assert not any(action.target in ("app", "legacy") for action in plan.actions), \
+        plan.describe()
+    apply_reset(plan)
+    assert cluster1.client.app.list_collection_names() == ["notes"]
+    assert cluster1.client.legacy.data.count_documents({}) == 1
+
+
+def test_a_process_refuses_a_migration_whose_reset_was_interrupted(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reset drops data first and the metadata last: a process started in between found the
+    metadata, resumed and committed a partial destination (12 of 30 collections missing)."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        for number in range(30):
+            client[f"db{number:02d}"].items.insert_many([{"n": i} for i in range(20)])
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document(START))
+    try:
+        migration.wait_for(lambda p: p["canCommit"], timeout=120)
+    finally:
+        migration.close()
+    plan = plan_reset(cluster0, cluster1)
+    real_apply = reset_module._apply
+    done: list[object] = []
+
+    def crash_after_twelve(cluster: Cluster, action: Any) -> None:
+        if len(done) == 13:  # the unblock, then 12 databases
+            raise KeyboardInterrupt("the reset process is killed here")
+        real_apply(cluster, action)
+        done.append(action)
+
+    monkeypatch.setattr(reset_module, "_apply", crash_after_twelve)
+    with pytest.raises(KeyboardInterrupt):
+        apply_reset(plan)
+    monkeypatch.setattr(reset_module, "_apply", real_apply)
+    remaining = [name for name in cluster1.client.list_database_names() if name.startswith("db")]
+    assert len(remaining) == 18 and METADATA_DATABASE in cluster1.client.list_database_names()
+
+    with pytest.raises(ResetInProgress) as refused:
+        Migration.open(cluster0, cluster1)
+    assert "mongosync reset" in refused.value.message
+    assert len([n for n in cluster1.client.list_database_names() if n.startswith("db")]) == 18
+    apply_reset(plan_reset(cluster0, cluster1))  # running reset again finishes the job
+    assert not [n for n in cluster1.client.list_database_names()
+                if n.startswith("db") or n == METADATA_DATABASE]
+    migrate(cluster0, cluster1)
+    assert_equal(cluster0, cluster1, documents=600)
+
+
+def test_dates_outside_python_range(source: EmulatorProcess,
+                                    clusters: tuple[Cluster, Cluster]) -> None:
+    """Valid BSON dates before year 1 or after 9999 stopped the migration with a fatal
+    InvalidBSON, and every restart failed the same way."""
+    cluster0, cluster1 = clusters
+    far_past, far_future = DatetimeMS(-(10 ** 14)), DatetimeMS(10 ** 15)
+    options = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+    with pymongo.MongoClient(source.application_uri, datetime_conversion=DatetimeConversion.DATETIME_AUTO) \
+            as client:
+        items = client.app.get_collection("items", codec_options=options)
+        items.insert_many([{"_id": far_past, "at": far_future},
+                           {"_id": 1, "at": far_past, "nested": {"when": far_future}}])
+
+    def write_dates() -> None:
+        with pymongo.MongoClient(source.application_uri,
+                                 datetime_conversion=DatetimeConversion.DATETIME_AUTO) as client:
+            items = client.app.get_collection("items", codec_options=options)
+            items.update_one({"_id": 1}, {"$set": {"at": far_future, "list": [far_past]}})
+            items.insert_one({"_id": far_future, "at": far_past})
+            items.update_one({"_id": far_past}, {"$unset": {"at": ""}})
+
+    migrate(cluster0, cluster1, during_cea=write_dates)
+    assert_equal(cluster0, cluster1, documents=3)
+
+
+def test_unique_index_on_the_shard_key_survives_replica_set_to_sharded(
+        source: EmulatorProcess) -> None:
+    """The destination sharded the collection with an index of its own on the key; the
+    source's unique index on the same key then failed to be created (IndexOptionsConflict,
+    ignored), and the destination accepted duplicates after commit."""
+    with start_cluster("mongos") as mongos:
+        with user_client(source) as client:
+            client.app.items.insert_many([{"k": i, "v": i % 7} for i in range(500)])
+            client.app.items.create_index("k", unique=True, name="uniq_k")
+            client.app.items.create_index("v", name="by_v")
+        cluster0 = Cluster.connect("cluster0", source.uri)
+        cluster1 = Cluster.connect("cluster1", mongos.uri)
+        try:
+            body = {**START, "sharding": {"shardingEntries": [
+                {"database": "app", "collection": "items",
+                 "shardCollection": {"key": [{"k": 1}]}}]}}
+            migrate(cluster0, cluster1, body=body)
+            comparison = compare_clusters(cluster0.client, cluster1.client)
+            assert comparison.equal, comparison.summary()
+            indexes = {spec["name"]: spec for spec in cluster1.client.app.items.list_indexes()}
+            assert indexes["uniq_k"].get("unique") is True
+            with pytest.raises(pymongo.errors.DuplicateKeyError):
+                cluster1.client.app.items.insert_one({"k": 3})
+        finally:
+            cluster0.close()
+            cluster1.close()
+
+
+def test_an_index_that_cannot_be_built_as_on_the_source_is_an_error(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """createIndexes errors 68/85/86 were ignored: an index could go missing silently."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.items.insert_many([{"a": i} for i in range(100)])
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document(START))
+    try:
+        migration.wait_for(lambda p: p["info"] == "change event application", timeout=120)
+        # Behind the tool's back, the destination gets an index of that name with another key:
+        # the source's index can no longer be built as it is.
+        with pymongo.MongoClient(cluster1.uri) as client:
+            client.app.items.create_index([("other", 1)], name="a_1")
+        with user_client(source) as client:
+            client.app.items.create_index("a", name="a_1")
+        with pytest.raises(IndexConflict) as failed:
+            migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=60)
+    finally:
+        migration.close()
+    assert "app.items" in failed.value.message and "a_1" in failed.value.message
+
+
+def test_empty_timestamps_are_copied_as_they_are(source: EmulatorProcess,
+                                                 clusters: tuple[Cluster, Cluster]) -> None:
+    """A server replaces a top-level Timestamp(0, 0) with the current time on insert and on
+    replacement, unless the write passes bypassEmptyTsReplacement, which the product never
+    did: documents holding one (set by an update, which the server keeps as is) changed."""
+    cluster0, cluster1 = clusters
+    empty = Timestamp(0, 0)
+    with user_client(source) as client:
+        client.app.items.insert_many([{"_id": i, "n": i} for i in range(50)])
+        client.app.items.update_many({}, {"$set": {"ts": empty, "nested": {"ts": empty}}})
+
+    def write_empty_timestamps() -> None:
+        with user_client(source) as client:
+            client.app.items.update_one({"_id": 1}, {"$set": {"again": empty}})
+            client.app.items.update_one({"_id": 2}, {"$set": {"n": -2}})  # a full replace below
+            client.app.items.replace_one({"_id": 3}, {"n": 3})
+            client.app.items.update_one({"_id": 3}, {"$set": {"ts": empty}})
+
+    migrate(cluster0, cluster1, during_cea=write_empty_timestamps)
+    assert_equal(cluster0, cluster1, documents=50)
+    assert cluster1.client.app.items.find_one({"_id": 7})["ts"] == empty
+
+
+def test_reverse_twice(source: EmulatorProcess, destination: EmulatorProcess,
+                       clusters: tuple[Cluster, Cluster]) -> None:
+    """commit → reverse → commit → reverse was accepted and then stayed REVERSING forever: the
+    second reverse found the first migration's superseded record and resumed it instead."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.items.insert_many([{"n": i} for i in range(100)])
+    body = {**START, "reversible": True}
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document(body))
+    try:
+        for writer, reader in ((destination, cluster1), (source, cluster0),
+                               (destination, cluster1)):
+            migration.wait_for(lambda p: p["canCommit"], timeout=120)
+            migration.commit()
+            migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+            with user_client(writer) as application:  # the new side takes writes
+                application.app.items.insert_one({"after": writer.port})
+            migration.reverse()
+            migration.wait_for(lambda p: p["state"] == "RUNNING", timeout=60)
+            assert migration.progress()["directionMapping"]["Source"].startswith(
+                reader.label)
+        migration.wait_for(lambda p: p["canCommit"], timeout=120)
+        migration.commit()
+        migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+    finally:
+        migration.close()
+    assert_equal(cluster1, cluster0, documents=103)
+
+
+def test_a_user_database_named_like_beta_metadata_is_migrated(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """Source databases named mongosync_internal_* were skipped as if they were metadata (and
+    reset dropped them as such)."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.mongosync_internal_reports.daily.insert_many([{"day": i} for i in range(10)])
+        client.app.items.insert_one({"x": 1})
+    migrate(cluster0, cluster1)
+    assert cluster1.client.mongosync_internal_reports.daily.count_documents({}) == 10
+    assert_equal(cluster0, cluster1, documents=11)
+
+
+def test_source_writes_during_a_filtered_commit_fail_the_migration(
+        source: EmulatorProcess, destination: EmulatorProcess,
+        clusters: tuple[Cluster, Cluster]) -> None:
+    """With a namespace filter the source is not write-blocked at commit (destinationOnly):
+    writes after the commit time were lost without a word."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.items.insert_many([{"n": i} for i in range(100)])
+    body = {**START, "includeNamespaces": [{"database": "app"}]}
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document(body))
+    try:
+        migration.wait_for(lambda p: p["canCommit"], timeout=120)
+        slow_down(destination, "listIndexes", 3000)  # the commit restores index options
+        migration.commit()
+        store = MetadataStore(cluster1.client)
+        deadline = time.monotonic() + 30
+        while (stored := store.load()) is None or stored.resume.commit_time is None:
+            assert time.monotonic() < deadline, "no commit time stored"
+            time.sleep(0.05)
+        # Past the commit time, while the commit restores index options:
+        with user_client(source) as client:
+            client.app.items.insert_one({"late": True})  # after the commit time
+        with pytest.raises(SourceModifiedDuringCommit) as failed:
+            migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=60)
+    finally:
+        speed_up(destination)
+        migration.close()
+    assert "app.items" in failed.value.message
+    assert migration.progress()["canWrite"] is False

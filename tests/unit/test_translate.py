@@ -1,0 +1,244 @@
+"""Change events to writes (pymongosync.changes.translate): collapse, translation, barriers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
+
+from pymongosync.changes.translate import CrudStep, DdlStep, Operation, Refetch, translate
+from pymongosync.changes.writer import ChangeWriter
+from pymongosync.cluster_client import Delete, Update, Upsert
+from pymongosync.namespaces import NamespaceFilter
+from pymongosync.progress import Counters
+from tests.unit.fakes import (
+    FakeCluster,
+    MemoryStore,
+    apply_update,
+    change_event,
+    plain,
+    update_description,
+)
+from tests.unit.support import namespace_filter
+
+EVERYTHING = NamespaceFilter()
+
+
+def at(n: int) -> Timestamp:
+    return Timestamp(1_700_000_000, n)
+
+
+def insert(n: int, document: dict[str, Any], coll: str = "orders",
+           db: str = "shop") -> RawBSONDocument:
+    return change_event("insert", db, coll, at(n), document_key={"_id": document["_id"]},
+                        full_document=document)
+
+
+def replace(n: int, document: dict[str, Any], coll: str = "orders") -> RawBSONDocument:
+    return change_event("replace", "shop", coll, at(n), document_key={"_id": document["_id"]},
+                        full_document=document)
+
+
+def delete(n: int, document_id: Any, coll: str = "orders", db: str = "shop") -> RawBSONDocument:
+    return change_event("delete", db, coll, at(n), document_key={"_id": document_id})
+
+
+def update(n: int, document_id: Any, coll: str = "orders", **description: Any
+           ) -> RawBSONDocument:
+    return change_event("update", "shop", coll, at(n), document_key={"_id": document_id},
+                        update_description=update_description(**description))
+
+
+def ddl(n: int, kind: str, coll: str | None, description: dict[str, Any] | None = None,
+        db: str = "shop") -> RawBSONDocument:
+    return change_event(kind, db, coll, at(n), operation_description=description)
+
+
+def shown(operation: Operation) -> tuple[Any, ...]:
+    """An operation as plain values, to compare with what is expected."""
+    if isinstance(operation, Upsert):
+        return ("upsert", plain(operation.key), plain(operation.document))
+    if isinstance(operation, Delete):
+        return ("delete", plain(operation.key))
+    if isinstance(operation, Update):
+        return ("update", plain(operation.key), plain(operation.update))
+    assert isinstance(operation, Refetch)
+    return ("refetch", plain(operation.key))
+
+
+def only_step(events: list[RawBSONDocument],
+              namespace_filter: NamespaceFilter = EVERYTHING) -> CrudStep:
+    translation = translate(events, namespace_filter)
+    assert len(translation.steps) == 1
+    step = translation.steps[0]
+    assert isinstance(step, CrudStep)
+    return step
+
+
+def writes_of(step: CrudStep, coll: str = "orders") -> list[tuple[Any, ...]]:
+    return [shown(operation) for operation in step.writes[("shop", coll)]]
+
+
+def test_inserts_and_replaces_become_upserts_of_the_whole_document() -> None:
+    step = only_step([insert(1, {"_id": 1, "a": 1}), replace(2, {"_id": 2, "b": [1, 2]})])
+
+    assert writes_of(step) == [("upsert", {"_id": 1}, {"_id": 1, "a": 1}),
+                               ("upsert", {"_id": 2}, {"_id": 2, "b": [1, 2]})]
+    upsert = step.writes[("shop", "orders")][0]
+    # The source's bytes, never decoded and encoded again.
+    assert isinstance(upsert, Upsert)
+    assert bytes(upsert.document.raw) == bson.encode({"_id": 1, "a": 1})
+    assert step.events == 2
+
+
+def test_deletes_become_deletes_by_document_key() -> None:
+    step = only_step([delete(1, "x"), delete(2, {"compound": 1})])
+    assert writes_of(step) == [("delete", {"_id": "x"}), ("delete", {"_id": {"compound": 1}})]
+
+
+def test_updates_set_and_unset_absolute_values() -> None:
+    step = only_step([update(1, 7, updated={"a.b": 2, "list.1": "x"}, removed=["gone", "c.d"])])
+
+    assert writes_of(step) == [("update", {"_id": 7}, {
+        "$set": {"a.b": 2, "list.1": "x"}, "$unset": {"gone": "", "c.d": ""}})]
+
+
+def test_an_update_that_changes_nothing_writes_nothing() -> None:
+    step = only_step([update(1, 7)])
+    assert writes_of(step) == []
+    assert step.events == 1
+
+
+def test_truncated_arrays_are_sliced_before_fields_are_set() -> None:
+    step = only_step([update(1, 7, updated={"arr.1": "new", "other": 1}, removed=["x"],
+                            truncated=[("arr", 2), ("deep.list", 0)])])
+
+    assert writes_of(step) == [
+        ("update", {"_id": 7}, {"$push": {"arr": {"$each": [], "$slice": 2},
+                                          "deep.list": {"$each": [], "$slice": 0}}}),
+        ("update", {"_id": 7}, {"$set": {"arr.1": "new", "other": 1}, "$unset": {"x": ""}})]
+    # Applied in that order, the writes give the source's post-image.
+    document: dict[str, Any] = {"_id": 7, "arr": [1, 2, 3, 4], "deep": {"list": [1]}, "x": 0}
+    for operation in step.writes[("shop", "orders")]:
+        assert isinstance(operation, Update)
+        document = apply_update(document, operation.update)
+    assert document == {"_id": 7, "arr": [1, "new"], "deep": {"list": []}, "other": 1}
+
+
+def test_dotted_field_names_are_refetched_rather_than_set() -> None:
+    step = only_step([
+        update(1, 7, updated={"a.b": 1}, disambiguated={"a.b": ["a.b"]}),
+        update(2, 8, updated={"list.0": 1}, disambiguated={}),  # nothing ambiguous
+    ])
+    assert writes_of(step) == [("refetch", {"_id": 7}),
+                               ("update", {"_id": 8}, {"$set": {"list.0": 1}})]
+
+
+def test_a_full_state_write_drops_earlier_writes_of_the_same_document() -> None:
+    step = only_step([
+        update(1, 1, updated={"a": 1}), insert(2, {"_id": 2}), update(3, 1, updated={"b": 1}),
+        replace(4, {"_id": 1, "final": True}),  # drops both updates of 1
+        update(5, 2, updated={"c": 1}), delete(6, 2),  # drops the insert and update of 2
+    ])
+    assert writes_of(step) == [("upsert", {"_id": 1}, {"_id": 1, "final": True}),
+                               ("delete", {"_id": 2})]
+    assert step.events == 6
+
+
+def test_updates_after_a_full_state_write_stay_in_order() -> None:
+    step = only_step([update(1, 1, updated={"old": 1}), insert(2, {"_id": 1, "v": 0}),
+                      update(3, 1, updated={"v": 1}), update(4, 1, updated={"v": 2}),
+                      update(5, 1, removed=["v"])])
+    assert writes_of(step) == [("upsert", {"_id": 1}, {"_id": 1, "v": 0}),
+                               ("update", {"_id": 1}, {"$set": {"v": 1}}),
+                               ("update", {"_id": 1}, {"$set": {"v": 2}}),
+                               ("update", {"_id": 1}, {"$unset": {"v": ""}})]
+
+
+def test_writes_are_grouped_by_namespace_in_source_order() -> None:
+    step = only_step([insert(1, {"_id": 1}), insert(2, {"_id": 1}, coll="users"),
+                      update(3, 1, updated={"a": 1}), update(4, 1, coll="users",
+                                                             updated={"u": 1}),
+                      insert(5, {"_id": 2}, coll="users")])
+
+    assert list(step.writes) == [("shop", "orders"), ("shop", "users")]
+    assert writes_of(step) == [("upsert", {"_id": 1}, {"_id": 1}),
+                               ("update", {"_id": 1}, {"$set": {"a": 1}})]
+    assert writes_of(step, "users") == [("upsert", {"_id": 1}, {"_id": 1}),
+                                        ("update", {"_id": 1}, {"$set": {"u": 1}}),
+                                        ("upsert", {"_id": 2}, {"_id": 2})]
+
+
+def test_documents_are_told_apart_by_their_whole_key() -> None:
+    step = only_step([insert(1, {"_id": {"a": 1, "b": 2}}), insert(2, {"_id": {"b": 2, "a": 1}}),
+                      delete(3, {"a": 1, "b": 2})])
+    assert writes_of(step) == [("delete", {"_id": {"a": 1, "b": 2}}),
+                               ("upsert", {"_id": {"b": 2, "a": 1}}, {"_id": {"b": 2, "a": 1}})]
+
+
+def test_ddl_events_are_barriers_between_crud_steps() -> None:
+    translation = translate([
+        insert(1, {"_id": 1}), update(2, 1, updated={"a": 1}),
+        ddl(3, "create", "users", {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}),
+        insert(4, {"_id": 1}, coll="users"), update(5, 1, updated={"a": 2}),
+        ddl(6, "drop", "orders"), ddl(7, "dropDatabase", None),
+        insert(8, {"_id": 3})], EVERYTHING)
+
+    kinds = [type(step).__name__ for step in translation.steps]
+    assert kinds == ["CrudStep", "DdlStep", "CrudStep", "DdlStep", "DdlStep", "CrudStep"]
+    first, create, middle, drop, drop_database, last = translation.steps
+    assert isinstance(first, CrudStep) and isinstance(middle, CrudStep)
+    assert isinstance(last, CrudStep)
+    assert isinstance(create, DdlStep) and create.event["operationType"] == "create"
+    assert isinstance(drop, DdlStep) and drop.event["operationType"] == "drop"
+    assert isinstance(drop_database, DdlStep)
+    assert drop_database.event["operationType"] == "dropDatabase"
+    # The update before the barrier is not merged with the one after it.
+    assert writes_of(first) == [("upsert", {"_id": 1}, {"_id": 1}),
+                                ("update", {"_id": 1}, {"$set": {"a": 1}})]
+    assert writes_of(middle, "users") == [("upsert", {"_id": 1}, {"_id": 1})]
+    assert writes_of(middle) == [("update", {"_id": 1}, {"$set": {"a": 2}})]
+    assert writes_of(last) == [("upsert", {"_id": 3}, {"_id": 3})]
+    assert [first.events, middle.events, last.events] == [2, 2, 1]
+
+
+def test_crud_events_outside_the_filter_are_dropped() -> None:
+    only_orders = namespace_filter(includeNamespaces=[{"database": "shop",
+                                                       "collections": ["orders"]}])
+    translation = translate([
+        insert(1, {"_id": 1}), insert(2, {"_id": 1}, coll="users"),
+        insert(3, {"_id": 1}, db="other"), delete(4, 1, db="admin"),
+        insert(5, {"_id": 1}, coll="system.js"), update(6, 1, updated={"a": 1})], only_orders)
+
+    assert len(translation.steps) == 1
+    step = translation.steps[0]
+    assert isinstance(step, CrudStep)
+    assert list(step.writes) == [("shop", "orders")]
+    assert (translation.events, translation.crud_events, step.events) == (6, 2, 2)
+    assert translation.last_time == at(6)  # the last event, filtered or not
+
+
+def test_counts_and_last_time_of_a_translation() -> None:
+    translation = translate([insert(1, {"_id": 1}), ddl(2, "create", "x", {}),
+                             delete(3, 1, db="other")],
+                            namespace_filter(includeNamespaces=[{"database": "shop"}]))
+    assert (translation.events, translation.crud_events) == (3, 1)
+    assert translation.last_time == at(3)
+
+    empty = translate([], EVERYTHING)
+    assert (empty.steps, empty.events, empty.crud_events, empty.last_time) == ([], 0, 0, None)
+
+
+def test_ids_equal_in_the_id_index_are_one_document() -> None:
+    """_id 1 and 1.0 are one key of the _id index: a delete of 1.0 must not be reordered after
+    a later insert of 1."""
+    events = [insert(1, {"_id": 1, "v": "a"}), delete(2, 1), insert(3, {"_id": 1.0, "v": "b"}),
+              delete(4, 1.0), insert(5, {"_id": 1, "v": "c"})]
+    destination = FakeCluster("cluster1")
+    writer = ChangeWriter(FakeCluster(), destination, EVERYTHING, "afterDataCopy",
+                          MemoryStore(), Counters())
+    writer.apply(translate(events, EVERYTHING).steps)
+
+    assert destination.documents("shop", "orders") == [{"_id": 1, "v": "c"}]
