@@ -276,6 +276,12 @@ class Migration:
             context.save_global("verification_disabled")
             self._notify("verification disabled (--disableVerification), for good")
             enabled = False
+        if enabled and self.layout.multi:
+            # Its rechecks follow one change stream; instances apply one shard's each. A
+            # migration run one instance per shard is verified by `mongosync verify`.
+            log.info("the embedded verifier is off with one instance per source shard: verify "
+                     "with `mongosync verify` once committed")
+            enabled = False
         destination = self.clusters[state.destination_label]
         context.verifier = EmbeddedVerifier(context, destination.verifier_store()) \
             if enabled else None

@@ -255,8 +255,9 @@ class ResumeData(Record):
     sync_phase: str = ""  # the phase's label, as mongosync stores it
     phase_transitions: list[PhaseTransition] = Field(default_factory=list)
     crud_change_stream_resume_info: ResumeInfo = Field(default_factory=ResumeInfo)
-    # mongosync's ``ddlChangeStreamResumeInfo``: the time of the last DDL event applied (one
-    # change stream carries both kinds here, so its resume token is the one above).
+    # mongosync's ``ddlChangeStreamResumeInfo``: the time of the last DDL event applied. One
+    # instance reads one stream of both kinds, so its resume token is the one above; with one
+    # instance per source shard, the coordinator's DDL stream is the router's, resumed from here.
     ddl_change_stream_resume_info: ResumeInfo | None = None
     # ``{"Source": "cluster0: host:port", "Destination": ...}``, as /progress shows it.
     direction_mapping: dict[str, str] | None = None
@@ -278,6 +279,8 @@ class ResumeData(Record):
     # the one at ``ddl_pending`` waits for every instance to reach it before it is applied.
     ddl_seen_through: Timestamp | None = None
     ddl_pending: Timestamp | None = None
+    # The last batch of the coordinator's buffered DDL stream it has applied.
+    ddl_buffer_applied_seq: int = 0
     # This instance applied every event of its shard up to the commit time.
     commit_drained: bool = False
     # The coordinator's canCommit conditions that only it can judge (index builds, verifier).

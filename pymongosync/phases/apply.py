@@ -44,6 +44,7 @@ from pymongosync.changes.translate import (
 from pymongosync.changes.writer import ChangeWriter
 from pymongosync.errors import ChangeStreamHistoryLost
 from pymongosync.phases.context import PhaseContext, PhaseStep
+from pymongosync.phases.ddl_order import DdlCoordinator, DdlGate, just_after
 from pymongosync.phases.indexes import IndexBuilder, builds_after_copy
 from pymongosync.retry import is_transient
 from pymongosync.state import MigrationState, Phase, ResumeInfo
@@ -91,6 +92,8 @@ class _Applied:
     crud_events: int
     last_crud_time: Timestamp | None
     changes: list[SourceChange] = field(default_factory=list)
+    # One instance per source shard: every event of this shard before it is then applied.
+    applied_before: Timestamp | None = None
 
 
 class ChangeApplier:
@@ -106,6 +109,10 @@ class ChangeApplier:
         self._lanes: ApplierLanes | None = None
         self._in_flight: deque[Marker] = deque()
         self._replayed_seq: int | None = None  # the last stored batch handed to the lanes
+        # One instance per source shard (pymongosync.instances): this instance applies its
+        # shard's CRUD events, as far as the coordinator's DDL stream allows.
+        self.multi = context.layout.multi
+        self.gate = DdlGate(context) if self.multi else None
 
     def run(self, until: Timestamp | None = None) -> bool:
         """Apply events until ``stop``; with ``until``, until every event up to that time is
@@ -157,9 +164,9 @@ class ChangeApplier:
             start_at = None if info.resume_token is not None else \
                 context.global_state.change_stream_start_time
             with read_batches(context.source, context.stop, resume_after=info.resume_token,
-                              start_at=start_at) as batches:
+                              start_at=start_at, shard=context.layout.shard) as batches:
                 for batch in batches:
-                    self._submit(batch.events, batch.resume_token, until)
+                    self._handle(batch.events, batch.resume_token, until)
                     if self._reached(until):
                         return True
         return False
@@ -189,11 +196,12 @@ class ChangeApplier:
             return False
         after = context.resume.buffer_applied_seq
         while not context.stop.is_set():
-            batches = context.store.buffer_batches(after, limit=REPLAY_BATCHES)
+            batches = context.store.buffer_batches(after, limit=REPLAY_BATCHES,
+                                                   stream=context.layout.stream)
             if not batches:
                 return False
             for batch in batches:
-                self._submit(batch.events, batch.resume_token, until, buffer_seq=batch.seq,
+                self._handle(batch.events, batch.resume_token, until, buffer_seq=batch.seq,
                              stored_last_time=batch.last_event_ts)
                 after = batch.seq
                 if self._reached(until):
@@ -203,6 +211,42 @@ class ChangeApplier:
         return False
 
     # -- one batch -----------------------------------------------------------------------------
+    def _handle(self, events: list[Any], resume_token: Mapping[str, Any] | None,
+                until: Timestamp | None, buffer_seq: int | None = None,
+                stored_last_time: Timestamp | None = None) -> None:
+        """One batch read, applied as far as the coordinator's DDL stream allows (one
+        instance per source shard), waiting for it to allow the rest."""
+        gate = self.gate
+        if gate is None:
+            self._submit(events, resume_token, until, buffer_seq, stored_last_time)
+            return
+        applied_before = self.context.resume.applied_before
+        if applied_before is not None and events and events[0]["clusterTime"] < applied_before:
+            # Read again after a restart (a checkpoint may lag): applied already, and a DDL
+            # event after them may be too. Never apply them again.
+            events = [event for event in events if event["clusterTime"] >= applied_before]
+        while True:
+            admitted = gate.admitted(events)
+            if admitted == len(events):
+                self._submit(events, resume_token, until, buffer_seq, stored_last_time)
+                return
+            if admitted:
+                last = events[admitted - 1]
+                self._submit(events[:admitted], last["_id"], until)
+                events = events[admitted:]
+            # Held back by a DDL event not yet applied (or not yet read): say how far this
+            # shard is applied, which the coordinator waits for, and wait.
+            self._drain()
+            self._publish_applied_before(events[0]["clusterTime"])
+            if not gate.wait_past(events[0]["clusterTime"]):
+                return
+
+    def _publish_applied_before(self, applied_before: Timestamp) -> None:
+        resume = self.context.resume
+        if resume.applied_before is None or applied_before > resume.applied_before:
+            resume.applied_before = applied_before
+            self.context.save_resume("applied_before")
+
     def _submit(self, events: list[Any], resume_token: Mapping[str, Any] | None,
                 until: Timestamp | None, buffer_seq: int | None = None,
                 stored_last_time: Timestamp | None = None) -> None:
@@ -214,6 +258,8 @@ class ChangeApplier:
         translation = self.translator.translate(
             events, note_changes=verifier is not None and verifier.notes_source_changes)
         for step in translation.steps:
+            if self.multi and not isinstance(step, CrudStep):
+                continue  # the coordinator applies DDL events, from the router's stream
             if isinstance(step, CrudStep):
                 if step.barrier:  # a transaction across lanes: alone
                     self._drain()
@@ -240,13 +286,27 @@ class ChangeApplier:
             crud_events=translation.crud_events,
             last_crud_time=next((step.last_time for step in reversed(crud_steps)
                                  if step.last_time is not None), None),
-            changes=translation.changes)))
+            changes=translation.changes,
+            applied_before=self._applied_before(translation, resume_token))))
         if until is not None and last_time is not None and last_time >= until:
             self._drain()  # the goal is in this batch: checkpoint it now
         while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
             lanes.wait_until(self._in_flight[0])
             self._checkpoint_reached()
         self._checkpoint_reached()
+
+    def _applied_before(self, translation: Translation,
+                        resume_token: Mapping[str, Any] | None) -> Timestamp | None:
+        """One instance per source shard: the time before which every event of the shard is
+        applied once this batch is (a transaction the batch ends in may go on in the next
+        batch, at the same time: not past it)."""
+        if not self.multi:
+            return None
+        if translation.open_transaction is not None:
+            return translation.last_time
+        reached = [time_ for time_ in (translation.last_time, token_time(resume_token))
+                   if time_ is not None]
+        return just_after(max(reached)) if reached else None
 
     def _position_after(self, translation: Translation, resume_token: Mapping[str, Any] | None,
                         last_time: Timestamp | None, buffer_seq: int | None
@@ -297,11 +357,16 @@ class ChangeApplier:
             verifier.note_source_changes(changes)
         newest = next((applied for applied in reversed(reached) if applied.position is not None),
                       None)
+        applied_before = next((applied.applied_before for applied in reversed(reached)
+                               if applied.applied_before is not None), None)
         if newest is None or newest.position is None:
+            if applied_before is not None:
+                self._publish_applied_before(applied_before)
             return
-        self._checkpoint(newest.position, newest.buffer_seq)
+        self._checkpoint(newest.position, newest.buffer_seq, applied_before)
 
-    def _checkpoint(self, position: Position, buffer_seq: int | None) -> None:
+    def _checkpoint(self, position: Position, buffer_seq: int | None,
+                    applied_before: Timestamp | None = None) -> None:
         """One write: the resume token, the time of the last applied event, the counters
         (and the last applied batch of the change buffer, deleted once the write is done)."""
         context = self.context
@@ -312,19 +377,24 @@ class ChangeApplier:
                 info.last_event_ts = candidate
         info.resume_token = dict(position.token)
         context.resume.events_applied = context.counters.events_applied
-        if context.counters.last_ddl_event_time is not None:
-            # mongosync's ddlChangeStreamResumeInfo, which MongoDB's tooling reads.
+        fields = ["crud_change_stream_resume_info", "events_applied"]
+        if context.counters.last_ddl_event_time is not None and not self.multi:
+            # mongosync's ddlChangeStreamResumeInfo, which MongoDB's tooling reads. (With one
+            # instance per shard, the coordinator's DDL thread keeps it.)
             context.resume.ddl_change_stream_resume_info = ResumeInfo(
                 last_event_ts=context.counters.last_ddl_event_time)
-        fields = ["crud_change_stream_resume_info", "ddl_change_stream_resume_info",
-                  "events_applied"]
+            fields.append("ddl_change_stream_resume_info")
+        if applied_before is not None and (context.resume.applied_before is None
+                                           or applied_before > context.resume.applied_before):
+            context.resume.applied_before = applied_before
+            fields.append("applied_before")
         recorded_seq = None
         if buffer_seq is not None and buffer_seq > context.resume.buffer_applied_seq:
             recorded_seq = context.resume.buffer_applied_seq = buffer_seq
             fields.append("buffer_applied_seq")
         context.save_resume(*fields)
         if recorded_seq is not None:
-            context.store.drop_buffer_through(recorded_seq)
+            context.store.drop_buffer_through(recorded_seq, stream=context.layout.stream)
         self._start_verifying_once_caught_up()
 
     def _start_verifying_once_caught_up(self) -> None:
@@ -350,14 +420,30 @@ class ApplyChanges(PhaseStep):
         if context.committing:
             return
         builder = None
-        if builds_after_copy(context) and context.resume.copy_finished_time is not None:
+        # One instance per source shard: the coordinator builds the indexes (once every
+        # instance has copied) and applies the DDL events.
+        if builds_after_copy(context) and context.resume.copy_finished_time is not None \
+                and context.layout.is_coordinator:
             builder = context.index_builder = IndexBuilder(context)
             builder.start()
+        ddl = ddl_coordinator(context)
         try:
             ChangeApplier(context).run()
         finally:
             if builder is not None:
                 builder.stop(timeout=5.0)  # a long build goes on on the server meanwhile
-                if builder.error is not None:
-                    raise builder.error
+            if ddl is not None:
+                ddl.stop(timeout=10.0)  # raises what failed it
+            if builder is not None and builder.error is not None:
+                raise builder.error
         context.check_stop()
+
+
+def ddl_coordinator(context: PhaseContext) -> DdlCoordinator | None:
+    """The coordinator's DDL thread, started, when the migration runs one instance per
+    source shard and this is the coordinator."""
+    if not (context.layout.multi and context.layout.is_coordinator):
+        return None
+    ddl = DdlCoordinator(context)
+    ddl.start()
+    return ddl

@@ -22,7 +22,7 @@ from bson.timestamp import Timestamp
 from pymongosync import catalog
 from pymongosync.changes.reader import Change, changes_after, summarize_changes
 from pymongosync.errors import SourceModifiedDuringCommit, Stopped
-from pymongosync.phases.apply import ChangeApplier
+from pymongosync.phases.apply import ChangeApplier, ddl_coordinator
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.phases.indexes import finish_builds
 from pymongosync.state import MigrationState, Phase
@@ -49,11 +49,20 @@ class Commit(PhaseStep):
     phase = Phase.COMMIT
 
     def run(self, context: PhaseContext) -> None:
-        state, resume, request = context.global_state, context.resume, context.request
-        layout, group = context.layout, context.group
+        layout = context.layout
         if layout.multi and not layout.is_coordinator:
             self._follow_the_coordinator(context)
             return
+        ddl = ddl_coordinator(context)
+        try:
+            self._commit(context)
+        finally:
+            if ddl is not None:
+                ddl.stop(timeout=10.0)  # raises what failed it
+
+    def _commit(self, context: PhaseContext) -> None:
+        state, resume, request = context.global_state, context.resume, context.request
+        layout, group = context.layout, context.group
         finish_builds(context)  # before the source is blocked: its applications wait less
         if layout.multi and resume.commit_time is None:
             context.notify("waiting for /commit on every instance")

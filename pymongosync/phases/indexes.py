@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pymongo.errors import PyMongoError
 
 from pymongosync import catalog
-from pymongosync.errors import InternalError, MigrationError
+from pymongosync.errors import InternalError, MigrationError, Stopped
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.retry import is_transient
 from pymongosync.state import Phase
@@ -77,6 +77,8 @@ class IndexBuilder:
             try:
                 self.build()
                 return
+            except Stopped:
+                return
             except MigrationError as exc:
                 self._failed(exc)
                 return
@@ -98,6 +100,10 @@ class IndexBuilder:
     def build(self) -> None:
         """Build every missing index, on the calling thread."""
         context = self.context
+        if context.layout.multi:
+            # One instance per source shard: the indexes go on once every shard is copied.
+            context.group.wait(context.group.all_copied,
+                               lambda: self._stop.is_set() or context.stop.is_set())
         mode = context.request.buildIndexes
         plan = sorted(((namespace, catalog.indexes_to_build(namespace.indexes, mode))
                        for namespace in context.store.namespaces() if namespace.is_collection),

@@ -63,6 +63,9 @@ def three_shard_source(source: ClusterProcess) -> None:
     with pymongo.MongoClient(source.uri) as client:
         client.admin.command("balancerStop")
         client.admin.command("enableSharding", "bulk", primaryShard="shard01")
+        # shop's collections live on shard02: its instance applies their writes, the
+        # coordinator (shard01's) their DDL events.
+        client.admin.command("enableSharding", "shop", primaryShard="shard02")
         client.admin.command("shardCollection", "app.users", key={"n": "hashed"})
         client.admin.command("shardCollection", "bulk.items", key={"_id": 1})
         for middle, shard in ((3000, "shard02"), (6000, "shard03")):
@@ -148,6 +151,11 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
                                  timeout=120, what="change event application")
             with pymongo.MongoClient(source.uri) as client:
                 client.app.users.create_index("name")  # a DDL event, the coordinator's
+                # Writes on shard02 before and after a drop the coordinator applies: in order,
+                # so only the later ones remain.
+                client.shop.scratch.insert_many([{"_id": i, "v": "before"} for i in range(50)])
+                client.shop.scratch.drop()
+                client.shop.scratch.insert_many([{"_id": i, "v": "after"} for i in range(5)])
         finally:
             writer.stop()
         assert not writer.errors, writer.errors[:3]
@@ -168,6 +176,7 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
             assert comparison.equal, comparison.summary()
             assert comparison.documents >= 9000
             assert "name_1" in right.app.users.index_information()
+            assert sorted(d["v"] for d in right.shop.scratch.find()) == ["after"] * 5
             resumes = {d["_id"] for d in right[METADATA_DATABASE].resumeData.find()}
             assert resumes == {"coordinator", "shard02", "shard03"}
         verified = subprocess.run([str(MONGOSYNC), "verify", "--cluster0", source.uri,
