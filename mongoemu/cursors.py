@@ -63,10 +63,10 @@ class Cursor:
             batch.append(raw)
             size += len(raw)
         if not self._pending and not self.exhausted:
-            self._peek()
+            self.peek()
         return batch
 
-    def _peek(self) -> None:
+    def peek(self) -> None:
         """Learn whether the source is done so the reply can say id 0 at once."""
         try:
             self._pending.append(as_raw(next(self.source)))

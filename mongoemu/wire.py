@@ -65,7 +65,7 @@ def _decode_document(data: bytes | memoryview, offset: int) -> tuple[dict[str, A
         raise ProtocolError("invalid BSON document length")
     try:
         document = bson.decode(bytes(data[offset:offset + size]), codec_options=CODEC)
-    except Exception as exc:  # any malformed BSON must only cost the sender its connection
+    except Exception as exc:  # noqa: BLE001 - any malformed BSON must only cost the sender its connection
         raise ProtocolError(f"invalid BSON: {exc}") from None
     return document, offset + size
 

@@ -172,7 +172,7 @@ class Writer:
             raise CommandError(48, f"Collection {db}.{name} already exists.")
         collection = Collection(db, name, options)
         if collection.is_view:
-            self._store_view_definition(ctx, collection)
+            self.store_view_definition(ctx, collection)
         catalog.add(collection)
         command: dict[str, Any] = {"create": name, **options}
         if not collection.is_view and not collection.is_clustered and not collection.is_timeseries:
@@ -180,7 +180,7 @@ class Writer:
         self.log(ctx, self._entry("c", f"{db}.$cmd", collection, command=command))
         return collection
 
-    def _store_view_definition(self, ctx: "Context | None", view: Collection) -> None:
+    def store_view_definition(self, ctx: "Context | None", view: Collection) -> None:
         definition: dict[str, Any] = {"_id": view.ns, "viewOn": view.options["viewOn"],
                                       "pipeline": view.options.get("pipeline", [])}
         if "collation" in view.options:

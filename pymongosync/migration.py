@@ -29,6 +29,7 @@ from pymongosync.errors import (
     ClusterMismatch,
     ClusterUnavailable,
     InternalError,
+    InstanceMismatch,
     InvalidState,
     MigrationError,
     NamespaceConflict,
@@ -328,6 +329,12 @@ class Migration:
                 self._join(request, store, existing)
                 return
             layout = layout_for_start(source, source.shard_ids(), self.instance_id)
+            if layout.multi and request.reversible:
+                raise InstanceMismatch(
+                    "reversible: true is not supported with one instance per source shard "
+                    "(--id) in pymongosync: /reverse would have to be a barrier across "
+                    "instances, which it is not yet. Start one mongosync without --id for a "
+                    "reversible migration, or start without reversible")
             warnings = self._preflight(request, source, destination)
             self._refuse_conflicts(request, source, destination)
             log.info("Preflight checks completed.")  # mongosync's line (spec §17)

@@ -87,7 +87,7 @@ def cursor_reply(ctx: Context, ns: str, documents: Iterable[Any], batch_size: in
     cursor = Cursor(ctx.server.cursors.new_id(), ns, source, session_id)
     batch = cursor.take(first_limit) if first_limit != 0 else []
     if first_limit == 0:
-        cursor._peek()
+        cursor.peek()
     cursor_id = 0
     if not cursor.exhausted and not single_batch:
         ctx.server.cursors.register(cursor)

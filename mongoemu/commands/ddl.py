@@ -177,6 +177,8 @@ def create_indexes(ctx: Context) -> dict[str, Any]:
     for spec in normalized:
         if spec["key"] == {"_id": 1} and spec["name"] == ID_INDEX_NAME:
             continue
+        if collection.is_clustered and spec["key"] == collection.options["clusteredIndex"]["key"]:
+            continue  # MongoDB: createIndex on the cluster key is a no-op, whatever its name
         same_name = collection.indexes.get(spec["name"])
         if same_name is not None:
             if same_name["key"] != spec["key"]:
@@ -265,7 +267,8 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
             raise CommandError(14, "index must be an object")
         spec = collection.find_index(index_change.get("name") or index_change.get("keyPattern"))
         if spec is None:
-            raise CommandError(27, f"cannot find index {index_change.get('name') or index_change.get('keyPattern')} for ns {collection.ns}")
+            wanted = index_change.get("name") or index_change.get("keyPattern")
+            raise CommandError(27, f"cannot find index {wanted} for ns {collection.ns}")
         updated = dict(spec)
         if "hidden" in index_change:
             if spec["name"] == ID_INDEX_NAME:
@@ -332,7 +335,7 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
         if "cappedMax" in changes:
             collection.options["max"] = changes["cappedMax"]
     if collection.is_view:
-        writer._store_view_definition(ctx, collection)
+        writer.store_view_definition(ctx, collection)
     writer.log_coll_mod(ctx, collection, {k: v for k, v in changes.items() if k != "dryRun"},
                         {"collectionOptions": old_collection_options,
                          "indexOptions": old_index_options})

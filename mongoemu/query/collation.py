@@ -32,7 +32,8 @@ from mongoemu.errors import CommandError
 # The ICU version MongoDB 4.x–8.x reports in collation documents.
 ICU_VERSION = "57.1"
 
-_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,8})*(?:@[A-Za-z]+=[A-Za-z0-9-]+(?:;[A-Za-z]+=[A-Za-z0-9-]+)*)?$")
+_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,8})*"
+                        r"(?:@[A-Za-z]+=[A-Za-z0-9-]+(?:;[A-Za-z]+=[A-Za-z0-9-]+)*)?$")
 
 _BOOL_FIELDS = ("caseLevel", "numericOrdering", "normalization", "backwards")
 _ENUM_FIELDS: dict[str, tuple[str, ...]] = {

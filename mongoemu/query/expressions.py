@@ -31,6 +31,7 @@ from bson.binary import Binary
 from bson.datetime_ms import DatetimeMS
 from bson.decimal128 import Decimal128, create_decimal128_context
 from bson.int64 import Int64
+from bson.errors import InvalidId
 from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
@@ -2116,7 +2117,7 @@ def _convert_object_id(value: Any) -> ObjectId:
         )
     try:
         return ObjectId(value)
-    except Exception:
+    except (InvalidId, TypeError):
         raise _Unconvertible(f"Failed to parse objectId '{value}'", "Invalid character found in hex string") from None
 
 

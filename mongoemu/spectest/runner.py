@@ -1481,7 +1481,7 @@ class SuiteRunner:
         def work() -> None:
             try:
                 runner.execute()
-            except BaseException as exc:  # reported by the main thread
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 outcome["error"] = exc
 
         with contextlib.suppress(PyMongoError):

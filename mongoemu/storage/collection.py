@@ -87,7 +87,7 @@ class Collection:
             copy.entries = dict(index.entries)
             twin.unique[name] = copy
         twin.data_size = self.data_size
-        twin._arrivals = self._arrivals
+        twin._arrivals = self._arrivals  # noqa: SLF001 - a twin of its own class
         twin.insertion_order = (None if self.insertion_order is None
                                 else collections.OrderedDict(self.insertion_order))
         return twin

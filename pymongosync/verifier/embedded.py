@@ -235,13 +235,19 @@ class EmbeddedVerifier:
     # -- initial hashing ---------------------------------------------------------------------
     def _hash_ranges(self, number: int) -> None:
         context = self.context
-        owner = f"{context.instance}:verify-{number}"
+        owner = f"{context.instance}:verify-{number}:"  # ends with ':': a prefix of itself only
         while not self._stop.is_set():
             task = self.store.claim_task(owner)
             if task is None:
                 self._initial_hashing_done()
                 return
-            self._hash(task)
+            try:
+                self._hash(task)
+            except BaseException:
+                # Given back before the retry (or the next run) claims a range: claimed, it
+                # would never be hashed, and initial hashing would never finish.
+                self.store.release_claims(owner)
+                raise
 
     def _hash(self, task: VerificationTask) -> None:
         context = self.context

@@ -40,9 +40,6 @@ MIB = 1024 * 1024
 # defects can still be found (the report lists each with its reproduction). Remove an entry
 # to put its trigger back.
 AVOIDED = frozenset({
-    # mongoemu: createIndexes of {_id: 1} on a clustered collection adds a second index under
-    # the clustered index's name; MongoDB treats it as a no-op.
-    "clustered-index-name",
     # pymongosync: a pipeline update that moves fields (a new field before existing ones) is
     # reported as an update whose updatedFields hold the re-inserted fields; replayed as $set
     # they keep their old position (changes/translate.py writes_for).
@@ -53,10 +50,6 @@ AVOIDED = frozenset({
     # forever (migration.py _keep_or_take_lease). State-change errors on the destination are
     # what makes PyMongo wait that long.
     "lease-loss-hang",
-    # pymongosync: a transient error while the embedded verifier hashes a range leaves the
-    # range claimed and never hashed: canCommit never comes (verifier/embedded.py _hash_ranges
-    # with store.claim_task). Plans whose faults can hit the verifier's reads turn it off.
-    "verifier-claim",
     # pymongosync: a rename with dropTarget between /start and the listing of the source's
     # namespaces: change application replays earlier writes by name and loses the renamed
     # collection's documents, or keeps the dropped target's (changes/writer.py _ddl_rename,

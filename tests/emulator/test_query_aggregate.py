@@ -315,7 +315,8 @@ class TestBasicStages:
             {"_id": 3, "a": None, "i": None}, {"_id": 4, "i": None}, {"_id": 5, "a": 9, "i": None},
         ]
         nested = [{"o": {"list": ["x", "y"], "keep": 1}}]
-        assert run(nested, [{"$unwind": "$o.list"}]) == [{"o": {"list": "x", "keep": 1}}, {"o": {"list": "y", "keep": 1}}]
+        assert run(nested, [{"$unwind": "$o.list"}]) == [{"o": {"list": "x", "keep": 1}},
+                                                         {"o": {"list": "y", "keep": 1}}]
         assert nested[0]["o"]["list"] == ["x", "y"]
         assert error_code([], [{"$unwind": "a"}]) == 28818
         assert error_code([], [{"$unwind": {}}]) == 28812
@@ -494,7 +495,8 @@ class TestFacetAndBuckets:
         assert [bucket["count"] for bucket in out] == [4, 5, 1]
         out = run(docs, [{"$bucketAuto": {"groupBy": "$v", "buckets": 2, "granularity": "POWERSOF2"}}])
         assert [bucket["_id"] for bucket in out] == [{"min": 0.5, "max": 8.0}, {"min": 8.0, "max": 16.0}]
-        assert error_code([{"v": "x"}], [{"$bucketAuto": {"groupBy": "$v", "buckets": 2, "granularity": "R5"}}]) == 40258
+        bucket_auto = {"$bucketAuto": {"groupBy": "$v", "buckets": 2, "granularity": "R5"}}
+        assert error_code([{"v": "x"}], [bucket_auto]) == 40258
         assert error_code([], [{"$bucketAuto": {"groupBy": "$v", "buckets": 2, "granularity": "R7"}}]) == 40257
         assert error_code([], [{"$bucketAuto": {"groupBy": "$v", "buckets": 0}}]) == 40243
 
@@ -566,7 +568,8 @@ class TestJoins:
 
     def test_graph_lookup(self):
         employees = [{"_id": 1, "name": "Dev"}, {"_id": 2, "name": "Eliot", "reportsTo": "Dev"},
-                     {"_id": 3, "name": "Ron", "reportsTo": "Eliot"}, {"_id": 4, "name": "Andrew", "reportsTo": "Eliot"},
+                     {"_id": 3, "name": "Ron", "reportsTo": "Eliot"},
+                     {"_id": 4, "name": "Andrew", "reportsTo": "Eliot"},
                      {"_id": 5, "name": "Asya", "reportsTo": "Ron"}, {"_id": 6, "name": "Dan", "reportsTo": "Andrew"}]
         ctx = FakeContext({("db", "employees"): employees})
         stage = {"$graphLookup": {"from": "employees", "startWith": "$reportsTo", "connectFromField": "reportsTo",

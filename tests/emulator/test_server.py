@@ -159,6 +159,16 @@ def test_list_collections_shapes(db) -> None:
     assert "system.views" in entries
 
 
+def test_create_index_on_the_cluster_key_is_a_no_op(db) -> None:
+    # MongoDB (jstests clustered_collection_create_index_clustered_common.js): whatever the name.
+    db.command("create", "c", clusteredIndex={"key": {"_id": 1}, "unique": True, "name": "by_id"})
+    reply = db.command("createIndexes", "c", indexes=[
+        {"key": {"_id": 1}, "name": "by_id", "clustered": True},
+        {"key": {"_id": 1}, "name": "another"}])
+    assert reply["numIndexesBefore"] == reply["numIndexesAfter"]
+    assert [index["name"] for index in db.c.list_indexes()] == ["by_id"]
+
+
 def test_capped_collection_evicts_oldest(db) -> None:
     db.create_collection("log", capped=True, size=100000, max=3)
     db.log.insert_many([{"_id": i} for i in range(5)])

@@ -38,7 +38,7 @@ def emulator_uris() -> Iterator[tuple[str, str | None]]:
         try:
             sharded_uri: str | None = stack.enter_context(
                 start_emulator(mode="mongos", server_version=SERVER_VERSION)).uri
-        except Exception as exc:  # reported, then the run goes on without sharded cases
+        except Exception as exc:  # noqa: BLE001 - reported, then the run goes on without sharded cases
             warnings.warn(f"mongos emulator did not start, sharded-only spec tests are skipped: {exc}")
             sharded_uri = None
         yield replset.uri, sharded_uri

@@ -167,7 +167,7 @@ class Mongosync:
 
 def _drain(stream: Any, sink: list[str]) -> None:
     for line in stream:  # each line must be visible as soon as it is read
-        sink.append(line)  # noqa: PERF402
+        sink.append(line)
 
 
 class MongosyncFactory(Protocol):

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pymongosync.clusters import Cluster  # noqa: E402
-from pymongosync.migration import Migration  # noqa: E402
-from pymongosync.errors import InvalidState  # noqa: E402
-from pymongosync.request import StartRequest  # noqa: E402
+from pymongosync.clusters import Cluster
+from pymongosync.migration import Migration
+from pymongosync.errors import InvalidState
+from pymongosync.request import StartRequest
 
 
 def main() -> int:

@@ -168,6 +168,28 @@ def test_verification_can_be_turned_off(source: EmulatorProcess,
     assert "verifierState" not in cluster1.client[METADATA_DATABASE].list_collection_names()
 
 
+def test_a_transient_error_while_hashing_a_range_does_not_leave_it_claimed(
+        source: EmulatorProcess, destination: EmulatorProcess,
+        clusters: tuple[Cluster, Cluster]) -> None:
+    """Found by the campaign (tests/campaign/repro/verifier_claim.py): the range stayed
+    claimed by the failed attempt, its retry claimed the next one, and initial hashing never
+    finished: canCommit never came."""
+    cluster0, cluster1 = clusters
+    seed(source, collections=1, documents=100)
+    with pymongo.MongoClient(destination.uri) as client:
+        # Only the verifier reads app.c0 on the destination: its first read fails, once.
+        client.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
+            "failCommands": ["find"], "namespace": "app.c0", "errorCode": 6,
+            "appName": APP_NAME})
+    migration = Migration.open(cluster0, cluster1, load_level=1)
+    migration.start(StartRequest.from_document(START))
+    try:
+        progress = migration.wait_for(lambda p: p["canCommit"], timeout=60)
+        assert progress["verification"]["source"]["phase"] == "stream hashing", progress
+    finally:
+        migration.close()
+
+
 # -- kill -9 ---------------------------------------------------------------------------------
 
 

@@ -214,6 +214,20 @@ def test_instances_that_do_not_match_the_source_shards_are_refused(
         assert status == 409 and "same /start body" in body["errorDescription"], body
 
 
+def test_a_reversible_migration_with_one_instance_per_shard_is_refused(
+        tmp_path: Path, processes: list[Mongosync]) -> None:
+    with start_cluster(shards=2, secured=True, extra_args=FAST) as source, \
+            start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
+        first = ready(instance(processes, tmp_path, source, destination, "shard01"))
+        status, body = first.post("start", {**START, "reversible": True,
+                                            "enableUserWriteBlocking": True})
+        assert status == 422 and body["error"] == "InstanceMismatch", body
+        assert "reversible: true is not supported with one instance per source shard" in \
+            body["errorDescription"]
+        with pymongo.MongoClient(destination.uri) as client:
+            assert METADATA_DATABASE not in client.list_database_names()
+
+
 def test_one_instance_per_shard_needs_a_sharded_source(tmp_path: Path,
                                                        processes: list[Mongosync]) -> None:
     with start_secured_emulator("replset", extra_args=FAST) as source, \
