@@ -118,6 +118,9 @@ class Migration:
         self.store: MigrationStore | None = None
         self.lease: Lease | None = None
         self.standby: LeaseHolder | None = None
+        # Renewals failed for longer than the lease while we drove the migration, and the
+        # lease has not been taken back yet: we stopped, and nobody may be driving it.
+        self._lease_lost = False
         self._lock = threading.RLock()
         self._closing = threading.Event()
         self._worker: threading.Thread | None = None
@@ -298,6 +301,7 @@ class Migration:
         self.context = self._context(self.store, stored)
         self._attach_verifier()
         self.standby = None
+        self._lease_lost = False
         if stored.resume.state in (MigrationState.RUNNING, MigrationState.COMMITTING,
                                    MigrationState.REVERSING):
             if stored.resume.state == MigrationState.COMMITTING:
@@ -306,6 +310,10 @@ class Migration:
 
     # -- API entry points ----------------------------------------------------------------------
     def _require_owner(self) -> None:
+        if self._lease_lost:
+            raise NotOwner("this process lost the migration lease (the destination was "
+                           "unreachable for longer than the lease) and is taking it back; "
+                           "try again in a few seconds")
         if self.standby is not None:
             raise NotOwner(f"this process is standing by: the migration is owned by "
                            f"{self.standby.describe()}; send the request to that process (it "
@@ -653,13 +661,16 @@ class Migration:
         lease, store = self.lease, self.store
         if lease is None or store is None or self.error is not None:
             return
-        if self.standby is None:
+        if self.standby is None and not self._lease_lost:
             if not lease.renew():
                 # Ownership can no longer be guaranteed: stop writing before another process
-                # may take over.
+                # may take over. Recorded first: reading the holder may fail too (the
+                # destination is what is unreachable), and the next rounds must then take the
+                # lease back, not renew it and leave the migration stopped.
+                self._lease_lost = True
                 self._stop_worker(timeout=STOP_WAIT_SECONDS)
-                self.standby = lease.holder()
                 self._notify("lost the migration lease: standing by")
+                self.standby = lease.holder()
             return
         if lease.try_acquire():
             with self._lock:

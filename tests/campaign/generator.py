@@ -44,12 +44,6 @@ AVOIDED = frozenset({
     # reported as an update whose updatedFields hold the re-inserted fields; replayed as $set
     # they keep their old position (changes/translate.py writes_for).
     "pipeline-field-order",
-    # pymongosync: when lease renewals fail for longer than the lease (the destination
-    # unreachable ~10 s, e.g. while PyMongo waits out a "not primary" error) the worker is
-    # stopped, and if reading the lease holder fails too it is never started again: RUNNING
-    # forever (migration.py _keep_or_take_lease). State-change errors on the destination are
-    # what makes PyMongo wait that long.
-    "lease-loss-hang",
     # pymongosync: a rename with dropTarget between /start and the listing of the source's
     # namespaces: change application replays earlier writes by name and loses the renamed
     # collection's documents, or keeps the dropped target's (changes/writer.py _ddl_rename,
