@@ -9,21 +9,25 @@ capped collections have no limits. At commit, :func:`restore_final_options` read
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pymongo.errors import OperationFailure
 
 from pymongosync.cluster_client import ClusterClient
-from pymongosync.errors import IndexConflict
+from pymongosync.errors import IndexConflict, InternalError
 from pymongosync.namespaces import NamespaceFilter
 from pymongosync.state import IndexRef, NamespaceKind, NamespaceRecord
+
+log = logging.getLogger("pymongosync.engine")
 
 TTL_NEVER_EXPIRES = 2147483647
 CAPPED_SIZE_LIFTED = 1 << 50  # 1 PiB, as mongosync does
 _DUMP_ONLY_INDEX_FIELDS = ("ns", "background")
 INDEX_EXISTS_CODES = (68, 85, 86)
 ALREADY_SHARDED = 23
+LISTING_ATTEMPTS = 20  # listings of a database whose collections keep changing meanwhile
 
 
 def clean_index_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,14 +40,36 @@ def list_namespaces(cluster: ClusterClient,
     shard_keys = cluster.shard_keys()
     found: list[NamespaceRecord] = []
     for db_name in sorted(cluster.database_names()):
-        if not namespace_filter.includes_database(db_name):
-            continue
-        for info in sorted(cluster.collection_infos(db_name), key=lambda i: str(i["name"])):
-            name = info["name"]
-            if not namespace_filter.includes(db_name, name):
-                continue
-            found.append(namespace_record(cluster, db_name, info, shard_keys))
+        if namespace_filter.includes_database(db_name):
+            found.extend(_list_database(cluster, db_name, namespace_filter, shard_keys))
     return found
+
+
+def _list_database(cluster: ClusterClient, db_name: str, namespace_filter: NamespaceFilter,
+                   shard_keys: Mapping[str, dict[str, Any]]) -> list[NamespaceRecord]:
+    """One database's namespaces, listed until the collections (names and UUIDs) are the same
+    after their indexes were read as before: a collection renamed or dropped in between would
+    be recorded without its indexes (listIndexes of a name no longer there answers nothing),
+    and they would never reach the destination."""
+    def collections() -> list[Mapping[str, Any]]:
+        return sorted((info for info in cluster.collection_infos(db_name)
+                       if namespace_filter.includes(db_name, info["name"])),
+                      key=lambda info: str(info["name"]))
+
+    def identities(infos: list[Mapping[str, Any]]) -> list[tuple[str, Any]]:
+        return [(str(info["name"]), (info.get("info") or {}).get("uuid")) for info in infos]
+
+    for _ in range(LISTING_ATTEMPTS):
+        before = collections()
+        records = [namespace_record(cluster, db_name, info, shard_keys) for info in before]
+        if identities(collections()) == identities(before):
+            return records
+        log.info("the collections of %s changed while they were listed: listing them again",
+                 db_name)
+    raise InternalError(
+        f"the collections of the source database {db_name} changed every time they were listed "
+        f"({LISTING_ATTEMPTS} times): pause the DDL on the source while the migration starts, "
+        f"then start it again")
 
 
 def namespace_record(cluster: ClusterClient, db: str, info: Mapping[str, Any],

@@ -55,11 +55,6 @@ AVOIDED = frozenset({
     # indexes, an index dropped meanwhile is built again (phases/indexes.py IndexBuilder._build).
     # Plans with such DDL build their indexes before the copy.
     "index-builds-stale-namespaces",
-    # pymongosync: a collection renamed between the listing of the collections and the listing
-    # of its indexes is recorded without indexes (PyMongo's list_indexes answers [] for a
-    # missing collection), and they never reach the destination (clusters.py index_specs,
-    # catalog.namespace_record). The runner holds renames back until the listing is over.
-    "rename-during-listing",
 })
 # Errors after which PyMongo marks the server unknown and waits for its next heartbeat.
 STATE_CHANGE_CODES = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})

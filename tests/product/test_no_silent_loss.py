@@ -395,3 +395,35 @@ def test_source_writes_during_a_filtered_commit_fail_the_migration(
         migration.close()
     assert "app.items" in failed.value.message
     assert migration.progress()["canWrite"] is False
+
+
+def test_a_rename_between_listing_a_collection_and_its_indexes(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """Found by the campaign (tests/campaign/repro/rename_during_listing.py): listIndexes of the
+    old name found nothing, the collection was recorded without indexes, and the destination's
+    renamed collection never got them."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as application:
+        application.db1.moving.insert_many([{"n": i} for i in range(50)])
+        application.db1.moving.create_index("n", name="by_n")
+    with pymongo.MongoClient(source.uri) as admin:
+        # Every listIndexes of db1.moving by pymongosync takes 1 s.
+        admin.admin.command("configureFailPoint", "failCommand", mode="alwaysOn", data={
+            "failCommands": ["listIndexes"], "namespace": "db1.moving",
+            "blockConnection": True, "blockTimeMS": 1000, "appName": APP_NAME})
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document({**START, "verification": {"enabled": False},
+                                                "buildIndexes": "beforeDataCopy"}))
+    try:
+        time.sleep(0.4)  # the listing has listed db1.moving and waits for its indexes
+        with user_client(source) as application:
+            application.admin.command("renameCollection", "db1.moving", to="db1.moved")
+        with pymongo.MongoClient(source.uri) as admin:
+            admin.admin.command("configureFailPoint", "failCommand", mode="off")
+        migration.wait_for(lambda p: p["canCommit"], timeout=120)
+        migration.commit()
+        migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+    finally:
+        migration.close()
+    assert "by_n" in cluster1.client.db1.moved.index_information()
+    assert_equal(cluster0, cluster1, documents=50)
