@@ -244,6 +244,16 @@ def restore_final_options(source: ClusterClient, destination: ClusterClient,
         if build_mode == "never":
             continue
         existing = {spec["name"]: spec for spec in destination.index_specs(entry.db, entry.name)}
+        # What the destination misses of the (write-blocked, drained) source's indexes: those
+        # of a collection renamed while the index builds ran, which they left to this.
+        missing = [spec for spec in indexes_to_build(entry.indexes, build_mode)
+                   if spec["name"] not in existing]
+        if missing:
+            log.info("building %d index(es) of %s missing on the destination at commit",
+                     len(missing), entry.id)
+            create_indexes(destination, entry.db, entry.name, missing)
+            existing = {spec["name"]: spec
+                        for spec in destination.index_specs(entry.db, entry.name)}
         for spec in entry.indexes:
             name = spec["name"]
             if name == "_id_" or name not in existing:

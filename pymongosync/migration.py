@@ -47,6 +47,7 @@ from pymongosync.instances import (
 from pymongosync.leftovers import reset_command_line
 from pymongosync.namespaces import SYSTEM_DATABASES
 from pymongosync.phases.context import ConnectionStrings, PhaseContext
+from pymongosync.phases.indexes import IndexFigures, builds_after_copy
 from pymongosync.phases.runner import run_phases
 from pymongosync.preflight import check_before_start
 from pymongosync.progress import (
@@ -836,8 +837,13 @@ class Migration:
         if buffer is not None:
             view.change_buffer = buffer.figures
         builder = context.index_builder
-        if builder is not None and context.resume.phase == Phase.APPLY_CHANGES:
-            view.index_building = builder.figures
+        if context.resume.phase == Phase.APPLY_CHANGES:
+            if builder is not None:
+                view.index_building = builder.figures
+            elif builds_after_copy(context) and not context.resume.index_builds_done and \
+                    self.layout.is_coordinator:
+                # The phase has begun and its builder not yet: the builds are still to do.
+                view.index_building = IndexFigures()
         verifier = context.verifier
         if verifier is not None and standby is None:
             view.verification = verifier.sides(self._latest_source_time)

@@ -41,7 +41,7 @@ class ChangeWriter:
     def __init__(self, source: ClusterClient, destination: ClusterClient,
                  namespace_filter: NamespaceFilter, build_mode: str,
                  created: catalog.CreatedNamespaces, counters: Counters, *,
-                 migrate_views: bool = True) -> None:
+                 migrate_views: bool = True, ddl_lock: threading.Lock | None = None) -> None:
         self.source = source
         self.destination = destination
         self.namespace_filter = namespace_filter
@@ -52,6 +52,9 @@ class ChangeWriter:
         self.counters = counters
         self._counting = threading.Lock()  # lanes refetch from their own threads
         self.destination_sharded = destination.is_sharded
+        # Held while a DDL event is applied: the index builds beside change application take
+        # it to check a namespace and build its indexes with no DDL event in between.
+        self.ddl_lock = ddl_lock or threading.Lock()
 
     def apply(self, steps: list[Step],
               after_ddl: Callable[[Mapping[str, Any]], None] | None = None) -> None:
@@ -138,7 +141,8 @@ class ChangeWriter:
             log.debug("ignoring %s event", kind)
             return
         try:
-            retrying(lambda: handler(db, coll, description))
+            with self.ddl_lock:
+                retrying(lambda: handler(db, coll, description))
         except OperationFailure as exc:
             if exc.code not in IGNORED_DDL_ERRORS:
                 raise

@@ -102,7 +102,8 @@ class ChangeApplier:
         self.writer = ChangeWriter(context.source, context.destination,
                                    context.namespace_filter, context.request.buildIndexes,
                                    context.store, context.counters,
-                                   migrate_views=not context.request.preExistingDestinationData)
+                                   migrate_views=not context.request.preExistingDestinationData,
+                                   ddl_lock=context.ddl_lock)
         self.lane_count = lanes if lanes is not None else lanes_for(context.load_level)
         self.translator = Translator(context.namespace_filter, self.writer.destination_sharded,
                                      lanes=self.lane_count)

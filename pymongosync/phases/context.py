@@ -68,6 +68,9 @@ class PhaseContext:
     create_indexes_batch_size: int | None = None
     # The index builds that run beside change application (set by that phase).
     index_builder: IndexBuilder | None = None
+    # Held while a DDL event is applied, and while the index builder checks a namespace and
+    # builds its indexes (changes/writer.py).
+    ddl_lock: threading.Lock = field(default_factory=threading.Lock)
     # Where the clusters are, for phases that work in worker processes (set by the migration;
     # None: in-process clusters only, e.g. the unit tests' fakes, and the copy uses threads).
     connection_strings: ConnectionStrings | None = None

@@ -107,7 +107,8 @@ class DdlCoordinator:
         self.writer = ChangeWriter(context.source, context.destination,
                                    context.namespace_filter, context.request.buildIndexes,
                                    context.store, context.counters,
-                                   migrate_views=not context.request.preExistingDestinationData)
+                                   migrate_views=not context.request.preExistingDestinationData,
+                                   ddl_lock=context.ddl_lock)
         self.error: MigrationError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from pymongo.errors import PyMongoError
 
@@ -24,7 +25,7 @@ from pymongosync import catalog
 from pymongosync.errors import InternalError, MigrationError, Stopped
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.retry import is_transient
-from pymongosync.state import Phase
+from pymongosync.state import NamespaceRecord, Phase
 
 log = logging.getLogger("pymongosync.indexes")
 
@@ -116,15 +117,17 @@ class IndexBuilder:
         for namespace, specs in plan:
             if self._stop.is_set():
                 return
-            existing = {spec["name"] for spec in context.destination.index_specs(
-                namespace.db, namespace.name)}
-            missing = [spec for spec in specs if spec["name"] not in existing]
-            # indexCorrection, for MongoDB's tooling: pending until built.
-            context.store.record_index_builds(namespace, [spec["name"] for spec in missing],
-                                              built=False)
-            if missing:
-                catalog.create_indexes(context.destination, namespace.db, namespace.name,
-                                       missing, context.create_indexes_batch_size)
+            with context.ddl_lock:  # no DDL event is applied between the check and the build
+                still = self._still_on_the_source(namespace, specs)
+                existing = {spec["name"] for spec in context.destination.index_specs(
+                    namespace.db, namespace.name)} if still else set()
+                missing = [spec for spec in still if spec["name"] not in existing]
+                # indexCorrection, for MongoDB's tooling: pending until built.
+                context.store.record_index_builds(namespace, [spec["name"] for spec in missing],
+                                                  built=False)
+                if missing:
+                    catalog.create_indexes(context.destination, namespace.db, namespace.name,
+                                           missing, context.create_indexes_batch_size)
             context.store.record_index_builds(namespace, [spec["name"] for spec in specs],
                                               built=True)
             figures.indexes_built += len(specs)
@@ -134,6 +137,25 @@ class IndexBuilder:
         context.resume.index_builds_done = True
         context.save_resume("index_builds_done")
         figures.done = True
+
+
+    def _still_on_the_source(self, namespace: NamespaceRecord,
+                             specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The indexes of ``specs`` the source still has, on the collection listed at the
+        start, under the same name: none when it was dropped or renamed since (change
+        application drops or renames it here; building under the old name would create it
+        again; a renamed collection gets what it misses at commit, from the write-blocked
+        source), and not one dropped since (change application drops it here)."""
+        source = self.context.source
+        listed = [info for info in source.collection_infos(namespace.db, namespace.name)
+                  if info.get("name") == namespace.name]
+        if not listed or (listed[0].get("info") or {}).get("uuid") != namespace.uuid:
+            log.info("index builds: %s was dropped or renamed on the source since it was "
+                     "listed; its indexes are not built under that name", namespace.id)
+            return []
+        on_source = {spec["name"]: spec.get("key") for spec in
+                     source.index_specs(namespace.db, namespace.name)}
+        return [spec for spec in specs if on_source.get(spec["name"]) == spec.get("key")]
 
 
 def finish_builds(context: PhaseContext) -> None:

@@ -49,12 +49,6 @@ AVOIDED = frozenset({
     # collection's documents, or keeps the dropped target's (changes/writer.py _ddl_rename,
     # CRUD applied by namespace name without the events' collectionUUID).
     "rename-before-listing",
-    # pymongosync: with buildIndexes afterDataCopy the indexes are built beside change
-    # application, from the namespaces listed at the start: a collection dropped or renamed
-    # meanwhile is re-created by createIndexes under its old name, a renamed one misses its
-    # indexes, an index dropped meanwhile is built again (phases/indexes.py IndexBuilder._build).
-    # Plans with such DDL build their indexes before the copy.
-    "index-builds-stale-namespaces",
 })
 # Errors after which PyMongo marks the server unknown and waits for its next heartbeat.
 STATE_CHANGE_CODES = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})

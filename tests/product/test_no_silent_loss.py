@@ -427,3 +427,43 @@ def test_a_rename_between_listing_a_collection_and_its_indexes(
         migration.close()
     assert "by_n" in cluster1.client.db1.moved.index_information()
     assert_equal(cluster0, cluster1, documents=50)
+
+
+def test_collections_dropped_or_renamed_while_their_indexes_are_built(
+        source: EmulatorProcess, destination: EmulatorProcess,
+        clusters: tuple[Cluster, Cluster]) -> None:
+    """Found by the campaign (tests/campaign/repro/index_builds_after_drop.py): the index builds
+    beside change application went by the namespaces listed at the start, so createIndexes
+    re-created a collection change application had dropped, and a renamed one never got its
+    indexes."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as application:
+        application.app.big.insert_many([{"n": i, "pad": "x" * 1000} for i in range(2000)])
+        application.app.big.create_index("n")
+        application.app.gone.insert_many([{"k": i} for i in range(10)])
+        application.app.gone.create_index("k")
+        application.app.moving.insert_many([{"m": i} for i in range(10)])
+        application.app.moving.create_index("m")
+    with pymongo.MongoClient(destination.uri) as admin:
+        # app.big's index build takes 3 s: the others wait behind it.
+        admin.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
+            "failCommands": ["createIndexes"], "namespace": "app.big", "blockConnection": True,
+            "blockTimeMS": 3000, "appName": APP_NAME})
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document({**START, "verification": {"enabled": False}}))
+    try:
+        migration.wait_for(lambda p: p["info"] == "change event application", timeout=120)
+        with user_client(source) as application:
+            application.app.gone.drop()
+            application.admin.command("renameCollection", "app.moving", to="app.moved")
+        migration.wait_for(lambda p: p["canCommit"], timeout=120)
+        time.sleep(1)  # what change application and the builds would still do
+        # Built beside change application (not left to the commit), as listed.
+        assert "n_1" in cluster1.client.app.big.index_information()
+        migration.commit()
+        migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+    finally:
+        migration.close()
+    assert "gone" not in cluster1.client.app.list_collection_names()
+    assert "m_1" in cluster1.client.app.moved.index_information()
+    assert_equal(cluster0, cluster1, documents=2010)
