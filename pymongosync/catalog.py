@@ -10,9 +10,12 @@ capped collections have no limits. At commit, :func:`restore_final_options` read
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from bson.binary import Binary
+from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure
 
 from pymongosync.cluster_client import ClusterClient
@@ -30,23 +33,36 @@ ALREADY_SHARDED = 23
 LISTING_ATTEMPTS = 20  # listings of a database whose collections keep changing meanwhile
 
 
+def uuid_bytes(value: Any) -> bytes | None:
+    """A collection UUID as its 16 bytes, however it was decoded (``uuid.UUID``, BSON
+    binary subtype 4, or stored and read back)."""
+    if isinstance(value, uuid.UUID):
+        return value.bytes
+    if isinstance(value, (bytes, Binary)):
+        return bytes(value)
+    return None
+
+
 def clean_index_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in _DUMP_ONLY_INDEX_FIELDS}
 
 
-def list_namespaces(cluster: ClusterClient,
-                    namespace_filter: NamespaceFilter) -> list[NamespaceRecord]:
-    """Every collection and view the filter includes, with options, indexes and sizes."""
+def list_namespaces(cluster: ClusterClient, namespace_filter: NamespaceFilter,
+                    listed_at: dict[str, Timestamp] | None = None) -> list[NamespaceRecord]:
+    """Every collection and view the filter includes, with options, indexes and sizes;
+    ``listed_at`` gets, per database, the cluster time before its collections were listed."""
     shard_keys = cluster.shard_keys()
     found: list[NamespaceRecord] = []
     for db_name in sorted(cluster.database_names()):
         if namespace_filter.includes_database(db_name):
-            found.extend(_list_database(cluster, db_name, namespace_filter, shard_keys))
+            found.extend(_list_database(cluster, db_name, namespace_filter, shard_keys,
+                                        listed_at))
     return found
 
 
 def _list_database(cluster: ClusterClient, db_name: str, namespace_filter: NamespaceFilter,
-                   shard_keys: Mapping[str, dict[str, Any]]) -> list[NamespaceRecord]:
+                   shard_keys: Mapping[str, dict[str, Any]],
+                   listed_at: dict[str, Timestamp] | None) -> list[NamespaceRecord]:
     """One database's namespaces, listed until the collections (names and UUIDs) are the same
     after their indexes were read as before: a collection renamed or dropped in between would
     be recorded without its indexes (listIndexes of a name no longer there answers nothing),
@@ -60,9 +76,12 @@ def _list_database(cluster: ClusterClient, db_name: str, namespace_filter: Names
         return [(str(info["name"]), (info.get("info") or {}).get("uuid")) for info in infos]
 
     for _ in range(LISTING_ATTEMPTS):
+        started = cluster.cluster_time() if listed_at is not None else None
         before = collections()
         records = [namespace_record(cluster, db_name, info, shard_keys) for info in before]
         if identities(collections()) == identities(before):
+            if listed_at is not None and started is not None:
+                listed_at[db_name] = started
             return records
         log.info("the collections of %s changed while they were listed: listing them again",
                  db_name)
@@ -223,8 +242,12 @@ def shard_collection(cluster: ClusterClient, db: str, name: str, key: Mapping[st
 
 
 def restore_final_options(source: ClusterClient, destination: ClusterClient,
-                          namespace_filter: NamespaceFilter, build_mode: str) -> list[IndexRef]:
-    """Undo every temporary change; unique indexes go to ``prepareUnique`` only.
+                          namespace_filter: NamespaceFilter, build_mode: str,
+                          built: Mapping[str, Any] | None = None) -> list[IndexRef]:
+    """Undo every temporary change; unique indexes go to ``prepareUnique`` only. Indexes
+    the destination lacks are built, except on the collections of ``built`` (namespace →
+    the source UUID it had when listed: their indexes were built as listed, and one missing
+    now was dropped behind the tool's back, which the verifier reports).
 
     Returns the indexes still to convert to unique after writes are allowed again, as
     mongosync does (canWrite comes before the unique conversion).
@@ -246,8 +269,11 @@ def restore_final_options(source: ClusterClient, destination: ClusterClient,
         existing = {spec["name"]: spec for spec in destination.index_specs(entry.db, entry.name)}
         # What the destination misses of the (write-blocked, drained) source's indexes: those
         # of a collection renamed while the index builds ran, which they left to this.
-        missing = [spec for spec in indexes_to_build(entry.indexes, build_mode)
-                   if spec["name"] not in existing]
+        listed_here = built is not None and entry.id in built and \
+            uuid_bytes(built[entry.id]) == uuid_bytes(entry.uuid)
+        missing = [] if listed_here else [
+            spec for spec in indexes_to_build(entry.indexes, build_mode)
+            if spec["name"] not in existing]
         if missing:
             log.info("building %d index(es) of %s missing on the destination at commit",
                      len(missing), entry.id)

@@ -841,7 +841,7 @@ class Migration:
             if builder is not None:
                 view.index_building = builder.figures
             elif builds_after_copy(context) and not context.resume.index_builds_done and \
-                    self.layout.is_coordinator:
+                    context.resume.copy_finished_time is not None and self.layout.is_coordinator:
                 # The phase has begun and its builder not yet: the builds are still to do.
                 view.index_building = IndexFigures()
         verifier = context.verifier

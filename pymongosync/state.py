@@ -168,6 +168,11 @@ class GlobalState(Record):
     instances: list[str] = Field(default_factory=list)
     # What /start's pre-flight warned about (pymongosync.preflight), shown in /progress.
     preflight_warnings: list[str] = Field(default_factory=list)
+    # The source's namespaces were listed after /start's change-stream start time: the time
+    # before the listing began, and per database the time before its collections were listed.
+    # Earlier change events are what the listing saw already (changes/translate.py Listing).
+    listing_started: Timestamp | None = None
+    listing_times: dict[str, Timestamp] = Field(default_factory=dict)
     error: ErrorRecord | None = None
 
     def mongosync_settings(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ Events outside the namespace filter are dropped here. Nothing in this module tal
 
 from __future__ import annotations
 
+
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
+from pymongosync.catalog import uuid_bytes
 from pymongosync.changes import events as parse
 from pymongosync.changes.reader import CRUD
 from pymongosync.cluster_client import Delete, Update, Upsert, Write
@@ -100,6 +102,40 @@ class Position:
     time: Timestamp | None  # None: only the token tells (a batch without events)
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What the listing of the source's namespaces saw, for the events before it.
+
+    The change stream starts at /start's time; the namespaces are listed after it. An event
+    before a database was listed is already in what the listing saw: its DDL events are not
+    applied again (a rename or a drop the listing saw would undo what was copied), and its CRUD
+    events are applied to the collection they concern by its UUID, where the listing found it
+    (not by the name they had then), or not at all when the listing found it no more.
+    """
+
+    started: Timestamp | None = None  # before any database was listed
+    times: Mapping[str, Timestamp] = field(default_factory=dict)  # per database
+    locations: Mapping[bytes, Namespace] = field(default_factory=dict)  # UUID -> namespace
+    until: Timestamp | None = None  # from then on, every event is after the listing
+
+    @classmethod
+    def of(cls, started: Timestamp | None, times: Mapping[str, Timestamp],
+           collections: Iterable[tuple[str, str, Any]]) -> Listing:
+        """From the listing's times and its collections ``(db, name, uuid)``."""
+        locations = {key: (db, name) for db, name, value in collections
+                     if (key := uuid_bytes(value)) is not None}
+        latest = max([*times.values(), *([started] if started is not None else [])],
+                     default=None)
+        return cls(started, dict(times), locations, latest)
+
+    def before(self, db: str, time: Timestamp) -> bool:
+        """Whether an event of ``db`` at ``time`` came before the listing saw ``db``."""
+        if self.until is None or time >= self.until:
+            return False
+        listed = self.times.get(db, self.started)
+        return listed is not None and time < listed
+
+
 @dataclass
 class Translation:
     steps: list[Step]
@@ -127,9 +163,10 @@ class Translator:
     """
 
     def __init__(self, namespace_filter: NamespaceFilter, by_document_key: bool = False,
-                 lanes: int = 1) -> None:
+                 lanes: int = 1, listing: Listing | None = None) -> None:
         self.by_document_key = by_document_key
         self.lanes = lanes
+        self.listing = listing if listing is not None and listing.until is not None else None
         self._namespaces = parse.Namespaces(namespace_filter)
         # The transaction the previous batch ended in: this batch may go on with it.
         self._open_transaction: Hashable | None = None
@@ -154,6 +191,7 @@ class Translator:
         changes: list[SourceChange] = []
         namespace_of = self._namespaces.of
         by_document_key, lanes = self.by_document_key, self.lanes
+        listing = self.listing
 
         def flush() -> None:
             if pending:
@@ -188,11 +226,21 @@ class Translator:
                 transaction = None
             previous = top
             if top["operationType"] not in CRUD:
+                if listing is not None and "ns" in top and \
+                        listing.before(parse.part_fields(top["ns"])["db"], top["clusterTime"]):
+                    continue  # the listing saw it
                 end_run(continues_after=False)
                 flush()
                 steps.append(DdlStep(event, in_transaction=transaction is not None))
                 continue
             namespace, included = namespace_of(top["ns"])
+            if listing is not None and listing.before(namespace[0], top["clusterTime"]):
+                listed = top.get("collectionUUID")
+                if listed is not None:
+                    found = listing.locations.get(uuid_bytes(listed) or b"")
+                    if found is None:
+                        continue  # its collection was gone when the listing came
+                    namespace, included = found, True
             if not included:
                 continue
             document_key = top["documentKey"].raw

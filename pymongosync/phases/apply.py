@@ -106,7 +106,7 @@ class ChangeApplier:
                                    ddl_lock=context.ddl_lock)
         self.lane_count = lanes if lanes is not None else lanes_for(context.load_level)
         self.translator = Translator(context.namespace_filter, self.writer.destination_sharded,
-                                     lanes=self.lane_count)
+                                     lanes=self.lane_count, listing=context.listing())
         self._lanes: ApplierLanes | None = None
         self._in_flight: deque[Marker] = deque()
         self._replayed_seq: int | None = None  # the last stored batch handed to the lanes
@@ -144,7 +144,14 @@ class ChangeApplier:
 
     def _reached(self, until: Timestamp | None) -> bool:
         if until is None:
-            return self.context.committing
+            if not self.context.committing:
+                return False
+            if self.multi and not self.context.layout.is_coordinator:
+                # Applying goes on until the coordinator has fixed the commit time: a DDL event
+                # the coordinator holds may wait for this shard's events before it.
+                coordinator = self.context.group.coordinator()
+                return coordinator is not None and coordinator.commit_time is not None
+            return True
         last = self.context.resume.crud_change_stream_resume_info.last_event_ts
         return last is not None and last >= until
 

@@ -86,7 +86,8 @@ class Commit(PhaseStep):
                 context.verifier.final_documents(resume.commit_time)
             resume.pending_unique = catalog.restore_final_options(
                 context.source, context.destination, context.namespace_filter,
-                request.buildIndexes)
+                request.buildIndexes, built={record.id: record.uuid
+                                             for record in context.store.namespaces()})
             context.save_resume("pending_unique")
             if context.verifier is not None:
                 # With the late source changes, told apart by when they came.

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pymongosync.changes.translate import Listing
 from pymongosync.cluster_client import ClusterClient
 from pymongosync.errors import Stopped
 from pymongosync.instances import InstanceGroup, InstanceLayout
@@ -81,6 +82,15 @@ class PhaseContext:
     def group(self) -> InstanceGroup:
         """The other instances of a multi-instance migration, as the metadata tells."""
         return InstanceGroup(self.store, self.layout)
+
+    def listing(self) -> Listing:
+        """What the listing of the source's namespaces saw (stored by the prepare phase,
+        which with one instance per source shard ran in the coordinator: read from the store).
+        """
+        state = self.store.load_global() or self.global_state
+        return Listing.of(state.listing_started, state.listing_times,
+                          ((record.db, record.name, record.uuid)
+                           for record in self.store.namespaces() if record.is_collection))
 
     def wait_for_instances(self, condition: Callable[[], bool]) -> None:
         """Until ``condition`` holds of the instances' shared records; Stopped on stop."""

@@ -31,7 +31,7 @@ from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from pymongosync.changes.reader import CRUD, read_batches, token_time
-from pymongosync.changes.translate import DdlStep
+from pymongosync.changes.translate import DdlStep, Listing
 from pymongosync.changes.writer import ChangeWriter
 from pymongosync.errors import ChangeStreamHistoryLost, InternalError, MigrationError, Stopped
 from pymongosync.instances import DDL_STREAM, POLL_SECONDS
@@ -112,8 +112,10 @@ class DdlCoordinator:
         self.error: MigrationError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.listing: Listing | None = None
 
     def start(self) -> None:
+        self.listing = self.context.listing()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="ddl-coordinator", daemon=True)
         self._thread.start()
@@ -194,6 +196,10 @@ class DdlCoordinator:
             at: Timestamp = event["clusterTime"]
             if resume.ddl_seen_through is not None and at <= resume.ddl_seen_through:
                 continue  # applied before a restart
+            ns = event.get("ns") or {}
+            if self.listing is not None and isinstance(ns.get("db"), str) and \
+                    self.listing.before(ns["db"], at):
+                continue  # the listing of the source's namespaces saw it
             if resume.ddl_pending != at:
                 resume.ddl_pending = at
                 context.save_resume("ddl_pending")

@@ -149,7 +149,8 @@ class IndexBuilder:
         source = self.context.source
         listed = [info for info in source.collection_infos(namespace.db, namespace.name)
                   if info.get("name") == namespace.name]
-        if not listed or (listed[0].get("info") or {}).get("uuid") != namespace.uuid:
+        if not listed or catalog.uuid_bytes((listed[0].get("info") or {}).get("uuid")) != \
+                catalog.uuid_bytes(namespace.uuid):
             log.info("index builds: %s was dropped or renamed on the source since it was "
                      "listed; its indexes are not built under that name", namespace.id)
             return []

@@ -9,6 +9,8 @@ Every step checks what is stored or present first, so running the phase again is
 
 from __future__ import annotations
 
+from bson.timestamp import Timestamp
+
 from pymongosync import catalog
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.state import NamespaceKind, Phase
@@ -44,7 +46,13 @@ class PrepareCollections(PhaseStep):
 
     def _create_namespaces(self, context: PhaseContext) -> None:
         request, store, destination = context.request, context.store, context.destination
-        entries = catalog.list_namespaces(context.source, context.namespace_filter)
+        started = context.source.cluster_time()
+        listed_at: dict[str, Timestamp] = {}
+        entries = catalog.list_namespaces(context.source, context.namespace_filter, listed_at)
+        state = context.global_state
+        if state.listing_started is None:  # the first listing's: its records are the stored ones
+            state.listing_started, state.listing_times = started, listed_at
+            context.save_global("listing_started", "listing_times")
         sharding_entries = request.sharding_keys()
         destination_sharded = destination.is_sharded
         known = {record.id for record in store.namespaces()}

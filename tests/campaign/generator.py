@@ -44,11 +44,6 @@ AVOIDED = frozenset({
     # reported as an update whose updatedFields hold the re-inserted fields; replayed as $set
     # they keep their old position (changes/translate.py writes_for).
     "pipeline-field-order",
-    # pymongosync: a rename with dropTarget between /start and the listing of the source's
-    # namespaces: change application replays earlier writes by name and loses the renamed
-    # collection's documents, or keeps the dropped target's (changes/writer.py _ddl_rename,
-    # CRUD applied by namespace name without the events' collectionUUID).
-    "rename-before-listing",
 })
 # Errors after which PyMongo marks the server unknown and waits for its next heartbeat.
 STATE_CHANGE_CODES = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})

@@ -467,3 +467,35 @@ def test_collections_dropped_or_renamed_while_their_indexes_are_built(
     assert "gone" not in cluster1.client.app.list_collection_names()
     assert "m_1" in cluster1.client.app.moved.index_information()
     assert_equal(cluster0, cluster1, documents=2010)
+
+
+@pytest.mark.parametrize("written", ["moving", "target"])
+def test_a_rename_onto_a_collection_between_start_and_the_listing(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster], written: str) -> None:
+    """Found by the campaign (tests/campaign/repro/rename_before_listing.py): events before the
+    listing were replayed by name. Inserts into db1.moving re-created it on the destination
+    and its rename (dropTarget) then dropped the full copy of db1.target; inserts into the
+    db1.target the rename dropped stayed in the copy of the renamed collection."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as application:
+        application.db1.target.insert_many([{"_id": 1000 + i, "old": True} for i in range(3)])
+        application.db1.moving.insert_many([{"_id": i, "moving": True} for i in range(3)])
+    with pymongo.MongoClient(source.uri) as admin:
+        # The listing of the source's collections waits 1 s (the start time is taken before).
+        admin.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
+            "failCommands": ["listCollections"], "blockConnection": True,
+            "blockTimeMS": 1000, "appName": APP_NAME})
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document({**START, "verification": {"enabled": False}}))
+    try:
+        with user_client(source) as application:
+            application.db1[written].insert_many([{"_id": 100 + i, "later": True}
+                                                  for i in range(5)])
+            application.admin.command("renameCollection", "db1.moving", to="db1.target",
+                                      dropTarget=True)
+        migration.wait_for(lambda p: p["canCommit"], timeout=120)
+        migration.commit()
+        migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+    finally:
+        migration.close()
+    assert_equal(cluster0, cluster1, documents=8 if written == "moving" else 3)

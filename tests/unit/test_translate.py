@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import bson
+from bson.binary import Binary
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from pymongosync.changes.translate import CrudStep, DdlStep, Operation, Refetch, translate
+from pymongosync.changes.translate import (
+    CrudStep,
+    DdlStep,
+    Listing,
+    Operation,
+    Refetch,
+    Translator,
+    translate,
+)
 from pymongosync.changes.writer import ChangeWriter
 from pymongosync.cluster_client import Delete, Update, Upsert
 from pymongosync.namespaces import NamespaceFilter
@@ -242,3 +252,43 @@ def test_ids_equal_in_the_id_index_are_one_document() -> None:
     writer.apply(translate(events, EVERYTHING).steps)
 
     assert destination.documents("shop", "orders") == [{"_id": 1, "v": "c"}]
+
+
+# -- events before the listing of the source's namespaces ------------------------------------
+
+
+def listed_events() -> tuple[Listing, list[RawBSONDocument]]:
+    """db1.moving (U1) renamed onto db1.target (U2, dropped) at 3, before db1 was listed at 5."""
+    u1, u2 = uuid.uuid4(), uuid.uuid4()
+    listing = Listing.of(at(4), {"db1": at(5)}, [("db1", "target", Binary.from_uuid(u1))])
+    events = [
+        change_event("insert", "db1", "moving", at(1), document_key={"_id": 1},
+                     full_document={"_id": 1}, collection_uuid=Binary.from_uuid(u1)),
+        change_event("insert", "db1", "target", at(2), document_key={"_id": 2},
+                     full_document={"_id": 2}, collection_uuid=Binary.from_uuid(u2)),
+        change_event("rename", "db1", "moving", at(3), to={"db": "db1", "coll": "target"},
+                     operation_description={"to": {"db": "db1", "coll": "target"},
+                                            "dropTarget": Binary.from_uuid(u2)},
+                     collection_uuid=Binary.from_uuid(u1)),
+        change_event("insert", "db1", "target", at(6), document_key={"_id": 3},
+                     full_document={"_id": 3}, collection_uuid=Binary.from_uuid(u1)),
+    ]
+    return listing, events
+
+
+def test_events_before_the_listing_go_by_collection_uuid_and_its_ddl_is_not_replayed() -> None:
+    listing, events = listed_events()
+    steps = Translator(EVERYTHING, listing=listing).translate(events).steps
+    assert all(isinstance(step, CrudStep) for step in steps)  # the rename was listed already
+    written = [(namespace, shown(operation)[1]) for step in steps if isinstance(step, CrudStep)
+               for namespace, operations in step.writes.items() for operation in operations]
+    # moving's insert goes where the listing found moving's collection; the insert into the
+    # target the rename dropped goes nowhere; the one after the listing goes by its name.
+    assert [(namespace, key) for namespace, key in written] == [
+        (("db1", "target"), {"_id": 1}), (("db1", "target"), {"_id": 3})]
+
+
+def test_without_a_listing_every_event_goes_by_name() -> None:
+    _, events = listed_events()
+    steps = Translator(EVERYTHING).translate(events).steps
+    assert [type(step).__name__ for step in steps] == ["CrudStep", "DdlStep", "CrudStep"]
