@@ -44,7 +44,7 @@ from pymongosync.changes.translate import (
 from pymongosync.changes.writer import ChangeWriter
 from pymongosync.errors import ChangeStreamHistoryLost
 from pymongosync.phases.context import PhaseContext, PhaseStep
-from pymongosync.phases.ddl_order import DdlCoordinator, DdlGate, just_after
+from pymongosync.phases.ddl_order import DdlCoordinator, DdlGate
 from pymongosync.phases.indexes import IndexBuilder, builds_after_copy
 from pymongosync.retry import is_transient
 from pymongosync.state import MigrationState, Phase, ResumeInfo
@@ -306,15 +306,16 @@ class ChangeApplier:
     def _applied_before(self, translation: Translation,
                         resume_token: Mapping[str, Any] | None) -> Timestamp | None:
         """One instance per source shard: the time before which every event of the shard is
-        applied once this batch is (a transaction the batch ends in may go on in the next
-        batch, at the same time: not past it)."""
+        applied once this batch is. Not past the time of its last event or of its resume
+        token: more events at that time may come (a transaction's, or those a high-water mark
+        at that time sorts before)."""
         if not self.multi:
             return None
         if translation.open_transaction is not None:
             return translation.last_time
         reached = [time_ for time_ in (translation.last_time, token_time(resume_token))
                    if time_ is not None]
-        return just_after(max(reached)) if reached else None
+        return max(reached) if reached else None
 
     def _position_after(self, translation: Translation, resume_token: Mapping[str, Any] | None,
                         last_time: Timestamp | None, buffer_seq: int | None

@@ -5,7 +5,8 @@ rename, an index built on the source) are the coordinator's, read once from the 
 stream, because one DDL event may concern every shard. Two records of the coordinator order
 them against every shard's writes (``pymongosync.instances``):
 
-- ``ddl_seen_through``: every DDL event up to this cluster time has been read and applied;
+- ``ddl_seen_through``: every DDL event up to this cluster time (included) has been read and
+  applied;
 - ``ddl_pending``: the DDL event read next, at this time, waiting to be applied.
 
 Each instance applies its shard's events up to what those allow (:class:`DdlGate`): before
@@ -48,6 +49,13 @@ REPLAY_BATCHES = 8
 def just_after(time_: Timestamp) -> Timestamp:
     """The first cluster time after ``time_`` (an exclusive bound that admits ``time_``)."""
     return Timestamp(time_.time, time_.inc + 1)
+
+
+def just_before(time_: Timestamp) -> Timestamp:
+    """The last cluster time before ``time_``."""
+    if time_.inc > 0:
+        return Timestamp(time_.time, time_.inc - 1)
+    return Timestamp(time_.time - 1, 2**32 - 1)
 
 
 def gate_limit(seen_through: Timestamp | None, pending: Timestamp | None) -> Timestamp | None:
@@ -218,7 +226,10 @@ class DdlCoordinator:
                                 "ddl_change_stream_resume_info")
             log.info("applied a DDL event once every instance reached it", extra={"fields": {
                 "operationType": event["operationType"], "clusterTime": str(at)}})
-        reached_time = token_time(token) or stored_last
+        # A resume token's time bounds what was read from above, not including it: a
+        # high-water mark at T sorts before T's own events, which may still come.
+        token_reached = token_time(token)
+        reached_time = just_before(token_reached) if token_reached is not None else stored_last
         if reached_time is not None and (resume.ddl_seen_through is None
                                          or reached_time > resume.ddl_seen_through):
             resume.ddl_seen_through = reached_time
