@@ -312,9 +312,10 @@ class Migration:
     # -- API entry points ----------------------------------------------------------------------
     def _require_owner(self) -> None:
         if self._lease_lost:
-            raise NotOwner("this process lost the migration lease (the destination was "
-                           "unreachable for longer than the lease) and is taking it back; "
-                           "try again in a few seconds")
+            raise ClusterUnavailable(
+                "the destination was unreachable for longer than the migration lease: this "
+                "process stopped the migration and takes it back once the destination answers; "
+                "try again then")
         if self.standby is not None:
             raise NotOwner(f"this process is standing by: the migration is owned by "
                            f"{self.standby.describe()}; send the request to that process (it "

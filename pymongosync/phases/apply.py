@@ -411,7 +411,9 @@ class ChangeApplier:
         would only find documents that change application is about to fix)."""
         context = self.context
         verifier = context.verifier
-        if verifier is None or verifier.running:
+        if verifier is None or verifier.running or context.stop.is_set():
+            # Stopping (pause, shutdown): the last checkpoint on the way out must not start
+            # again the verifier the stop has just stopped.
             return
         copied = context.resume.copy_finished_time
         applied = context.resume.crud_change_stream_resume_info.last_event_ts

@@ -243,9 +243,11 @@ class EmbeddedVerifier:
                 return
             try:
                 self._hash(task)
-            except BaseException:
-                # Given back before the retry (or the next run) claims a range: claimed, it
-                # would never be hashed, and initial hashing would never finish.
+            except Stopped:
+                raise  # the next start gives back what a stopped run held (paused: no writes)
+            except Exception:
+                # Given back before the retry claims a range: claimed, it would never be
+                # hashed, and initial hashing would never finish.
                 self.store.release_claims(owner)
                 raise
 
