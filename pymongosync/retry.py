@@ -11,8 +11,8 @@ from typing import TypeVar
 
 import pymongo
 
-from pymongo.errors import (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout,
-                            NotPrimaryError, OperationFailure, PyMongoError,
+from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, ExecutionTimeout,
+                            NetworkTimeout, NotPrimaryError, OperationFailure, PyMongoError,
                             ServerSelectionTimeoutError, WTimeoutError)
 
 log = logging.getLogger("pymongosync.retry")
@@ -30,6 +30,15 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, (AutoReconnect, ConnectionFailure, NetworkTimeout, NotPrimaryError,
                           ServerSelectionTimeoutError, WTimeoutError, ExecutionTimeout)):
         return True
+    if isinstance(error, BulkWriteError):
+        # Every write of this tool is idempotent: a bulk write that failed only on its write
+        # concern (e.g. ShutdownInProgress while the primary steps down) is written again.
+        details = error.details or {}
+        concern = details.get("writeConcernErrors") or []
+        return not details.get("writeErrors") and bool(concern) and all(
+            entry.get("code") in TRANSIENT_CODES
+            or any(label in TRANSIENT_LABELS for label in entry.get("errorLabels", ()))
+            for entry in concern)
     if isinstance(error, OperationFailure):
         if error.code in TRANSIENT_CODES:
             return True

@@ -91,6 +91,8 @@ class ChangeWriter:
                 retrying(lambda: self.destination.write(db, coll, chunk))
                 operations = operations[len(chunk):]
             except BulkWriteError as exc:
+                if not exc.details.get("writeErrors"):
+                    raise  # a write concern error that outlasted the retries
                 index = exc.details["writeErrors"][0]["index"]
                 # The destination document is ahead of or behind this event in a way the
                 # update cannot express: take it as the source has it now.
