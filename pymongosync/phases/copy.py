@@ -97,6 +97,14 @@ STOP_GRACE_SECONDS = 5.0
 # Worker processes may die (killed, out of memory) and are replaced; past this many deaths in
 # one run the copy fails rather than loop.
 MAX_WORKER_DEATHS_PER_SLOT = 3
+# A worker process not heard from for this long (not even its heartbeat) is frozen: stopped,
+# swapped out for ever, or wedged while holding the GIL. It is killed and replaced like one
+# that died (its partition resumes from its checkpoint), so a frozen worker cannot hold the
+# copy up for ever, even when it is the only one the pace runs. Far above any pause a
+# healthy process sees (a heartbeat is sent every second), and below a lease's length
+# several times over: the claim it held has long lapsed and been taken over, or is
+# released by the replacement.
+FROZEN_WORKER_SECONDS = 60.0
 # When every worker is idle: how often the partition counts are read to tell the copy is over.
 DONE_CHECK_SECONDS = 1.0
 # Reading the source's time for the change lag gives up after this (the pace then holds).
@@ -152,6 +160,14 @@ class WorkerPool(Protocol):
         ...
 
     def describe(self, slot: int) -> str: ...
+
+    def frozen(self, after_seconds: float) -> list[int]:
+        """Slots whose worker has not been heard from for ``after_seconds``."""
+        ...
+
+    def kill(self, slot: int) -> None:
+        """End a frozen worker at once; it is then reported by :meth:`ended`."""
+        ...
 
     def close(self) -> None:
         """Stop every worker, wait for them a while, then kill what is left."""
@@ -256,6 +272,12 @@ class ThreadWorkerPool:
     def describe(self, slot: int) -> str:
         return f"copy worker {slot} (thread)"
 
+    def frozen(self, after_seconds: float) -> list[int]:
+        return []  # a thread freezes only with this process, which then watches nothing
+
+    def kill(self, slot: int) -> None:
+        raise NotImplementedError("threads cannot be killed; frozen() names none")
+
     def close(self) -> None:
         self._stop.set()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -280,6 +302,7 @@ class ProcessWorkerPool:
         self._workers: dict[int, tuple[BaseProcess, Connection]] = {}
         self._ended: list[tuple[int, int | None]] = []
         self._pids: dict[int, int | None] = {}
+        self._heard: dict[int, float] = {}  # slot → when its worker last sent anything
 
     def start(self, slot: int, active: bool) -> None:
         strings = self.strings
@@ -296,6 +319,7 @@ class ProcessWorkerPool:
         theirs.close()  # the worker holds its end: EOF here means it is gone
         self._workers[slot] = (process, ours)
         self._pids[slot] = process.pid
+        self._heard[slot] = time.monotonic()  # starting counts: an interpreter takes seconds
         log.debug("started copy worker %d (pid %s)", slot, process.pid)
 
     def running(self, slot: int) -> bool:
@@ -324,6 +348,7 @@ class ProcessWorkerPool:
         for item in ready:
             if isinstance(item, Connection) and item in by_connection:
                 received += [(by_connection[item], event) for event in self._drain(item)]
+                self._heard[by_connection[item]] = time.monotonic()
         for item in ready:
             slot = by_sentinel.get(item) if isinstance(item, int) else None
             if slot is None:
@@ -351,6 +376,17 @@ class ProcessWorkerPool:
 
     def describe(self, slot: int) -> str:
         return f"copy worker {slot} (pid {self._pids.get(slot)})"
+
+    def frozen(self, after_seconds: float) -> list[int]:
+        now = time.monotonic()
+        return [slot for slot in self._workers
+                if now - self._heard.get(slot, now) >= after_seconds]
+
+    def kill(self, slot: int) -> None:
+        worker = self._workers.get(slot)
+        if worker is not None:
+            worker[0].kill()  # SIGKILL ends a stopped process too; its sentinel then tells
+            self._heard[slot] = time.monotonic()  # not named again before its sentinel
 
     def pids(self) -> list[int]:
         return [process.pid for process, _ in self._workers.values() if process.pid]
@@ -406,6 +442,7 @@ class CopyCoordinator:
                 self._handle(slot, event)
             for slot, exit_code in self.pool.ended():
                 self._ended(slot, exit_code)
+            self._replace_frozen_workers()
             context.check_stop()
             if self.paced and self.pacer.due():
                 decision = self.pacer.decide(change_lag_seconds(context))
@@ -492,6 +529,13 @@ class CopyCoordinator:
                     extra={"fields": {"exitCode": exit_code}})
         if self._active.get(slot):
             self.pool.start(slot, True)
+
+    def _replace_frozen_workers(self) -> None:
+        for slot in self.pool.frozen(FROZEN_WORKER_SECONDS):
+            log.warning(f"{self.pool.describe(slot)} has not been heard from for "
+                        f"{FROZEN_WORKER_SECONDS:.0f} s: it is frozen, and is killed and "
+                        f"replaced", extra={"fields": {"copyWorker": slot}})
+            self.pool.kill(slot)  # _ended, once its sentinel tells, releases and restarts
 
     def _copied_everything(self) -> bool:
         """True once every partition is done (asked only while every active worker is idle,

@@ -150,6 +150,12 @@ class WorkerFailed:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """The worker process is alive and runs (sent by a thread of its own, whatever the copy
+    is waiting for): a process that stops sending them is frozen, and its parent replaces it."""
+
+
+@dataclass(frozen=True)
 class LogLine:
     level: int
     logger: str
@@ -158,7 +164,7 @@ class LogLine:
 
 
 WorkerEvent = (BatchCopied | WorkerStarted | Idle | Busy | PartitionFinished | ClaimLost |
-               WorkerFailed | LogLine)
+               WorkerFailed | Heartbeat | LogLine)
 
 
 class WorkerSignals(Protocol):
@@ -393,6 +399,10 @@ class WorkerSpec:
         return owner_prefix(self.instance, self.slot)
 
 
+# How often a worker process tells its parent it is alive (see Heartbeat).
+HEARTBEAT_SECONDS = 1.0
+
+
 def owner_prefix(instance: str, slot: int) -> str:
     """Claims of every worker that ever ran in one slot (the colon ends the slot number)."""
     return f"{instance}:copy-{slot}:"
@@ -412,6 +422,11 @@ class PipeSignals:
         self._send_lock = threading.Lock()
         self._on_parent_gone = on_parent_gone
         threading.Thread(target=self._listen, name="copy-parent-pipe", daemon=True).start()
+        threading.Thread(target=self._beat, name="copy-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self.emit(Heartbeat())
 
     def _listen(self) -> None:
         while True:

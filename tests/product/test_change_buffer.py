@@ -29,11 +29,21 @@ from .conftest import start_cluster, user_client
 START = {"source": "cluster0", "destination": "cluster1"}
 RUNNER = Path(__file__).with_name("engine_runner.py")
 OPLOG_MB = 1.0  # the source's oplog: about a thousand 1 KiB changes
+ROOMY_OPLOG_MB = 64.0
 
 
 @pytest.fixture
 def small_oplog_source() -> Iterator[EmulatorProcess]:
     with start_cluster(extra=["--oplog-size-mb", str(OPLOG_MB)]) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def roomy_oplog_source() -> Iterator[EmulatorProcess]:
+    """An oplog far larger than the buffer limit of the test that fills the buffer: the churn
+    that goes on until the failure surfaces (a loaded machine takes seconds) cannot roll it over
+    past where the buffer stopped, so the restart with a larger limit can go on from there."""
+    with start_cluster(extra=["--oplog-size-mb", str(ROOMY_OPLOG_MB)]) as emulator:
         yield emulator
 
 
@@ -168,8 +178,8 @@ def test_the_buffer_outlives_the_oplog(small_oplog_source: EmulatorProcess,
 
 
 def test_the_buffer_limit_stops_the_migration_until_raised(
-        small_oplog_source: EmulatorProcess, destination: EmulatorProcess) -> None:
-    source = small_oplog_source
+        roomy_oplog_source: EmulatorProcess, destination: EmulatorProcess) -> None:
+    source = roomy_oplog_source
     seed(source)
     cluster0, cluster1 = clusters_of(source, destination)
     tight = EngineSettings(change_buffer_limit_bytes=300 * 1024)

@@ -26,6 +26,7 @@ from mongoemu.testing import EmulatorProcess
 from pymongosync.clusters import APP_NAME, Cluster
 from pymongosync.migration import Migration
 from pymongosync.phases import copy as copy_phase
+from pymongosync.phases import pacing
 from pymongosync.request import StartRequest
 from pymongosync.state import PartitionRecord, PartitionStatus
 from pymongosync.verifier.compare import compare_clusters
@@ -251,6 +252,11 @@ def test_a_stalled_worker_cannot_copy_a_partition_another_took_over(
     caplog.set_level(logging.INFO, logger="pymongosync")
     monkeypatch.setattr(copy_phase, "CLAIM_LEASE_SECONDS", 1.0)
     monkeypatch.setattr(copy_phase, "RENEW_EVERY_SECONDS", 0.2)
+    # Another worker must stay active to take the partition over: the pace may not fall back
+    # (a loaded machine's latencies would), and the frozen worker must be fenced, not replaced.
+    monkeypatch.setattr(pacing, "LATENCY_BACKOFF_FACTOR", float("inf"))
+    monkeypatch.setattr(pacing, "LAG_BACKOFF_SECONDS", float("inf"))
+    monkeypatch.setattr(copy_phase, "FROZEN_WORKER_SECONDS", 3600.0)
     cluster0, cluster1 = clusters
     with user_client(source) as client:
         seed_collections(client, collections=6, documents=5000)
@@ -259,6 +265,8 @@ def test_a_stalled_worker_cannot_copy_a_partition_another_took_over(
     try:
         with migration_of(cluster0, cluster1) as migration:
             migration.start(StartRequest.from_document(START))
+            wait_until(lambda: migration.progress()["copyDetails"]["activeWorkers"] >= 2,
+                       what="two copy workers")
             held = wait_until(lambda: copying_partition(cluster1, at_most=3000), what="a copy")
             stalled = worker_pid(held.owner)
             assert stalled is not None
@@ -285,4 +293,40 @@ def test_a_stalled_worker_cannot_copy_a_partition_another_took_over(
     final = cluster1.metadata_store().partition(held.id)
     assert final is not None and final.partition_phase == PartitionStatus.DONE
     assert final.copied_document_count == 5000  # each batch counted by one owner only
+    assert_equal(cluster0, cluster1)
+
+
+def test_a_frozen_worker_is_replaced_even_when_it_is_the_only_one(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """loadLevel 1 runs one copy worker: when it freezes (SIGSTOP), nobody else takes its
+    partition over, so the coordinator, no longer hearing its heartbeat, kills it and starts
+    another, which resumes from the checkpoint. Before, the copy waited for ever."""
+    caplog.set_level(logging.INFO, logger="pymongosync")
+    monkeypatch.setattr(copy_phase, "CLAIM_LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(copy_phase, "RENEW_EVERY_SECONDS", 0.2)
+    monkeypatch.setattr(copy_phase, "FROZEN_WORKER_SECONDS", 3.0)
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        seed_collections(client, collections=2, documents=5000)
+    hold_copy_inserts(cluster1, 300)
+    frozen: int | None = None
+    try:
+        with migration_of(cluster0, cluster1, load_level=1) as migration:
+            migration.start(StartRequest.from_document(START))
+            held = wait_until(lambda: copying_partition(cluster1, at_most=3000), what="a copy")
+            frozen = worker_pid(held.owner)
+            assert frozen is not None
+            os.kill(frozen, signal.SIGSTOP)
+            wait_until(lambda: gone(frozen), what="the frozen worker killed")
+            assert any("is frozen, and is killed and replaced" in record.getMessage()
+                       for record in caplog.records)
+            hold_copy_inserts(cluster1, None)
+            commit(migration)
+    finally:
+        if frozen is not None and not gone(frozen):
+            os.kill(frozen, signal.SIGKILL)
+    final = cluster1.metadata_store().partition(held.id)
+    assert final is not None and final.partition_phase == PartitionStatus.DONE
+    assert final.owner is None or worker_pid(final.owner) != frozen
     assert_equal(cluster0, cluster1)
