@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from bson import SON, json_util
 from bson.json_util import JSONOptions
 from gridfs import GridFSBucket
 from pymongo import MongoClient, ReturnDocument, monitoring
+from pymongo import common as pymongo_common
 from pymongo.change_stream import ChangeStream
 from pymongo.client_session import ClientSession
 from pymongo.client_session_shared import TransactionOptions
@@ -77,8 +78,15 @@ CLIENT_TIMEOUTS: dict[str, Any] = {
     "serverSelectionTimeoutMS": 5000,
     "connectTimeoutMS": 5000,
     "socketTimeoutMS": 10000,
+    # Polling finds a server again within MIN_HEARTBEAT_INTERVAL (see _quick_rediscovery) after a
+    # fail point closed a connection; PyMongo's streaming monitor notices its cancelled check only
+    # at its next 0.5 s poll of the socket, which made that wait most of some suites' time.
+    "serverMonitoringMode": "poll",
     "heartbeatFrequencyMS": 500,  # PyMongo's minimum; speeds up recovery after fail points close sockets
 }
+# How soon a client looks for a server again after a fail point closed its connection (see
+# _quick_rediscovery).
+QUICK_REDISCOVERY_SECONDS = 0.05
 
 # Results of these operations are iterated cursors: each element is matched as a root-level document.
 _CURSOR_RESULT_OPERATIONS = frozenset({
@@ -1541,8 +1549,23 @@ def run_suites(paths: Iterable[str | Path], uri: str | None, sharded_uri: str | 
     runner = SuiteRunner(deployments, pattern=pattern, verbose=verbose, log=log)
     report = Report()
     try:
-        for path in paths:
-            report.suites.append(runner.run_suite(Path(path)))
+        with _quick_rediscovery():
+            for path in paths:
+                report.suites.append(runner.run_suite(Path(path)))
     finally:
         deployments.close()
     return report
+
+
+@contextlib.contextmanager
+def _quick_rediscovery() -> Iterator[None]:
+    """Many cases close connections with fail points; PyMongo then waits for its monitor to find
+    the server again, checking at most every ``MIN_HEARTBEAT_INTERVAL`` (0.5 s). PyMongo's own
+    test suite lowers the same knob (its ``client_knobs``); only clients created while the
+    suites run see it, and it is put back."""
+    before = pymongo_common.MIN_HEARTBEAT_INTERVAL
+    pymongo_common.MIN_HEARTBEAT_INTERVAL = QUICK_REDISCOVERY_SECONDS
+    try:
+        yield
+    finally:
+        pymongo_common.MIN_HEARTBEAT_INTERVAL = before
