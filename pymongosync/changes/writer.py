@@ -55,6 +55,9 @@ class ChangeWriter:
         # Held while a DDL event is applied: the index builds beside change application take
         # it to check a namespace and build its indexes with no DDL event in between.
         self.ddl_lock = ddl_lock or threading.Lock()
+        # Destination namespaces seen to exist since the last DDL event (see _ensure_collection).
+        self._present: set[tuple[str, str]] = set()
+        self._presence = threading.Lock()
 
     def apply(self, steps: list[Step],
               after_ddl: Callable[[Mapping[str, Any]], None] | None = None) -> None:
@@ -77,6 +80,8 @@ class ChangeWriter:
               collection_uuid: Any = None) -> None:
         """Apply one namespace's operations in order (safe to call from several threads for
         different documents: each lane writes its own)."""
+        if operations:
+            self._ensure_collection(db, coll, collection_uuid)
         while operations:
             head = operations[0]
             if isinstance(head, Refetch):
@@ -112,7 +117,38 @@ class ChangeWriter:
             return  # dropped on the source since: its drop event follows and drops it here
         current = retrying(lambda: self.source.find_by_id(where[0], where[1], key))
         write: Write = Delete(key) if current is None else Upsert(key, current)
+        self._ensure_collection(db, coll, collection_uuid)
         retrying(lambda: self.destination.write(db, coll, [write]))
+
+    def _ensure_collection(self, db: str, coll: str, collection_uuid: Any) -> None:
+        """A write must not create its destination collection implicitly: that collection
+        would have none of the source's options. It happens when a restart replays events
+        from a checkpoint before a DDL event that was applied but not yet checkpointed: a
+        replayed insert into a collection since renamed (say, a capped one renamed over
+        another with dropTarget) re-created it plain, and the replayed rename then put that
+        plain collection in the capped one's place. The collection is created first, with
+        the options (in their temporary form) of the source collection the event is about,
+        found by its UUID wherever it is now; one dropped since gets none, and its drop event
+        follows."""
+        with self._presence:
+            if (db, coll) in self._present:
+                return
+            if not retrying(lambda: self.destination.collection_infos(db, coll)):
+                options = retrying(lambda: self._source_options(collection_uuid))
+                log.info("creating %s.%s on the destination before writing to it, with the "
+                         "options of its source collection", db, coll)
+                retrying(lambda: catalog.create_collection(
+                    self.destination, self.created, db, coll,
+                    catalog.temporary_collection_options(options)))
+            self._present.add((db, coll))
+
+    def _source_options(self, collection_uuid: Any) -> dict[str, Any]:
+        where = None if collection_uuid is None else \
+            self.source.find_collection_by_uuid(collection_uuid)
+        if where is None:
+            return {}
+        infos = self.source.collection_infos(where[0], where[1])
+        return dict(infos[0].get("options", {})) if infos else {}
 
     def _locate(self, db: str, coll: str, collection_uuid: Any) -> tuple[str, str] | None:
         for info in self.source.collection_infos(db, coll):
@@ -142,6 +178,8 @@ class ChangeWriter:
                     f"restart the migration after it completes")
             log.debug("ignoring %s event", kind)
             return
+        with self._presence:
+            self._present.clear()  # this event may drop, rename or create any of them
         try:
             with self.ddl_lock:
                 retrying(lambda: handler(db, coll, description))

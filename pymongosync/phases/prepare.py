@@ -13,7 +13,7 @@ from bson.timestamp import Timestamp
 
 from pymongosync import catalog
 from pymongosync.phases.context import PhaseContext, PhaseStep
-from pymongosync.state import NamespaceKind, Phase
+from pymongosync.state import NamespaceKind, NamespaceRecord, Phase
 
 
 class PrepareCollections(PhaseStep):
@@ -44,26 +44,40 @@ class PrepareCollections(PhaseStep):
             if running:
                 cluster.set_balancer(False)
 
-    def _create_namespaces(self, context: PhaseContext) -> None:
-        request, store, destination = context.request, context.store, context.destination
+    def _list_namespaces(self, context: PhaseContext) -> list[NamespaceRecord]:
+        """The source's namespaces, listed once for the migration and stored with the times
+        of the listing. This phase run again (a transient error, a restart) goes on from the
+        stored listing: listing again would mix two listings, the records of one with the
+        destination collections and listing times of the other, and a collection renamed in
+        between would be copied under neither name, or kept under both (campaign seed 91).
+        The times are saved last: they mark the listing complete."""
+        state, store = context.global_state, context.store
+        if state.listing_started is not None:
+            return store.namespaces()
         started = context.source.cluster_time()
         listed_at: dict[str, Timestamp] = {}
         entries = catalog.list_namespaces(context.source, context.namespace_filter, listed_at)
-        state = context.global_state
-        if state.listing_started is None:  # the first listing's: its records are the stored ones
-            state.listing_started, state.listing_times = started, listed_at
-            context.save_global("listing_started", "listing_times")
+        listed = {entry.id for entry in entries}
+        for record in store.namespaces():
+            if record.id not in listed:  # recorded by an interrupted listing, found no more
+                store.remove_namespace(record)
+        for entry in entries:
+            store.put_namespace(entry)
+        state.listing_started, state.listing_times = started, listed_at
+        context.save_global("listing_started", "listing_times")
+        return entries
+
+    def _create_namespaces(self, context: PhaseContext) -> None:
+        request, store, destination = context.request, context.store, context.destination
+        entries = self._list_namespaces(context)
         sharding_entries = request.sharding_keys()
         destination_sharded = destination.is_sharded
-        known = {record.id for record in store.namespaces()}
         # Views after collections: a view may be defined on a collection created here.
         if request.preExistingDestinationData:
             # With pre-existing destination data, mongosync does not migrate views (spec §3.3).
             entries = [entry for entry in entries if entry.kind != NamespaceKind.VIEW]
         for entry in sorted(entries, key=lambda e: e.kind == NamespaceKind.VIEW):
             context.check_stop()
-            if entry.id not in known:
-                store.put_namespace(entry)
             options = catalog.temporary_collection_options(entry.options)
             catalog.create_collection(destination, store, entry.db, entry.name, options)
             if not entry.is_collection:

@@ -1321,6 +1321,14 @@ class MemoryStore:
             if record.is_collection and record.uuid is not None:
                 self._put_tooling("uuidMap", UuidMapping.of(record).to_document())
 
+    def remove_namespace(self, record: NamespaceRecord) -> None:
+        self._enter("remove_namespace", record.id)
+        with self._lock:
+            self.namespace_documents.pop(record.id, None)
+            if record.is_collection and record.uuid is not None:
+                mapping = UuidMapping.of(record).to_document()
+                self.tooling["uuidMap"].pop(bson.encode({"_id": _stored(mapping)["_id"]}), None)
+
     def namespaces(self) -> list[NamespaceRecord]:
         self._enter("namespaces", mutates=False)
         with self._lock:

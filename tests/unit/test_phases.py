@@ -132,6 +132,61 @@ def test_prepare_again_changes_nothing() -> None:
     assert len(store.namespaces()) == 4
 
 
+def test_prepare_run_again_goes_on_from_its_stored_listing() -> None:
+    """The phase failed on a transient error after listing; the source renamed a collection
+    over another (dropTarget) before the retry. The retry goes on from the first listing, whose
+    times decide which events the listing saw: listing again recorded some namespaces from
+    one listing and some from the other, and a renamed collection was then copied under
+    neither name (campaign seed 91: the verifier found the dropped collection's documents)."""
+    source, destination, store, _ = pair()
+    source.insert("db1", "small0", {"_id": 1})
+    source.insert("db1", "small1", {"_id": 2})
+    context = make_context(source, destination, store)
+    destination.fail_next("create_collection", AutoReconnect("injected"))
+    with pytest.raises(AutoReconnect):
+        PrepareCollections().run(context)
+    first = {record.id: record.uuid for record in store.namespaces()}
+    stored = store.load()
+    assert stored is not None
+    times = stored.global_state.listing_times
+    source.rename_collection("db1.small1", "db1.small0", True)
+    PrepareCollections().run(context)
+
+    assert first == {"db1.small0": first["db1.small0"], "db1.small1": first["db1.small1"]}
+    assert {record.id: record.uuid for record in store.namespaces()} == first
+    stored = store.load()
+    assert stored is not None and stored.global_state.listing_times == times
+    assert sorted(info["name"] for info in destination.collection_infos("db1")) == \
+        ["small0", "small1"]
+
+
+def test_an_interrupted_listing_leaves_no_record_of_what_is_gone() -> None:
+    source, destination, store, _ = pair()
+    source.insert("db1", "a", {"_id": 1})
+    source.insert("db1", "b", {"_id": 2})
+    context = make_context(source, destination, store)
+    original_put = store.put_namespace
+    calls = 0
+
+    def put_then_fail(record: Any) -> None:  # the first record stored, then the failure
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise AutoReconnect("injected")
+        original_put(record)
+
+    store.put_namespace = put_then_fail  # type: ignore[method-assign]
+    with pytest.raises(AutoReconnect):
+        PrepareCollections().run(context)
+    assert [record.id for record in store.namespaces()] == ["db1.a"]
+    store.put_namespace = original_put  # type: ignore[method-assign]
+    source.drop_collection("db1", "a")
+    PrepareCollections().run(context)
+
+    assert [record.id for record in store.namespaces()] == ["db1.b"]
+    assert [info["name"] for info in destination.collection_infos("db1")] == ["b"]
+
+
 def test_prepare_builds_indexes_first_with_before_data_copy() -> None:
     source, destination, store, _ = pair()
     seed(source)

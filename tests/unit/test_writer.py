@@ -279,6 +279,44 @@ def test_a_replayed_create_and_rename_leaves_no_stale_collection() -> None:
     assert replay.destination.documents("shop", "orders") == [{"_id": 1}]
 
 
+def test_a_replay_from_before_an_uncheckpointed_rename_keeps_the_capped_collection() -> None:
+    """A capped collection created during the copy, filled, and renamed over another with
+    dropTarget; the process dies after applying the rename and before checkpointing it, so
+    the restart replays from the create's checkpoint. The replayed inserts found no
+    collection under the old name and created a plain one, which the replayed rename put in
+    the capped one's place (campaign seed 179: the commit's collMod then failed with
+    "collection is not capped")."""
+    replay = Replay()
+    replay.both("db1", "c0", {"_id": 1})
+    source = replay.source
+    source.create_collection("db1", "new4", {"capped": True, "size": 65536})
+    after_create = len(source.event_log)
+    source.insert("db1", "new4", {"_id": 10}, {"_id": 11})
+    source.rename_collection("db1.new4", "db1.c0", True)
+    source.insert("db1", "c0", {"_id": 12})
+    events = source.event_log[replay.mark:]
+    replay.apply(events)
+    replay.apply(source.event_log[after_create:])  # the restart's replay
+
+    infos = {info["name"]: info for info in replay.destination.collection_infos("db1")}
+    assert sorted(infos) == ["c0"]
+    assert infos["c0"]["options"] == {"capped": True, "size": CAPPED_SIZE_LIFTED}
+    assert replay.destination.documents("db1", "c0") == [{"_id": 10}, {"_id": 11}, {"_id": 12}]
+
+
+def test_a_write_to_a_collection_dropped_since_creates_it_without_options() -> None:
+    replay = Replay()
+    source = replay.source
+    source.create_collection("shop", "gone", {"capped": True, "size": 4096})
+    source.insert("shop", "gone", {"_id": 1})
+    inserted = source.event_log[-1:]
+    source.drop_collection("shop", "gone")
+    replay.apply(inserted)  # the source collection is found by UUID no more
+
+    assert replay.destination.collection_infos("shop", "gone")[0]["options"] == {}
+    assert replay.store.created_namespaces() == ["shop.gone"]  # reset drops it
+
+
 def test_shard_collection_follows_on_a_sharded_destination_only() -> None:
     for sharded in (True, False):
         replay = Replay(destination_sharded=sharded)
