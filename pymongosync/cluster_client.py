@@ -49,10 +49,11 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """An update-operator document applied to the document with this ``_id``."""
+    """An update applied to the document with this ``_id``: an update-operator document, or
+    an update pipeline."""
 
     key: Mapping[str, Any]
-    update: Mapping[str, Any]
+    update: Mapping[str, Any] | list[Mapping[str, Any]]
 
 
 Write = Upsert | Delete | Update

@@ -152,7 +152,10 @@ class RawChangeStream:
         self._open(resume_after, start_at)
 
     def _open(self, resume_after: Mapping[str, Any] | None, start_at: Timestamp | None) -> None:
-        spec: dict[str, Any] = {"allChangesForCluster": True, "showExpandedEvents": True}
+        # showRawUpdateDescription: updates as their oplog delta, the one description that
+        # tells a field moved to the end of its document from one updated in place.
+        spec: dict[str, Any] = {"allChangesForCluster": True, "showExpandedEvents": True,
+                                "showRawUpdateDescription": True}
         if resume_after is not None:
             spec["resumeAfter"] = resume_after
         elif start_at is not None:
@@ -634,9 +637,11 @@ def _statement(write: Write) -> tuple[str, str, dict[str, Any], int]:
                                  "multi": False}, _encoded_size(write.update) + 64
 
 
-def _encoded_size(document: Mapping[str, Any]) -> int:
-    """The BSON size of a document, its raw values counted without encoding them again (a
+def _encoded_size(document: Mapping[str, Any] | list[Mapping[str, Any]]) -> int:
+    """The BSON size of an update, its raw values counted without encoding them again (a
     change event's ``$set`` carries the source's fields as the raw bytes received)."""
+    if isinstance(document, list):
+        return len(bson.encode({"u": document}))
     size = 5
     for name, value in document.items():
         raw = getattr(value, "raw", None)

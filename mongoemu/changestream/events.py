@@ -80,6 +80,9 @@ class StreamOptions:
     full_document_before_change: str = "off"
     show_expanded_events: bool = False
     disambiguated_paths: bool = False  # updateDescription.disambiguatedPaths (expanded, 6.1+)
+    # showRawUpdateDescription (6.0+): an update is reported as its oplog entry's ``o``, the
+    # {$v: 2, diff} delta, in ``rawUpdateDescription`` instead of ``updateDescription``.
+    raw_update_description: bool = False
     # Embed stored documents as raw BSON; False when tail stages need plain, mutable dicts.
     raw_documents: bool = True
 
@@ -133,7 +136,11 @@ class ChangeEvent:
         if expanded and self.operation_description is not None:
             doc["operationDescription"] = self.operation_description
         if self.operation_type == "update":
-            doc["updateDescription"] = self._update_description(options.disambiguated_paths)
+            diff = self.operation.extra.get("diff")
+            if options.raw_update_description and diff is not None:
+                doc["rawUpdateDescription"] = {"$v": 2, "diff": diff}
+            else:
+                doc["updateDescription"] = self._update_description(options.disambiguated_paths)
         if expanded and self.state_before_change is not None:
             doc["stateBeforeChange"] = self.state_before_change
         if (options.full_document_before_change != "off"

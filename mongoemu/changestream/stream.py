@@ -48,8 +48,9 @@ KNOWN_STAGES = frozenset({
 
 SPEC_FIELDS = frozenset({"fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter",
                          "startAtOperationTime", "allChangesForCluster", "showExpandedEvents",
-                         # Internal options: the last two lift the namespace restrictions, the
-                         # first two are accepted and ignored.
+                         # Internal options: showRawUpdateDescription reports an update as its
+                         # oplog entry's delta (rawUpdateDescription); the last two lift the
+                         # namespace restrictions; showSystemEvents is accepted and ignored.
                          "showSystemEvents", "showRawUpdateDescription", "allowToRunOnConfigDB",
                          "allowToRunOnSystemNS"})
 
@@ -103,6 +104,7 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
     full_document = _enum(spec, "fullDocument", FULL_DOCUMENT_MODES)
     before_change = _enum(spec, "fullDocumentBeforeChange", BEFORE_CHANGE_MODES)
     show_expanded = _flag(spec, "showExpandedEvents")
+    raw_updates = _flag(spec, "showRawUpdateDescription")
     all_changes = _flag(spec, "allChangesForCluster")
     for name in ("resumeAfter", "startAfter"):
         if name in spec and not isinstance(spec[name], dict):
@@ -125,6 +127,7 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
                             # disambiguatedPaths arrived in 6.1.
                             disambiguated_paths=show_expanded
                             and server.config.server_version != "6.0",
+                            raw_update_description=raw_updates,
                             raw_documents=not _transforming(tail))
 
     oplog = server.oplog

@@ -574,6 +574,55 @@ def _parse_replace_with(spec: Any, where: _Where) -> Stage:
     return _streaming(_new_root("replacement document", compile_expression(spec)))
 
 
+@_stage("$_internalApplyOplogUpdate")
+def _parse_apply_oplog_update(spec: Any, where: _Where) -> Stage:
+    """An oplog entry's update (a change stream's ``rawUpdateDescription``) applied to each
+    document as oplog application applies it: a ``$v: 2`` delta (fields in its ``i`` section
+    move to the end, in order), a modifier-style ``$v: 1`` update, or a replacement."""
+    stage = "$_internalApplyOplogUpdate"
+    if not isinstance(spec, dict):
+        raise CommandError(6315901, f"Argument to {stage} stage must be an object, but found "
+                                    f"type: {type_name(spec)}")
+    for name in spec:
+        if name != "oplogUpdate":
+            raise CommandError(40415, f"BSON field '{stage}.{name}' is an unknown field.")
+    if "oplogUpdate" not in spec:
+        raise CommandError(40414, f"BSON field '{stage}.oplogUpdate' is missing but a required "
+                                  "field")
+    update = spec["oplogUpdate"]
+    if not isinstance(update, dict):
+        raise CommandError(14, f"BSON field '{stage}.oplogUpdate' is the wrong type "
+                               f"'{type_name(update)}', expected type 'object'")
+    apply = _oplog_update_applier(update)
+    return _streaming(lambda doc, runtime: (apply(doc),))
+
+
+def _oplog_update_applier(update: dict[str, Any]) -> Callable[[Doc], Doc]:
+    """UpdateModification::parseFromOplogEntry, then the update driver in oplog-application
+    mode (lenient: a delta's sub-diff of a field that is not a document or array is skipped)."""
+    from mongoemu.query.update import apply_update  # lazy: the update module imports this one
+    from mongoemu.query.update_description import apply_diff
+
+    version = update.get("$v")
+    if version == 2:
+        diff = update.get("diff")
+        if not isinstance(diff, dict):
+            raise CommandError(4772601, "Expected 'diff' field to be an object, instead got "
+                                        f"type: {type_name(diff)}")
+        return lambda doc: apply_diff(doc, diff)
+    modifiers = {name: value for name, value in update.items() if name != "$v"}
+    if version not in (None, 1) or (version == 1 and not modifiers):
+        raise CommandError(4772600, f"Unrecognized oplog update version: {version!r}")
+    if modifiers and all(name.startswith("$") for name in modifiers):
+        return lambda doc: apply_update(doc, modifiers)
+
+    def replace(doc: Doc) -> Doc:
+        return {"_id": deep_copy(doc["_id"]), **deep_copy(update)} \
+            if "_id" in doc and "_id" not in update else deep_copy(update)
+
+    return replace
+
+
 class _SortStage:
     """$sort; when followed by $limit it keeps only the top ``limit`` documents."""
 

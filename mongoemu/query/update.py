@@ -61,6 +61,7 @@ MODIFIERS: frozenset[str] = frozenset({
 # Stages a pipeline-style update may use (DocumentSource::isAllowedWithinUpdatePipeline).
 _UPDATE_PIPELINE_STAGES = frozenset({
     "$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith",
+    "$_internalApplyOplogUpdate",
 })
 
 # Operators whose $pull argument is matched against the element itself (parsePathAcceptingKeyword).

@@ -155,6 +155,36 @@ _NOTHING_ELSE = (b"\x04removedFields\x00\x05\x00\x00\x00\x00"
                  b"\x04truncatedArrays\x00\x05\x00\x00\x00\x00\x00")
 
 
+def only_updated_delta(description: bytes) -> bytes | None:
+    """The ``u`` section of a ``rawUpdateDescription`` whose delta only sets top-level fields
+    in place, under names ``$set`` addresses as themselves (most updates), read from its
+    bytes; None for any other."""
+    if description[4:18] != _DELTA_HEAD or description[22:25] != _IN_PLACE_SECTION:
+        return None
+    end = 25 + _INT32_SIZE.unpack_from(description, 25)[0]
+    if description[end:] != b"\x00\x00":  # the end of the delta, then of the description
+        return None
+    updated = description[25:end]
+    if (b"." in updated or b"$" in updated) and any(
+            b"." in name or name.startswith(b"$") for name in field_names(updated)):
+        return None
+    return updated
+
+
+_DELTA_HEAD = b"\x10$v\x00\x02\x00\x00\x00\x03diff\x00"
+_IN_PLACE_SECTION = b"\x03u\x00"
+
+
+def field_names(document: bytes) -> list[bytes]:
+    """The top-level field names of a BSON document, read from its bytes."""
+    names = []
+    position = 4
+    while document[position] != 0:
+        names.append(document[position + 1:document.index(0, position + 1)])
+        position = _element_end(document, position)
+    return names
+
+
 def id_document(document_key: bytes) -> bytes:
     """``{_id: <value>}`` from a ``documentKey`` (``_id`` alone, or a shard key and ``_id``),
     as BSON: the filter that finds the document on a replica set, and what

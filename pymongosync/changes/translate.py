@@ -345,6 +345,11 @@ def writes_for(top: Mapping[str, Any], key: RawBSONDocument) -> list[Operation]:
         return [Upsert(key, top["fullDocument"])]  # the source's bytes, as they are
     if kind == "delete":
         return [Delete(key)]
+    raw_description = top.get("rawUpdateDescription")
+    if raw_description is not None:
+        return _writes_for_delta(key, raw_description)
+    # A server that ignored showRawUpdateDescription: its updateDescription cannot tell a
+    # field moved to the end of its document from one updated in place (see above).
     updated_only = parse.only_updated_fields(top["updateDescription"].raw)
     if updated_only is not None:  # the usual update, read without decoding
         return [Update(key, {"$set": parse.EventPart(updated_only, None)})] \
@@ -372,6 +377,47 @@ def writes_for(top: Mapping[str, Any], key: RawBSONDocument) -> list[Operation]:
 
 
 _EMPTY_DOCUMENT = 5  # the size of {} in BSON
+_TOP_LEVEL_IN_PLACE = frozenset({b"u", b"d"})
+
+
+def _writes_for_delta(key: RawBSONDocument, raw: parse.EventPart) -> list[Operation]:
+    """The writes for an update read as its oplog entry (``rawUpdateDescription``, 6.0+).
+
+    A change event's ``updateDescription`` lists a field the update moved to the end of its
+    document (a pipeline update that puts a new field before existing ones re-inserts every
+    field after it: the delta's ``i`` section) among ``updatedFields``, exactly like a field
+    updated in place; replayed as ``$set``, the moved field keeps its old place. The delta
+    itself tells them apart, and ``$_internalApplyOplogUpdate`` applies it as the source's
+    oplog application did, byte for byte. The usual update, top-level fields set in place or
+    removed, is written as ``$set``/``$unset`` of the delta's own bytes (the cheaper write);
+    a name with a dot or a leading ``$`` cannot be addressed so and takes the delta's way.
+    """
+    updated = parse.only_updated_delta(raw.raw)
+    if updated is not None:  # the usual update, read without decoding
+        return [Update(key, {"$set": parse.EventPart(updated, None)})]
+    fields = parse.part_fields(raw)
+    diff = fields.get("diff")
+    if fields.get("$v") == 2 and isinstance(diff, parse.EventPart):
+        sections = parse.part_fields(diff)
+        if not sections:
+            return []
+        names = {name.encode() for name in sections}
+        if names <= _TOP_LEVEL_IN_PLACE and _addressable(sections.values()):
+            update: dict[str, Any] = {}
+            if "u" in sections:
+                update["$set"] = sections["u"]
+            if "d" in sections:
+                update["$unset"] = {name.decode(): "" for name in
+                                    parse.field_names(sections["d"].raw)}
+            return [Update(key, update)]
+    return [Update(key, [{"$_internalApplyOplogUpdate": {"oplogUpdate": raw}}])]
+
+
+def _addressable(sections: Iterable[parse.EventPart]) -> bool:
+    """Whether every field name of these delta sections is a plain top-level name that
+    ``$set``/``$unset`` address as itself."""
+    return all(b"." not in name and not name.startswith(b"$")
+               for section in sections for name in parse.field_names(section.raw))
 
 
 def _transaction_of(top: Mapping[str, Any]) -> Hashable | None:

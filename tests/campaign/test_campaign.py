@@ -23,7 +23,7 @@ from .runner import run_seed
 # test_the_seeds_cover_every_feature), each in about 5-10 s. Plans change when the generator or
 # its AVOIDED set does: that test then says which features these seeds no longer reach, and
 # `scripts.campaign` finds seeds that do.
-SEEDS = [3, 11, 19, 43, 50, 161, 200, 218, 240, 289]
+SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289]
 
 
 @pytest.mark.campaign

@@ -285,3 +285,68 @@ def test_set_of_a_reordered_sub_document_is_reported_whole(db) -> None:
     assert pulled["updateDescription"]["updatedFields"] == {"arr": [1, 3]}
     assert pulled["updateDescription"]["truncatedArrays"] == []
     assert nested["updateDescription"]["updatedFields"] == {"a.y": 3}
+
+
+def test_raw_update_descriptions_replay_every_update_byte_for_byte(db) -> None:
+    """showRawUpdateDescription (6.0+): an update event carries its oplog entry's delta,
+    ``rawUpdateDescription``, in place of ``updateDescription``, and an update pipeline's
+    ``$_internalApplyOplogUpdate`` replays it. Replayed on a copy, every update gives the same
+    bytes, a pipeline update that moves fields to the end included (updateDescription cannot
+    tell a moved field from one updated in place)."""
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    documents = [{"_id": 1, "pad": "p", "a": 1, "nested": {"x": 1, "y": 2}, "arr": [1, 2, 3]},
+                 {"_id": 2, "a": 1, "b": 2, "c": 3}]
+    db.t1.insert_many(documents)
+    db.t1copy.insert_many(documents)
+    opened = db.command("aggregate", "t1", cursor={},
+                        pipeline=[{"$changeStream": {"showRawUpdateDescription": True}}])
+    updates = [
+        (1, [{"$replaceWith": {"$mergeObjects": [{"_id": "$_id", "pad": "$pad", "new": True},
+                                                 "$$ROOT"]}}]),
+        (1, {"$set": {"nested.z": 3, "arr.1": 9}, "$inc": {"a": 1}}),
+        (2, [{"$replaceWith": {"_id": "$_id", "c": "$c", "b": "$b", "a": "$a"}}]),
+        (2, [{"$set": {"arr": [1]}}, {"$unset": ["b"]}]),
+        (1, {"$push": {"arr": 4}, "$unset": {"pad": ""}}),
+        (1, [{"$replaceWith": {"$setField": {"field": "x.y", "input": "$$ROOT",
+                                             "value": 1}}}]),
+        (1, [{"$set": {"nested": {"$mergeObjects": [{"w": 0}, "$nested"]}}}]),
+    ]
+    for document_id, update in updates:
+        db.t1.update_one({"_id": document_id}, update)
+    events: list[dict] = list(opened["cursor"]["firstBatch"])
+    deadline = time.monotonic() + 10
+    while len(events) < len(updates) and time.monotonic() < deadline:
+        more = db.command("getMore", opened["cursor"]["id"], collection="t1",
+                          maxTimeMS=AWAIT_MS)
+        events.extend(more["cursor"]["nextBatch"])
+    assert len(events) == len(updates)
+    for event in events:
+        if event["operationType"] == "replace":  # a pipeline update whose delta was larger
+            db.t1copy.replace_one(event["documentKey"], event["fullDocument"])
+            continue
+        assert event["operationType"] == "update" and "updateDescription" not in event
+        assert event["rawUpdateDescription"]["$v"] == 2
+        db.t1copy.update_one(event["documentKey"], [
+            {"$_internalApplyOplogUpdate": {"oplogUpdate": event["rawUpdateDescription"]}}])
+    raw = CodecOptions(document_class=RawBSONDocument)
+    assert [d.raw for d in db.get_collection("t1copy", codec_options=raw).find()] == \
+        [d.raw for d in db.get_collection("t1", codec_options=raw).find()]
+    assert list(db.t1.find_one({"_id": 2}) or {}) == ["_id", "c", "a", "arr"]
+
+
+def test_internal_apply_oplog_update_checks_its_argument(db) -> None:
+    db.c.insert_one({"_id": 1, "a": 1})
+    for stage, code in (({"$_internalApplyOplogUpdate": 1}, 6315901),
+                        ({"$_internalApplyOplogUpdate": {}}, 40414),
+                        ({"$_internalApplyOplogUpdate": {"oplogUpdate": 1}}, 14),
+                        ({"$_internalApplyOplogUpdate": {"oplogUpdate": {}, "x": 1}}, 40415)):
+        with pytest.raises(OperationFailure) as failure:
+            db.c.update_one({"_id": 1}, [stage])
+        assert failure.value.code == code
+    db.c.update_one({"_id": 1}, [{"$_internalApplyOplogUpdate": {"oplogUpdate": {
+        "$v": 1, "$set": {"b": 3}}}}])
+    db.c.update_one({"_id": 1}, [{"$_internalApplyOplogUpdate": {"oplogUpdate": {
+        "$v": 2, "diff": {"d": {"a": False}, "i": {"c": 1}}}}}])
+    assert db.c.find_one({"_id": 1}) == {"_id": 1, "b": 3, "c": 1}

@@ -499,3 +499,41 @@ def test_a_rename_onto_a_collection_between_start_and_the_listing(
     finally:
         migration.close()
     assert_equal(cluster0, cluster1, documents=8 if written == "moving" else 3)
+
+
+def test_pipeline_updates_that_move_fields_during_change_application(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """Campaign defect pipeline-field-order: a pipeline update that puts new fields before
+    existing ones moves those to the end of the document (logged as a delta when that is
+    smaller than the document, hence the padding). Its updateDescription lists them
+    among updatedFields like fields updated in place; replayed as $set they kept their place,
+    and the document arrived with its fields in another order (with the verifier off, as
+    here, the migration committed). The oplog delta (showRawUpdateDescription) is applied
+    as the source applied it."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.items.insert_many([
+            {"_id": 1, "pad": "p" * 200, "a": 1, "nested": {"x": 1, "y": 2, "pad": "q" * 200}},
+            {"_id": 2, "pad": "p" * 200, "a": 1, "b": 2, "c": 3},
+            {"_id": "plain", "a": 1, "b": [1, 2, 3]}])
+
+    def move_fields() -> None:
+        with user_client(source) as client:
+            items = client.app.items
+            items.update_one({"_id": 1}, [{"$replaceWith": {"$mergeObjects": [
+                {"_id": "$_id", "pad": "$pad", "new": True}, "$$ROOT"]}}])
+            items.update_one({"_id": 1}, [{"$set": {"nested": {"$mergeObjects": [
+                {"w": 0}, "$nested"]}}}])
+            items.update_one({"_id": 2}, [{"$replaceWith": {"_id": "$_id", "pad": "$pad",
+                                                            "c": "$c", "b": "$b", "a": "$a"}}])
+            items.update_one({"_id": "plain"}, {"$set": {"a": 2, "b.1": 9, "z": 1},
+                                                "$unset": {"nothing": ""}})
+
+    migrate(cluster0, cluster1, during_cea=move_fields,
+            body={**START, "verification": {"enabled": False}})
+    assert_equal(cluster0, cluster1, documents=3)
+    with pymongo.MongoClient(cluster1.uri) as client:
+        assert list(client.app.items.find_one({"_id": 1}) or {}) == \
+            ["_id", "pad", "new", "a", "nested"]
+        assert list(client.app.items.find_one({"_id": 2}) or {}) == \
+            ["_id", "pad", "c", "b", "a"]

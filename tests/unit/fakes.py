@@ -136,9 +136,11 @@ def change_event(operation_type: str, db: str, coll: str | None, cluster_time: T
                  update_description: Mapping[str, Any] | None = None,
                  operation_description: Mapping[str, Any] | None = None,
                  collection_uuid: Binary | None = None,
-                 to: Mapping[str, str] | None = None) -> RawBSONDocument:
+                 to: Mapping[str, str] | None = None,
+                 raw_update_description: Mapping[str, Any] | None = None) -> RawBSONDocument:
     """A change event as a cluster-wide stream with ``showExpandedEvents`` returns it, as raw
-    BSON (field order as the server builds it)."""
+    BSON (field order as the server builds it); an update's ``rawUpdateDescription`` is what
+    ``showRawUpdateDescription`` shows in place of ``updateDescription``."""
     event: dict[str, Any] = {}
     if to is not None:
         event["to"] = dict(to)
@@ -157,6 +159,8 @@ def change_event(operation_type: str, db: str, coll: str | None, cluster_time: T
         event["operationDescription"] = dict(operation_description)
     if update_description is not None:
         event["updateDescription"] = dict(update_description)
+    if raw_update_description is not None:
+        event["rawUpdateDescription"] = dict(raw_update_description)
     return RawBSONDocument(bson.encode(event), codec_options=RAW)
 
 
@@ -184,14 +188,82 @@ class UpdateFailed(Exception):
 _MISSING = object()
 
 
-def apply_update(document: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``document`` after an update-operator document.
+def top_level_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``$v: 2`` delta from ``before`` to ``after`` as the server computes one, without
+    sub-deltas (a changed value is set whole): both documents walked in order, a field out of
+    place is deleted there, and every field from the first one out of place is inserted."""
+    def same(a: Any, b: Any) -> bool:
+        return bson.encode({"v": a}, codec_options=CODEC) == bson.encode({"v": b},
+                                                                          codec_options=CODEC)
+    old, new = list(before.items()), list(after.items())
+    updated: dict[str, Any] = {}
+    skipped: list[str] = []
+    i = j = 0
+    while i < len(old) and j < len(new):
+        if old[i][0] == new[j][0]:
+            if not same(old[i][1], new[j][1]):
+                updated[new[j][0]] = new[j][1]
+            j += 1
+        else:
+            skipped.append(old[i][0])
+        i += 1
+    inserted = dict(new[j:])
+    deleted = {name: False for name in [name for name, _ in old[i:]] + sorted(skipped)
+               if name not in inserted}
+    diff: dict[str, Any] = {}
+    for section, fields in (("d", deleted), ("u", updated), ("i", inserted)):
+        if fields:
+            diff[section] = fields
+    return diff
+
+
+def _apply_delta(document: Mapping[str, Any], diff: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``$v: 2`` document delta applied as oplog application does: ``d`` removes, ``u``
+    sets in place, ``s<name>`` applies a sub-delta, and ``i`` fields go to the end, in order
+    (an existing one leaves its place)."""
+    deleted, updated, inserted = diff.get("d", {}), diff.get("u", {}), diff.get("i", {})
+    result: dict[str, Any] = {}
+    for name, value in document.items():
+        if name in deleted or name in inserted:
+            continue
+        sub = diff.get("s" + name)
+        if name in updated:
+            result[name] = updated[name]
+        elif sub is not None and isinstance(value, list) and sub.get("a") is True:
+            items = list(value)
+            for key, item in sub.items():
+                if key[0] == "u":
+                    index = int(key[1:])
+                    items.extend([None] * (index + 1 - len(items)))
+                    items[index] = item
+            result[name] = items[:sub["l"]] if "l" in sub else items
+        elif sub is not None and isinstance(value, Mapping):
+            result[name] = _apply_delta(value, sub)
+        else:
+            result[name] = value
+    result.update({name: value for name, value in updated.items() if name not in result})
+    result.update(inserted)
+    return result
+
+
+def apply_update(document: dict[str, Any],
+                 update: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``document`` after an update-operator document, or after the one pipeline pymongosync
+    writes (``$_internalApplyOplogUpdate`` of a ``$v: 2`` delta).
 
     Simplification: only ``$set`` and ``$unset`` (dotted paths, array indexes) and ``$push``
     (with ``$each``/``$slice``) are interpreted — what pymongosync writes — with the server's
     errors for a path through a non-document (28), operators on conflicting paths (40), ``_id``
     changes (66) and ``$push`` onto a non-array (2). Anything else raises code 9.
     """
+    if not isinstance(update, Mapping):
+        stages = plain(list(update))
+        if len(stages) != 1 or "$_internalApplyOplogUpdate" not in stages[0]:
+            raise UpdateFailed(9, f"unsupported update pipeline {stages}")
+        oplog_update = stages[0]["$_internalApplyOplogUpdate"]["oplogUpdate"]
+        if oplog_update.get("$v") != 2:
+            raise UpdateFailed(9, "only $v: 2 deltas are supported")
+        return _apply_delta(document, oplog_update["diff"])
     operators = {name: dict(plain(spec)) for name, spec in update.items()}
     unknown = set(operators) - {"$set", "$unset", "$push"}
     if unknown or not operators:
@@ -807,12 +879,9 @@ class FakeCluster:
         _check_unique(collection, encoded, found)
         counts["nModified"] += 1
         collection.documents[found] = encoded
-        changed = {name: value for name, value in after.items()
-                   if name not in before or bson.encode({"v": before[name]}, codec_options=CODEC)
-                   != bson.encode({"v": value}, codec_options=CODEC)}
-        removed = [name for name in before if name not in after]
+        # As a 6.0+ server shows it to a stream opened with showRawUpdateDescription.
         self._log("update", db, coll, document_key={"_id": before["_id"]},
-                  update_description=update_description(changed, removed),
+                  raw_update_description={"$v": 2, "diff": top_level_delta(before, after)},
                   collection_uuid=collection.uuid)
 
     def _find(self, collection: FakeCollection, key: Mapping[str, Any]) -> tuple[Any, ...] | None:

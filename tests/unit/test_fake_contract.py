@@ -393,9 +393,11 @@ def test_change_events_have_the_server_shape(cluster: ClusterClient, db: str) ->
     assert insert["fullDocument"].raw == document.raw
     assert insert["documentKey"]["_id"] == 1 and delete["documentKey"]["_id"] == 1
     assert isinstance(insert["collectionUUID"], Binary)
-    assert dict(update["updateDescription"]["updatedFields"]) == {"a": 2}
-    assert list(update["updateDescription"]["removedFields"]) == ["b"]
-    assert list(update["updateDescription"]["truncatedArrays"]) == []
+    # The delta of the oplog entry, as pymongosync's streams ask for (showRawUpdateDescription).
+    assert "updateDescription" not in update
+    assert update["rawUpdateDescription"]["$v"] == 2
+    diff = update["rawUpdateDescription"]["diff"]
+    assert (dict(diff["u"]), dict(diff["d"])) == ({"a": 2}, {"b": False})
     assert "fullDocument" not in update
     assert replace["fullDocument"].raw == raw({"_id": 1, "r": True}).raw
     assert events[5]["operationDescription"]["indexes"][0]["name"] == "x_1"

@@ -146,6 +146,74 @@ def test_dotted_field_names_are_refetched_rather_than_set() -> None:
                                ("update", {"_id": 8}, {"$set": {"list.0": 1}})]
 
 
+def delta(n: int, document_id: Any, diff: dict[str, Any], version: int = 2
+          ) -> RawBSONDocument:
+    """An update event as ``showRawUpdateDescription`` shows it: the oplog entry's delta."""
+    return change_event("update", "shop", "orders", at(n), document_key={"_id": document_id},
+                        raw_update_description={"$v": version, "diff": diff})
+
+
+def test_a_delta_that_sets_or_removes_top_level_fields_in_place_is_set_and_unset() -> None:
+    step = only_step([delta(1, 7, {"u": {"a": 2, "b": {"c": 1}}}),
+                      delta(2, 8, {"d": {"gone": False, "old": False}, "u": {"a": None}}),
+                      delta(3, 9, {}),
+                      delta(4, 10, {"u": {"a": "x.y", "b": "$z", "c": {"d.e": 1}}})])
+    assert writes_of(step) == [
+        ("update", {"_id": 7}, {"$set": {"a": 2, "b": {"c": 1}}}),
+        ("update", {"_id": 8}, {"$set": {"a": None}, "$unset": {"gone": "", "old": ""}}),
+        ("update", {"_id": 10}, {"$set": {"a": "x.y", "b": "$z", "c": {"d.e": 1}}})]
+    # The source's bytes, never decoded and encoded again.
+    first = step.writes[("shop", "orders")][0]
+    assert isinstance(first, Update) and isinstance(first.update, dict)
+    assert bytes(first.update["$set"].raw) == bson.encode({"a": 2, "b": {"c": 1}})
+
+
+def test_a_delta_that_moves_fields_is_applied_as_the_delta_itself() -> None:
+    """Campaign defect pipeline-field-order: a pipeline update that puts a new field before
+    existing ones re-inserts every field after it (the delta's ``i`` section). Its
+    updateDescription lists them among updatedFields, and $set kept their old place; the
+    delta, applied by $_internalApplyOplogUpdate, moves them as the source did."""
+    moved = {"$v": 2, "diff": {"i": {"new": True, "a": 1}}}
+    step = only_step([delta(1, 7, moved["diff"])])
+    assert writes_of(step) == [
+        ("update", {"_id": 7}, [{"$_internalApplyOplogUpdate": {"oplogUpdate": moved}}])]
+    operation = step.writes[("shop", "orders")][0]
+    assert isinstance(operation, Update) and isinstance(operation.update, list)
+    assert bytes(operation.update[0]["$_internalApplyOplogUpdate"]["oplogUpdate"].raw) == \
+        bson.encode(moved)
+
+
+def test_a_moved_field_arrives_in_its_new_place() -> None:
+    destination = FakeCluster("cluster1")
+    destination.insert("shop", "orders", {"_id": 7, "pad": "p", "a": 1})
+    writer = ChangeWriter(FakeCluster(), destination, EVERYTHING, "afterDataCopy",
+                          MemoryStore(), Counters())
+    writer.apply(translate([delta(1, 7, {"i": {"new": True, "a": 1}})], EVERYTHING).steps)
+    assert list(destination.document("shop", "orders", 7) or {}) == ["_id", "pad", "new", "a"]
+
+
+def test_deltas_that_set_cannot_address_are_applied_as_they_are() -> None:
+    diffs = [{"u": {"a.b": 1}},  # a field whose name holds a dot
+             {"u": {"$dollar": 1}},
+             {"d": {"x.y": False}},
+             {"sa": {"u": {"b": 1}}},  # a sub-document's field
+             {"sarr": {"a": True, "u1": 5}},  # an array element
+             {"u": {"a": 1}, "i": {"b": 2}}]
+    step = only_step([delta(n, n, diff) for n, diff in enumerate(diffs, 1)])
+    assert writes_of(step) == [
+        ("update", {"_id": n},
+         [{"$_internalApplyOplogUpdate": {"oplogUpdate": {"$v": 2, "diff": diff}}}])
+        for n, diff in enumerate(diffs, 1)]
+
+
+def test_an_update_logged_in_the_old_modifier_style_is_applied_as_logged() -> None:
+    event = change_event("update", "shop", "orders", at(1), document_key={"_id": 1},
+                         raw_update_description={"$v": 1, "$set": {"b": 3}})
+    assert writes_of(only_step([event])) == [
+        ("update", {"_id": 1},
+         [{"$_internalApplyOplogUpdate": {"oplogUpdate": {"$v": 1, "$set": {"b": 3}}}}])]
+
+
 def test_a_full_state_write_drops_earlier_writes_of_the_same_document() -> None:
     step = only_step([
         update(1, 1, updated={"a": 1}), insert(2, {"_id": 2}), update(3, 1, updated={"b": 1}),

@@ -1,11 +1,12 @@
 """A pipeline update that puts a new field before existing ones, during change application.
 
-The source stores {_id, pad, new, a}; the change event is an update whose updatedFields hold
-{new, a} (MongoDB's delta oplog entry re-inserts every field after the new one, and a
-re-inserted field goes to the end); replayed as $set, "a" keeps its old place and the
-destination stores {_id, pad, a, new}: the same fields in another order. With the embedded
-verifier on, the commit fails with VerificationFailed; with it off (as here), the migration
-reaches COMMITTED with the difference.
+The source stores {_id, pad, new, a}; the change event's updateDescription lists {new, a}
+among updatedFields (MongoDB's delta oplog entry re-inserts every field after the new one,
+and a re-inserted field goes to the end), exactly like fields updated in place. Replayed as
+$set, "a" kept its old place and the destination stored {_id, pad, a, new}: the same fields
+in another order. With the verifier off (as here), the migration reached COMMITTED with the
+difference. Fixed: change application reads each update as its oplog delta
+(showRawUpdateDescription) and applies it with $_internalApplyOplogUpdate.
 """
 
 from tests.campaign.repro.kit import application, clusters, commit, migration, verdict
