@@ -165,10 +165,17 @@ def only_updated_delta(description: bytes) -> bytes | None:
     if description[end:] != b"\x00\x00":  # the end of the delta, then of the description
         return None
     updated = description[25:end]
-    if (b"." in updated or b"$" in updated) and any(
-            b"." in name or name.startswith(b"$") for name in field_names(updated)):
-        return None
-    return updated
+    return updated if addressable(updated) else None
+
+
+def addressable(document: bytes) -> bool:
+    """Whether every top-level field name of a BSON document is one ``$set``/``$unset``
+    address as itself: no dot, no leading ``$`` (a document without either byte anywhere
+    is answered without reading its names)."""
+    if b"." not in document and b"$" not in document:
+        return True
+    return all(b"." not in name and not name.startswith(b"$")
+               for name in field_names(document))
 
 
 _DELTA_HEAD = b"\x10$v\x00\x02\x00\x00\x00\x03diff\x00"

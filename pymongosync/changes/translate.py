@@ -402,7 +402,8 @@ def _writes_for_delta(key: RawBSONDocument, raw: parse.EventPart) -> list[Operat
         if not sections:
             return []
         names = {name.encode() for name in sections}
-        if names <= _TOP_LEVEL_IN_PLACE and _addressable(sections.values()):
+        if names <= _TOP_LEVEL_IN_PLACE and all(parse.addressable(section.raw)
+                                                for section in sections.values()):
             update: dict[str, Any] = {}
             if "u" in sections:
                 update["$set"] = sections["u"]
@@ -411,13 +412,6 @@ def _writes_for_delta(key: RawBSONDocument, raw: parse.EventPart) -> list[Operat
                                     parse.field_names(sections["d"].raw)}
             return [Update(key, update)]
     return [Update(key, [{"$_internalApplyOplogUpdate": {"oplogUpdate": raw}}])]
-
-
-def _addressable(sections: Iterable[parse.EventPart]) -> bool:
-    """Whether every field name of these delta sections is a plain top-level name that
-    ``$set``/``$unset`` address as itself."""
-    return all(b"." not in name and not name.startswith(b"$")
-               for section in sections for name in parse.field_names(section.raw))
 
 
 def _transaction_of(top: Mapping[str, Any]) -> Hashable | None:
