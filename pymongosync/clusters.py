@@ -200,6 +200,10 @@ class RawChangeStream:
         return event
 
     @property
+    def buffered(self) -> int:
+        return len(self._batch)
+
+    @property
     def resume_token(self) -> Mapping[str, Any] | None:
         if self._token_of is not None:
             self._token, self._token_of = self._token_of["_id"], None

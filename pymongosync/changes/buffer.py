@@ -52,6 +52,11 @@ BATCH_BYTES = 8 * 1024 * 1024
 # Without events, the stored position still moves on this often: it is what the source's
 # oplog must still hold.
 MARK_EVERY_SECONDS = 5.0
+# Between reads of the stream that found everything the source had: the buffer may lag a
+# little, and under a trickle of writes asking again at once cost a getMore per event or two.
+# Measured with bench.change_buffer (400 writes/s during the copy): the buffer added 5 µs of
+# CPU per copied document (23 against 18) before, 1 µs after.
+POLL_SECONDS = 0.1
 DEFAULT_LIMIT_BYTES = 10 * 1024 * 1024 * 1024
 
 
@@ -156,7 +161,8 @@ class ChangeBuffer:
         start_at = None if token is not None else context.global_state.change_stream_start_time
         last_stored = time.monotonic()
         with read_batches(context.source, self._stop, resume_after=token,
-                          start_at=start_at, shard=self.shard) as batches:
+                          start_at=start_at, shard=self.shard,
+                          poll_interval=POLL_SECONDS) as batches:
             for batch in batches:
                 received = [event for event in batch.events
                             if event["operationType"] not in CRUD] if self.ddl_only \

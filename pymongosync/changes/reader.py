@@ -48,10 +48,14 @@ def token_time(token: Mapping[str, Any] | None) -> Timestamp | None:
 @contextmanager
 def read_batches(source: ClusterClient, stop: threading.Event, *,
                  resume_after: Mapping[str, Any] | None, start_at: Timestamp | None,
-                 max_await_ms: int = 250,
-                 shard: str | None = None) -> Iterator[Iterator[EventBatch]]:
+                 max_await_ms: int = 250, shard: str | None = None,
+                 poll_interval: float = 0.0) -> Iterator[Iterator[EventBatch]]:
     """Batches of events from the resume point; the reader thread ends with the context.
     ``shard``: one shard's stream of a sharded cluster (one instance per source shard).
+    ``poll_interval``: while a batch gathers, how long to wait after reading all the server
+    had before asking it again. A server answers a getMore as soon as it has one event, so
+    under a trickle of writes each getMore brings one or two: for a reader that can wait
+    (the change buffer), waiting lets them gather into fewer round trips.
 
     An error of the stream (e.g. ChangeStreamHistoryLost) is raised from the iterator, after
     every batch read before it.
@@ -73,8 +77,10 @@ def read_batches(source: ClusterClient, stop: threading.Event, *,
                     if not buffer:
                         oldest = time.monotonic()
                     buffer.append(event)
-                    if len(buffer) < BATCH_EVENTS and \
-                            time.monotonic() - oldest < MAX_BATCH_AGE_SECONDS:
+                    age = time.monotonic() - oldest
+                    if len(buffer) < BATCH_EVENTS and age < MAX_BATCH_AGE_SECONDS:
+                        if poll_interval and not stream.buffered:
+                            stop.wait(min(poll_interval, MAX_BATCH_AGE_SECONDS - age))
                         continue
                 _put(batches, EventBatch(buffer, stream.resume_token), finished)
                 buffer = []

@@ -441,6 +441,11 @@ class FakeEventStream:
         return None
 
     @property
+    def buffered(self) -> int:
+        with self._cluster.lock:
+            return len(self._cluster.event_log) - self._position
+
+    @property
     def resume_token(self) -> Mapping[str, Any] | None:
         return self._token
 
