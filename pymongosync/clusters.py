@@ -3,6 +3,7 @@ PyMongo implementation of :class:`pymongosync.cluster_client.ClusterClient`."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -229,8 +230,15 @@ def _option_text(value: Any) -> str:
 
 
 def hosts_of(uri: str) -> list[str]:
+    return list(_hosts_of(uri))
+
+
+@functools.lru_cache(maxsize=64)
+def _hosts_of(uri: str) -> tuple[str, ...]:
+    # Cached: /progress shows them on every call, and parsing a connection string costs
+    # about as much as the rest of /progress.
     parsed = uri_parser.parse_uri(uri, validate=False, warn=False)
-    return sorted(f"{host}:{port}" for host, port in parsed["nodelist"])
+    return tuple(sorted(f"{host}:{port}" for host, port in parsed["nodelist"]))
 
 
 def _id_bytes(value: Any) -> bytes:
@@ -649,13 +657,17 @@ def _statement(write: Write) -> tuple[str, str, dict[str, Any], int]:
 def _encoded_size(document: Mapping[str, Any] | list[Mapping[str, Any]]) -> int:
     """The BSON size of an update, its raw values counted without encoding them again (a
     change event's ``$set`` carries the source's fields as the raw bytes received)."""
-    if isinstance(document, list):
-        return len(bson.encode({"u": document}))
+    if isinstance(document, list):  # an array: a document named "0", "1", ...
+        return _encoded_size({str(index): stage for index, stage in enumerate(document)})
     size = 5
     for name, value in document.items():
         raw = getattr(value, "raw", None)
-        size += len(bson.encode({name: value})) - 5 if raw is None else \
-            2 + len(name.encode()) + len(raw)
+        if raw is not None:
+            size += 2 + len(name.encode()) + len(raw)
+        elif isinstance(value, (dict, list)):
+            size += 2 + len(name.encode()) + _encoded_size(value)
+        else:
+            size += len(bson.encode({name: value})) - 5
     return size
 
 

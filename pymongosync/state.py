@@ -125,9 +125,12 @@ class Record(BaseModel):
         return info.alias or field
 
     def stored_values(self, *fields: str) -> dict[str, Any]:
-        """``{stored name: stored value}`` of some fields, for a ``$set``."""
-        document = self.to_document()
-        return {name: document[name] for name in map(self.stored_name, fields)}
+        """``{stored name: stored value}`` of some fields, for a ``$set`` (only those are
+        serialized: change application saves its checkpoint after every batch)."""
+        unknown = set(fields).difference(type(self).model_fields)
+        if unknown:
+            raise KeyError(f"{type(self).__name__} has no field {sorted(unknown)}")
+        return self.model_dump(by_alias=True, include=set(fields))
 
 
 class ErrorRecord(Record):

@@ -178,8 +178,17 @@ def addressable(document: bytes) -> bool:
                for name in field_names(document))
 
 
+def begins_with_inserts(description: bytes) -> bool:
+    """Whether the delta of a ``rawUpdateDescription`` begins with its ``i`` section (fields
+    put at the end of the document: new ones, or moved ones), read from its bytes. The server
+    writes a delta's sections in the order ``d``, ``u``, ``i``, then sub-documents' diffs, so
+    such a delta has nothing ``$set``/``$unset`` can express exactly."""
+    return description[4:18] == _DELTA_HEAD and description[22:25] == _INSERT_SECTION
+
+
 _DELTA_HEAD = b"\x10$v\x00\x02\x00\x00\x00\x03diff\x00"
 _IN_PLACE_SECTION = b"\x03u\x00"
+_INSERT_SECTION = b"\x03i\x00"
 
 
 def field_names(document: bytes) -> list[bytes]:

@@ -192,6 +192,9 @@ class Translator:
         namespace_of = self._namespaces.of
         by_document_key, lanes = self.by_document_key, self.lanes
         listing = self.listing
+        if listing is not None and events and listing.until is not None and \
+                parse.fields(events[0])["clusterTime"] >= listing.until:
+            listing = None  # a batch is in time order: all of it is after the listing
 
         def flush() -> None:
             if pending:
@@ -392,9 +395,12 @@ def _writes_for_delta(key: RawBSONDocument, raw: parse.EventPart) -> list[Operat
     removed, is written as ``$set``/``$unset`` of the delta's own bytes (the cheaper write);
     a name with a dot or a leading ``$`` cannot be addressed so and takes the delta's way.
     """
-    updated = parse.only_updated_delta(raw.raw)
+    description = raw.raw
+    updated = parse.only_updated_delta(description)
     if updated is not None:  # the usual update, read without decoding
         return [Update(key, {"$set": parse.EventPart(updated, None)})]
+    if parse.begins_with_inserts(description):  # e.g. a new field: only the delta says where
+        return [Update(key, [{"$_internalApplyOplogUpdate": {"oplogUpdate": raw}}])]
     fields = parse.part_fields(raw)
     diff = fields.get("diff")
     if fields.get("$v") == 2 and isinstance(diff, parse.EventPart):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import bson
 import pytest
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from pymongosync.catalog import CAPPED_SIZE_LIFTED, TTL_NEVER_EXPIRES
+from pymongosync.changes.events import EventPart
 from pymongosync.changes.translate import translate
 from pymongosync.changes.writer import ChangeWriter
+from pymongosync.clusters import _encoded_size
 from pymongosync.errors import UnsupportedSourceChange
 from pymongosync.namespaces import NamespaceFilter
 from pymongosync.progress import Counters
@@ -448,3 +451,16 @@ def test_a_refetch_after_a_rename_keeps_the_document() -> None:
 
     assert replay.destination.documents("shop", "archive") == \
         replay.source.documents("shop", "archive") == [{"_id": 1, "a.b": 2}]
+
+
+@pytest.mark.parametrize("update", [
+    {"$set": {"a": [1, {"b": "x"}], "c": 1.5}, "$unset": {"z": ""}},
+    {"$push": {"a": {"$each": [], "$slice": 3}}},
+    {"$set": RawBSONDocument(bson.encode({"x": 1, "y": {"z": "é"}}))},
+    [{"$_internalApplyOplogUpdate": {"oplogUpdate": EventPart(
+        bson.encode({"$v": 2, "diff": {"i": {"new": True}}}), None)}}],
+    [{"$set": {"a": 1}}, {"$unset": ["b"]}] * 6,  # indexes of two digits
+])
+def test_the_size_counted_for_splitting_writes_is_the_encoded_size(update: Any) -> None:
+    # Commands are split by it, against the server's size limit: it must not undercount.
+    assert _encoded_size(update) == len(bson.encode({"u": update})) - 8
