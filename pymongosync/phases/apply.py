@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -59,6 +60,13 @@ LANES_BY_LOAD_LEVEL = {1: 1, 2: 2, 3: 4, 4: 8}
 # Batches handed to the lanes and not yet checkpointed: enough to keep the lanes busy while
 # the next batch is read and translated; each one is at most a reader batch of events.
 MAX_BATCHES_IN_FLIGHT = 3
+# How often the position reached is stored while batches follow one another. Each batch moves
+# it in memory; storing it is a write to the destination that cost about 1 ms of CPU, a
+# microsecond per event at full speed. A restart replays what came after the stored position
+# (every write is idempotent). Stored at once, whatever the time: after a DDL event, when
+# the lanes are drained (a barrier, the goal of a commit, a pause), and with one instance per
+# source shard (the coordinator waits for each instance's position).
+CHECKPOINT_EVERY_SECONDS = 0.5
 # While changes are applied, the cyclic garbage collector runs after this many new container
 # objects instead of Python's 700. Applying allocates a few containers per event (decoded
 # fields, writes), all freed by reference counting; with the default threshold, the collector
@@ -94,6 +102,8 @@ class _Applied:
     changes: list[SourceChange] = field(default_factory=list)
     # One instance per source shard: every event of this shard before it is then applied.
     applied_before: Timestamp | None = None
+    # It holds a DDL event: its checkpoint is stored at once (never apply a DDL event twice).
+    has_ddl: bool = False
 
 
 class ChangeApplier:
@@ -110,6 +120,8 @@ class ChangeApplier:
         self._lanes: ApplierLanes | None = None
         self._in_flight: deque[Marker] = deque()
         self._replayed_seq: int | None = None  # the last stored batch handed to the lanes
+        self._stored_at = float("-inf")  # time.monotonic() of the last stored checkpoint
+        self._unstored: set[str] = set()  # fields of the checkpoint moved since then
         # One instance per source shard (pymongosync.instances): this instance applies its
         # shard's CRUD events, as far as the coordinator's DDL stream allows.
         self.multi = context.layout.multi
@@ -282,7 +294,8 @@ class ChangeApplier:
                 # Right after a DDL event: a restart resumes past it, never applying it twice.
                 # (A DDL event ends its stored batch in the change buffer: there, the batch's
                 # own checkpoint, with its place in the buffer, is the one after it.)
-                self._checkpoint(Position(step.event["_id"], step.event["clusterTime"]), None)
+                self._checkpoint(Position(step.event["_id"], step.event["clusterTime"]), None,
+                                 store=True)
         last_time = translation.last_time or stored_last_time
         position, covered_seq = self._position_after(translation, resume_token, last_time,
                                                      buffer_seq)
@@ -295,7 +308,8 @@ class ChangeApplier:
             last_crud_time=next((step.last_time for step in reversed(crud_steps)
                                  if step.last_time is not None), None),
             changes=translation.changes,
-            applied_before=self._applied_before(translation, resume_token))))
+            applied_before=self._applied_before(translation, resume_token),
+            has_ddl=len(crud_steps) < len(translation.steps))))
         if until is not None and last_time is not None and last_time >= until:
             self._drain()  # the goal is in this batch: checkpoint it now
         while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
@@ -343,14 +357,17 @@ class ChangeApplier:
         """Wait until the lanes have applied everything handed to them, and checkpoint it."""
         if self._lanes is not None:
             self._lanes.wait_idle()
-            self._checkpoint_reached()
+            self._checkpoint_reached(store=True)
 
-    def _checkpoint_reached(self) -> None:
-        """Checkpoint the newest batch every lane has applied (and count those batches)."""
+    def _checkpoint_reached(self, store: bool = False) -> None:
+        """Checkpoint the newest batch every lane has applied (and count those batches);
+        ``store``: store it now (otherwise when CHECKPOINT_EVERY_SECONDS have passed)."""
         reached: list[_Applied] = []
         while self._in_flight and self._in_flight[0].reached:
             reached.append(self._in_flight.popleft().payload)
         if not reached:
+            if store:
+                self._store_checkpoint()
             return
         counters = self.context.counters
         changes: list[SourceChange] = []
@@ -368,16 +385,20 @@ class ChangeApplier:
                       None)
         applied_before = next((applied.applied_before for applied in reversed(reached)
                                if applied.applied_before is not None), None)
+        store = store or any(applied.has_ddl for applied in reached)
         if newest is None or newest.position is None:
             if applied_before is not None:
                 self._publish_applied_before(applied_before)
+            if store:
+                self._store_checkpoint()
             return
-        self._checkpoint(newest.position, newest.buffer_seq, applied_before)
+        self._checkpoint(newest.position, newest.buffer_seq, applied_before, store=store)
 
     def _checkpoint(self, position: Position, buffer_seq: int | None,
-                    applied_before: Timestamp | None = None) -> None:
-        """One write: the resume token, the time of the last applied event, the counters
-        (and the last applied batch of the change buffer, deleted once the write is done)."""
+                    applied_before: Timestamp | None = None, store: bool = False) -> None:
+        """The resume token, the time of the last applied event, the counters (and the last
+        applied batch of the change buffer, deleted once stored), stored in one write now
+        when ``store``, or at the latest CHECKPOINT_EVERY_SECONDS after the last one."""
         context = self.context
         info = context.resume.crud_change_stream_resume_info
         for candidate in (position.time, token_time(position.token)):
@@ -397,14 +418,30 @@ class ChangeApplier:
                                            or applied_before > context.resume.applied_before):
             context.resume.applied_before = applied_before
             fields.append("applied_before")
-        recorded_seq = None
         if buffer_seq is not None and buffer_seq > context.resume.buffer_applied_seq:
-            recorded_seq = context.resume.buffer_applied_seq = buffer_seq
+            context.resume.buffer_applied_seq = buffer_seq
             fields.append("buffer_applied_seq")
-        context.save_resume(*fields)
-        if recorded_seq is not None:
-            context.store.drop_buffer_through(recorded_seq, stream=context.layout.stream)
+        self._unstored.update(fields)
+        if store or self.multi or \
+                time.monotonic() - self._stored_at >= CHECKPOINT_EVERY_SECONDS:
+            self._store_checkpoint()
         self._start_verifying_once_caught_up()
+
+    def _store_checkpoint(self) -> None:
+        """Store what the checkpoint moved since it was last stored (nothing if nothing)."""
+        if not self._unstored:
+            return
+        context = self.context
+        fields, self._unstored = self._unstored, set()
+        try:
+            context.save_resume(*sorted(fields))
+        except BaseException:
+            self._unstored |= fields  # not stored: the next checkpoint stores it
+            raise
+        self._stored_at = time.monotonic()
+        if "buffer_applied_seq" in fields:
+            context.store.drop_buffer_through(context.resume.buffer_applied_seq,
+                                              stream=context.layout.stream)
 
     def _start_verifying_once_caught_up(self) -> None:
         """The verifier starts once the copy's backlog of changes is applied (hashing earlier

@@ -17,6 +17,7 @@ from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
 from pymongosync.catalog import CAPPED_SIZE_LIFTED, TTL_NEVER_EXPIRES
 from pymongosync.changes import reader
 from pymongosync.errors import ChangeStreamHistoryLost, SourceModifiedDuringCommit, Stopped
+from pymongosync.phases import apply as apply_phase
 from pymongosync.phases import copy as copy_phase
 from pymongosync.phases import runner
 from pymongosync.phases.apply import ApplyChanges, ChangeApplier
@@ -481,6 +482,48 @@ def test_apply_changes_checkpoints_after_each_batch_until_commit(
     assert info.resume_token is not None and info.last_event_ts is not None
     assert info.last_event_ts >= source.event_log[-1]["clusterTime"]
     assert stored.resume.events_applied == 13 == context.counters.events_applied
+
+
+def test_checkpoints_between_batches_are_stored_at_intervals_and_at_every_ddl_and_stop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader, "BATCH_EVENTS", 3)
+    monkeypatch.setattr(apply_phase, "CHECKPOINT_EVERY_SECONDS", 3600.0)
+    source, destination, store, context = applying()
+    source.create_collection("shop", "live", {})
+    applier = ChangeApplier(context)
+    thread, errors = run_in_thread(lambda: None if applier.run() else None)
+    # A DDL event is stored at once: right after it, and with the batch that holds it.
+    wait_until(lambda: len(store.checkpoints) == 2)
+    source.insert("shop", "live", *({"_id": n} for n in range(10)))
+    wait_until(lambda: context.counters.events_applied == 11)
+    # The CRUD batches' checkpoints wait for the interval.
+    assert len(store.checkpoints) == 2
+    crashed = store.load()  # what a kill -9 now would leave
+    assert crashed is not None and crashed.resume.events_applied == 1
+    assert context.resume.events_applied == 11
+
+    source.create_collection("shop", "other", {})  # a DDL event: stored at once
+    wait_until(lambda: context.counters.events_applied == 12)
+    assert store.checkpoints[-1][1] == set(range(10))
+
+    source.insert("shop", "live", {"_id": 10})
+    wait_until(lambda: context.counters.events_applied == 13)
+    context.stop.set()  # a pause: everything applied is stored on the way out
+    thread.join(5)
+    assert not thread.is_alive() and errors == []
+    stopped = store.load()
+    assert stopped is not None and stopped.resume.events_applied == 13
+    assert stopped.resume.crud_change_stream_resume_info == \
+        context.resume.crud_change_stream_resume_info
+
+    # The process killed before the interval: the next one replays from the stored
+    # checkpoint, idempotently, to the same result.
+    resumed = PhaseContext.build(source, destination, store, crashed.global_state,
+                                 crashed.resume)
+    resumed.stop = InstantEvent()
+    assert ChangeApplier(resumed).run(until=source.cluster_time()) is True
+    assert destination.documents("shop", "live") == source.documents("shop", "live")
+    assert destination.collection("shop", "other") is not None
 
 
 def test_apply_changes_resumes_from_the_saved_token() -> None:
