@@ -79,6 +79,9 @@ class DdlStep:
     event: Mapping[str, Any]
     # Part of a transaction: a checkpoint right after it would fall inside the transaction.
     in_transaction: bool = False
+    # A rename the listing saw under neither name (see Listing.ddl_action): the collection
+    # was never copied, so it is copied whole under its new name instead of being renamed.
+    copy_target: bool = False
 
 
 Step = CrudStep | DdlStep
@@ -134,6 +137,19 @@ class Listing:
             return False
         listed = self.times.get(db, self.started)
         return listed is not None and time < listed
+
+    def ddl_action(self, db: str, time: Timestamp, renamed_to_db: str | None = None) -> str:
+        """What to do with a DDL event of ``db`` at ``time``: ``"apply"`` it; ``"seen"``, the
+        listing saw its effect; or, for a rename into another database (``renamed_to_db``),
+        ``"copy-target"``: the source database was listed after the rename and the target's
+        before it, so the listing found the collection under neither name and nothing copied
+        it (applying nothing lost it; renaming would find no collection to rename)."""
+        if not self.before(db, time):
+            return "apply"
+        if renamed_to_db is not None and renamed_to_db != db and \
+                not self.before(renamed_to_db, time):
+            return "copy-target"
+        return "seen"
 
 
 @dataclass
@@ -229,12 +245,15 @@ class Translator:
                 transaction = None
             previous = top
             if top["operationType"] not in CRUD:
-                if listing is not None and "ns" in top and \
-                        listing.before(parse.part_fields(top["ns"])["db"], top["clusterTime"]):
+                action = "apply" if listing is None or "ns" not in top else \
+                    listing.ddl_action(parse.part_fields(top["ns"])["db"], top["clusterTime"],
+                                       _renamed_to_db(top))
+                if action == "seen":
                     continue  # the listing saw it
                 end_run(continues_after=False)
                 flush()
-                steps.append(DdlStep(event, in_transaction=transaction is not None))
+                steps.append(DdlStep(event, in_transaction=transaction is not None,
+                                     copy_target=action == "copy-target"))
                 continue
             namespace, included = namespace_of(top["ns"])
             if listing is not None and listing.before(namespace[0], top["clusterTime"]):
@@ -418,6 +437,20 @@ def _writes_for_delta(key: RawBSONDocument, raw: parse.EventPart) -> list[Operat
                                     parse.field_names(sections["d"].raw)}
             return [Update(key, update)]
     return [Update(key, [{"$_internalApplyOplogUpdate": {"oplogUpdate": raw}}])]
+
+
+def _renamed_to_db(top: Mapping[str, Any]) -> str | None:
+    """The database a rename event moves its collection to (None for any other event)."""
+    if top["operationType"] != "rename" or "operationDescription" not in top:
+        return None
+    target = parse.part_fields(top["operationDescription"]).get("to")
+    db = parse.part_fields(target).get("db") if isinstance(target, parse.EventPart) else None
+    return db if isinstance(db, str) else None
+
+
+def renamed_to_db(event: Mapping[str, Any]) -> str | None:
+    """:func:`_renamed_to_db` of a whole event."""
+    return _renamed_to_db(parse.fields(event))
 
 
 def _transaction_of(top: Mapping[str, Any]) -> Hashable | None:

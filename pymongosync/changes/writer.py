@@ -170,7 +170,8 @@ class ChangeWriter:
             return  # outside the migration (renames decide by both names, below)
         if coll is None and not self.namespace_filter.includes_database(db):
             return
-        handler = getattr(self, f"_ddl_{kind}", None)
+        handler = getattr(self, f"_ddl_{kind}", None) if not step.copy_target else \
+            self._copy_renamed_target
         if handler is None:
             if kind in ("reshardCollection", "refineCollectionShardKey"):
                 raise UnsupportedSourceChange(
@@ -273,6 +274,19 @@ class ChangeWriter:
             catalog.shard_collection(self.destination, db, coll,
                                      plain(description["shardKey"]),
                                      self.source.index_specs(db, coll))
+
+    def _copy_renamed_target(self, db: str, coll: str | None, description: Any) -> None:
+        """A rename that the listing of the source's namespaces saw under neither name
+        (``DdlStep.copy_target``): the collection is copied whole under its new name, as the
+        source has it now, replacing whatever the destination holds there (the target the
+        rename dropped, as listed). Events after the rename are applied to it next, so
+        applying this step again after a restart comes to the same result."""
+        target = description["to"]
+        to_db, to_coll = target["db"], target["coll"]
+        if not self.namespace_filter.includes(to_db, to_coll):
+            return
+        self.destination.drop_collection(to_db, to_coll)
+        self._copy_whole_collection(to_db, to_coll)
 
     def _copy_whole_collection(self, db: str, coll: str) -> None:
         """A collection renamed into the filter: its documents were never inserted as events."""

@@ -32,7 +32,7 @@ from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from pymongosync.changes.reader import CRUD, read_batches, token_time
-from pymongosync.changes.translate import DdlStep, Listing
+from pymongosync.changes.translate import DdlStep, Listing, renamed_to_db
 from pymongosync.changes.writer import ChangeWriter
 from pymongosync.errors import ChangeStreamHistoryLost, InternalError, MigrationError, Stopped
 from pymongosync.instances import DDL_STREAM, POLL_SECONDS
@@ -205,8 +205,9 @@ class DdlCoordinator:
             if resume.ddl_seen_through is not None and at <= resume.ddl_seen_through:
                 continue  # applied before a restart
             ns = event.get("ns") or {}
-            if self.listing is not None and isinstance(ns.get("db"), str) and \
-                    self.listing.before(ns["db"], at):
+            action = "apply" if self.listing is None or not isinstance(ns.get("db"), str) else \
+                self.listing.ddl_action(ns["db"], at, renamed_to_db(event))
+            if action == "seen":
                 continue  # the listing of the source's namespaces saw it
             if resume.ddl_pending != at:
                 resume.ddl_pending = at
@@ -217,7 +218,7 @@ class DdlCoordinator:
                 return applied is not None and applied >= at
 
             group.wait(reached, self._stopped)
-            self.writer.apply_ddl(DdlStep(event))
+            self.writer.apply_ddl(DdlStep(event, copy_target=action == "copy-target"))
             resume.ddl_pending = None
             resume.ddl_seen_through = at
             resume.ddl_change_stream_resume_info = ResumeInfo(

@@ -22,8 +22,10 @@ from .runner import run_seed
 # Chosen so that together they exercise every feature of the generator (see
 # test_the_seeds_cover_every_feature), each in about 5-10 s. Plans change when the generator or
 # its AVOIDED set does: that test then says which features these seeds no longer reach, and
-# `scripts.campaign` finds seeds that do.
-SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289]
+# `scripts.campaign` finds seeds that do. 369: a rename across databases during the listing
+# (lost the collection in about one run out of three before its fix; see
+# test_a_rename_the_listing_saw_under_neither_name_copies_the_collection_whole).
+SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289, 369]
 
 
 @pytest.mark.campaign

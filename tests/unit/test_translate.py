@@ -360,3 +360,36 @@ def test_without_a_listing_every_event_goes_by_name() -> None:
     _, events = listed_events()
     steps = Translator(EVERYTHING).translate(events).steps
     assert [type(step).__name__ for step in steps] == ["CrudStep", "DdlStep", "CrudStep"]
+
+
+def test_a_rename_the_listing_saw_under_neither_name_copies_the_collection_whole() -> None:
+    """src.moving renamed to dst.moved at 3: dst was listed at 2 (before: no dst.moved), src
+    at 4 (after: no src.moving). Nothing copied the collection; skipping the rename as seen
+    lost every document (campaign seed 369)."""
+    source, destination = FakeCluster(), FakeCluster("cluster1")
+    source.insert("dst", "moved", {"_id": 1, "v": "a"}, {"_id": 2, "v": "b"})
+    moved_uuid = source.collection("dst", "moved").uuid  # type: ignore[union-attr]
+    listing = Listing.of(at(1), {"dst": at(2), "src": at(4)}, [])
+    rename = change_event("rename", "src", "moving", at(3),
+                          to={"db": "dst", "coll": "moved"},
+                          operation_description={"to": {"db": "dst", "coll": "moved"}},
+                          collection_uuid=moved_uuid)
+    later = change_event("insert", "dst", "moved", at(5), document_key={"_id": 3},
+                         full_document={"_id": 3, "v": "c"}, collection_uuid=moved_uuid)
+    steps = Translator(EVERYTHING, listing=listing).translate([rename, later]).steps
+    assert [type(step).__name__ for step in steps] == ["DdlStep", "CrudStep"]
+    source.insert("dst", "moved", {"_id": 3, "v": "c"})
+    writer = ChangeWriter(source, destination, EVERYTHING, "afterDataCopy", MemoryStore(),
+                          Counters())
+    writer.apply(steps)
+    writer.apply(steps)  # applied again after a restart: the same result
+    assert destination.documents("dst", "moved") == source.documents("dst", "moved")
+    assert len(destination.documents("dst", "moved")) == 3
+
+    # Listed after the rename in both databases: seen; before it in both: renamed.
+    both_after = Listing.of(at(1), {"dst": at(4), "src": at(4)}, [])
+    assert both_after.ddl_action("src", at(3), "dst") == "seen"
+    both_before = Listing.of(at(1), {"dst": at(2), "src": at(2)}, [])
+    assert both_before.ddl_action("src", at(3), "dst") == "apply"
+    assert listing.ddl_action("src", at(3), "dst") == "copy-target"
+    assert listing.ddl_action("src", at(3), None) == "seen"
