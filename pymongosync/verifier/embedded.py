@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import bson
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
 from bson.timestamp import Timestamp
 from pymongo.errors import PyMongoError
 
@@ -59,6 +61,7 @@ from pymongosync.retry import is_transient
 from pymongosync.state import (
     IndexRef,
     Mismatch,
+    NamespaceRef,
     Recheck,
     RecheckKey,
     VerificationPhase,
@@ -422,10 +425,15 @@ class EmbeddedVerifier:
         context = self.context
         if not self.stop(timeout=60):
             raise Stopped()
+        # The background threads are done; the final hashing below runs in this thread and
+        # must not take their stop for its own (it raised Stopped at its first batch, and the
+        # commit ended without a word whenever a range was still to hash).
+        self._stop.clear()
         self._final_started = (context.source.cluster_time(),
                                context.destination.cluster_time())
         self.state.final_started_at = now()
         self.store.save_state(self.state, "final_started_at")
+        self._cover_unplanned_collections()
         self._hash_remaining_ranges()
         mismatches = self._final_rechecks()  # the backlog, while the stream catches up
         self._read_destination_changes(until=self._final_started[1])
@@ -488,6 +496,30 @@ class EmbeddedVerifier:
                 f"destination cluster was modified after Mongosync final verification began "
                 f"({summarize_changes(found['destination'])}); nothing may write to the "
                 f"destination before canWrite is true: run `mongosync reset` and migrate again")
+
+    def _cover_unplanned_collections(self) -> None:
+        """A task for the whole of each collection of the migration, on either cluster, that
+        no range of the copy covers. Ranges come from the copy's plan, made from the listing
+        of the source's namespaces: a collection the listing missed (one renamed across
+        databases while they were listed) was neither copied nor hashed, and only the
+        documents changed since were rechecked; the verifier passed a collection with none
+        of its other documents (campaign seed 369). Idempotent: a task is added once."""
+        context = self.context
+        planned = {partition.namespace.full_name
+                   for partition in context.store.partition_records()}
+        tasks: dict[str, VerificationTask] = {}
+        for cluster in (context.source, context.destination):
+            for record in catalog.list_namespaces(cluster, context.namespace_filter):
+                if record.is_collection and record.id not in planned:
+                    tasks.setdefault(record.id, VerificationTask(
+                        id=f"{record.id}#whole", namespace=NamespaceRef(db=record.db,
+                                                                         coll=record.name),
+                        lower=MinKey(), upper=MaxKey(), is_last=True,
+                        estimated_documents=record.estimated_documents))
+        if tasks:
+            log.info("verifier: %d collection(s) the copy did not plan, hashed whole: %s",
+                     len(tasks), ", ".join(sorted(tasks)))
+            self.store.ensure_tasks(tasks.values())
 
     def _hash_remaining_ranges(self) -> None:
         while (task := self.store.claim_task(f"{self.context.instance}:verify-final")) \

@@ -101,6 +101,28 @@ def test_documents_changed_behind_the_tools_back_fail_the_migration(
         ["10", "11", "12", "intruder"]
 
 
+def test_a_collection_the_copy_did_not_plan_is_verified_whole(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """What a listing that missed a collection leaves (campaign seed 369: renamed across
+    databases while they were listed): no range of the copy, no task of the verifier, and on
+    the destination the collection without its documents, which no document event removed.
+    Before the fix the verifier passed it (and, given a range to hash at commit, the final
+    verification stopped itself and the commit ended without a word)."""
+    cluster0, cluster1 = clusters
+    seed(source)
+
+    def tamper(client: pymongo.MongoClient[Any]) -> None:
+        metadata = client[METADATA_DATABASE]
+        metadata.partitions.delete_many({"namespace.coll": "c2"})
+        metadata.verifierTasks.delete_many({"namespace.coll": "c2"})
+        client.app.c2.drop()  # emptied without a delete event: only DDL events
+        client.app.create_collection("c2")
+
+    failure = run_until_commit_fails(cluster0, cluster1, tamper, "stream hashing")
+    assert "400 found" in failure.message, failure.message
+    assert "app.c2 _id 0: missing" in failure.message, failure.message
+
+
 @pytest.mark.parametrize("change", ["dropped", "option"])
 def test_indexes_changed_behind_the_tools_back_fail_the_migration(
         source: EmulatorProcess, clusters: tuple[Cluster, Cluster], change: str) -> None:
