@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -287,19 +289,42 @@ def test_a_copy_longer_than_the_oplog_window_blocks_without_change_buffering(
         with admin_client(source) as client:
             for _ in range(4):
                 client.big.docs.insert_many([{"pad": "x" * 1024 * 1024} for _ in range(10)])
-            # then small writes fill the 50 KiB oplog within a second
             client.churn.c.insert_many([{"pad": "x" * 1000} for _ in range(200)])
-        code, found = findings(source.uri, destination.uri)
-        assert code == 0, found  # the change buffer stores the changes made during the copy
-        [window] = by_check(found, "oplog-window")
-        assert window["blocking"] is False and "the change buffer stores" in window["message"]
+        with busy(source):
+            code, found = findings(source.uri, destination.uri)
+            assert code == 0, found  # the change buffer stores the changes made during the copy
+            [window] = by_check(found, "oplog-window")
+            assert window["blocking"] is False and "the change buffer stores" in window["message"]
 
-        code, output = check(source.uri, destination.uri, "--disableChangeBuffering")
+            code, output = check(source.uri, destination.uri, "--disableChangeBuffering")
         assert code == 1, output
         assert "BLOCKING  [oplog-window] cluster0 (source)" in output
         assert "copying 40.2 MiB is estimated at 3 s" in output
         assert "the oplog would roll over (ChangeStreamHistoryLost) before the copy ends" in output
         assert "without --disableChangeBuffering" in output
+
+
+@contextmanager
+def busy(source: EmulatorProcess) -> Iterator[None]:
+    """The source's 200 churn documents rewritten without pause (their size unchanged), so its
+    50 KiB oplog holds well under a second of writes while the checks run. Written once
+    before the checks instead, the oplog's span grew with the seconds a busy machine took to
+    start each check (CI measured 3 s against the copy's 2.5 s)."""
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        with admin_client(source) as client:
+            while not stop.is_set():
+                for pad in "yx":
+                    client.churn.c.update_many({}, {"$set": {"pad": pad * 1000}})
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join(30)
 
 
 # -- refusals of the command itself ----------------------------------------------------------
