@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
@@ -85,6 +85,8 @@ class DdlStep:
 
 
 Step = CrudStep | DdlStep
+# What Listing.ddl_action says of a DDL event (checked by mypy where it is compared).
+DdlAction = Literal["apply", "seen", "copy-target"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ class Listing:
         listed = self.times.get(db, self.started)
         return listed is not None and time < listed
 
-    def ddl_action(self, db: str, time: Timestamp, renamed_to_db: str | None = None) -> str:
+    def ddl_action(self, db: str, time: Timestamp,
+                   renamed_to_db: str | None = None) -> DdlAction:
         """What to do with a DDL event of ``db`` at ``time``: ``"apply"`` it; ``"seen"``, the
         listing saw its effect; or, for a rename into another database (``renamed_to_db``),
         ``"copy-target"``: the source database was listed after the rename and the target's
@@ -245,7 +248,7 @@ class Translator:
                 transaction = None
             previous = top
             if top["operationType"] not in CRUD:
-                action = "apply" if listing is None or "ns" not in top else \
+                action: DdlAction = "apply" if listing is None or "ns" not in top else \
                     listing.ddl_action(parse.part_fields(top["ns"])["db"], top["clusterTime"],
                                        _renamed_to_db(top))
                 if action == "seen":

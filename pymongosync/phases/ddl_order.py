@@ -32,7 +32,7 @@ from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from pymongosync.changes.reader import CRUD, read_batches, token_time
-from pymongosync.changes.translate import DdlStep, Listing, renamed_to_db
+from pymongosync.changes.translate import DdlAction, DdlStep, Listing, renamed_to_db
 from pymongosync.changes.writer import ChangeWriter
 from pymongosync.errors import ChangeStreamHistoryLost, InternalError, MigrationError, Stopped
 from pymongosync.instances import DDL_STREAM, POLL_SECONDS
@@ -205,8 +205,9 @@ class DdlCoordinator:
             if resume.ddl_seen_through is not None and at <= resume.ddl_seen_through:
                 continue  # applied before a restart
             ns = event.get("ns") or {}
-            action = "apply" if self.listing is None or not isinstance(ns.get("db"), str) else \
-                self.listing.ddl_action(ns["db"], at, renamed_to_db(event))
+            action: DdlAction = "apply"
+            if self.listing is not None and isinstance(ns.get("db"), str):
+                action = self.listing.ddl_action(ns["db"], at, renamed_to_db(event))
             if action == "seen":
                 continue  # the listing of the source's namespaces saw it
             if resume.ddl_pending != at:
