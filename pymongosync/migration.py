@@ -665,11 +665,16 @@ class Migration:
             return
         if self.standby is None and not self._lease_lost:
             if not lease.renew():
-                # Ownership can no longer be guaranteed: stop writing before another process
-                # may take over. Recorded first: reading the holder may fail too (the
-                # destination is what is unreachable), and the next rounds must then take the
-                # lease back, not renew it and leave the migration stopped.
-                self._lease_lost = True
+                with self._lock:
+                    if self.lease is not lease:
+                        # A reverse released this lease while it was being renewed and holds
+                        # the reversed migration's: losing the released one loses nothing.
+                        return
+                    # Ownership can no longer be guaranteed: stop writing before another
+                    # process may take over. Recorded first: reading the holder may fail too
+                    # (the destination is what is unreachable), and the next rounds must then
+                    # take the lease back, not renew it and leave the migration stopped.
+                    self._lease_lost = True
                 self._stop_worker(timeout=STOP_WAIT_SECONDS)
                 self._notify("lost the migration lease: standing by")
                 self.standby = lease.holder()

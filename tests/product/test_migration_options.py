@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+
+import pytest
 
 from mongoemu.testing import EmulatorProcess
 from pymongosync.clusters import Cluster
+from pymongosync.errors import InvalidState
 from pymongosync.migration import Migration
 from pymongosync.request import StartRequest
 from pymongosync.verifier.compare import compare_clusters
@@ -148,3 +152,46 @@ def test_transient_errors_are_retried(source: EmulatorProcess, destination: Emul
     migration.close()
     assert migration.error is None
     assert compare_clusters(cluster0.client, cluster1.client).equal
+
+
+def test_a_lease_renewal_that_races_a_reverse_leaves_the_reversed_migration_running(
+        source: EmulatorProcess, destination: EmulatorProcess,
+        clusters: tuple[Cluster, Cluster], monkeypatch: Any) -> None:
+    # The monitor reads the lease, then renews it; a reverse in between releases that lease and
+    # takes the reversed migration's. The renewal then fails on the released lease, which is not
+    # a loss of the migration (it stopped the reversed one, and /commit answered that the
+    # destination was unreachable).
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.items.insert_many([{"n": i} for i in range(50)])
+    migration = migrate(cluster0, cluster1, {"source": "cluster0", "destination": "cluster1",
+                                             "reversible": True})
+    released = migration.lease
+    assert released is not None
+    renew = released.renew
+    reversed_once = threading.Lock()
+    failures: list[BaseException] = []
+
+    def reverse_then_renew() -> bool:
+        if reversed_once.acquire(blocking=False):
+            try:
+                migration.reverse()
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                failures.append(exc)
+        return renew()
+
+    monkeypatch.setattr(released, "renew", reverse_then_renew)
+    migration._keep_or_take_lease()
+    assert not failures, failures
+    # Still the owner: /commit is refused for the state, not for a lost lease.
+    with pytest.raises(InvalidState):
+        migration.commit()
+    migration.wait_for(lambda p: p["state"] == "RUNNING", timeout=60)
+    with user_client(destination) as application:
+        application.app.items.insert_one({"n": -1})
+    migration.wait_for(lambda p: p["canCommit"] and p["totalEventsApplied"] >= 1, timeout=60)
+    migration.commit()
+    migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=60)
+    migration.close()
+    comparison = compare_clusters(cluster1.client, cluster0.client)
+    assert comparison.equal, comparison.summary()

@@ -172,6 +172,10 @@ def _sharded_source(source: ClusterProcess, chunks: int) -> None:
         assert chunk_counts(client, "bulk.items") == {"shard01": chunks}
 
 
+def _balancer_stopped(status: dict[str, Any]) -> bool:
+    return bool(status["mode"] == "off" and not status["inBalancerRound"])
+
+
 def test_three_shards_to_two_while_the_source_balancer_moves_chunks(
         tmp_path: Path, processes: list[Mongosync]) -> None:
     with start_cluster(shards=3, secured=True,
@@ -188,7 +192,9 @@ def test_three_shards_to_two_while_the_source_balancer_moves_chunks(
                 process = _mongosync(processes, tmp_path, source, destination)
                 assert process.post("start", START) == (200, {"success": True})
                 # The tool stops the source's balancer; the migration then in flight finishes.
-                wait_for(lambda: client.admin.command("balancerStatus")["mode"] == "off",
+                # The mode reads "off" before that migration commits, so the count is taken
+                # once no balancing round is in flight any more.
+                wait_for(lambda: _balancer_stopped(client.admin.command("balancerStatus")),
                          timeout=60, what="the tool stopping the source balancer")
                 moved_before_stop = moves.count_documents({"what": "moveChunk.commit"})
                 assert max(chunk_counts(client, "bulk.items").values()) > 8  # not done yet
