@@ -597,7 +597,8 @@ class SeedRun:
         with app_client(self.destination) as client:
             client[db][coll].insert_one({"_id": "destination's own", "conflict": True})
         status, body = self.mongosync.post("start", self.plan.start_body)
-        if status == 200 or namespace not in json.dumps(body):
+        # ensure_ascii=False: a namespace like db0.名前 is in the body as itself, not escaped.
+        if status == 200 or namespace not in json.dumps(body, ensure_ascii=False):
             raise CampaignFailure(f"/start with {namespace} on both sides answered {status} "
                                   f"{body}")
         with root_client(self.destination) as client:
