@@ -30,16 +30,13 @@ from pymongo.errors import (
 
 from pymongosync.cluster_client import Delete, RangeRead, Upsert, Write
 from pymongosync.errors import InvalidConnectionString, UnsupportedCluster
+from pymongosync.received import RAW
 from pymongosync.store import MetadataStore
 from pymongosync.verifier.store import MetadataVerifierStore
 
 # The application name on every connection. With auth on, write blocking is bypassed through
 # the bypassWriteBlockingMode privilege; the emulator can grant the same by application name.
 APP_NAME = "pymongosync"
-# Dates outside Python's range (years before 1 or after 9999) are valid BSON: decode them as
-# DatetimeMS rather than fail, wherever a value has to be decoded.
-RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True,
-                   datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 # Replies to commands decoded with the same care (Database.command ignores the client's).
 DECODED: CodecOptions[dict[str, Any]] = CodecOptions(
     tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)

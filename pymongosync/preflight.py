@@ -24,7 +24,8 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
 from pymongosync import catalog, oplog_window
-from pymongosync.clusters import RAW, Cluster, redact
+from pymongosync.clusters import Cluster, redact
+from pymongosync.received import RAW
 from pymongosync.errors import (
     DestinationNotEmpty,
     InsufficientDestinationDiskSpace,

@@ -24,16 +24,20 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import bson
-from bson import _raw_to_dict  # the C decoder RawBSONDocument itself uses (pymongo < 5)
+
+try:  # the C decoder RawBSONDocument itself uses (pymongo < 5), without its Python wrapper
+    from bson._cbson import _raw_to_dict  # type: ignore[import-not-found]
+except ImportError:  # PyMongo without its C extensions: the pure-Python decoder
+    from bson import _raw_to_dict
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 
 from pymongosync.identity import id_key
 from pymongosync.namespaces import NamespaceFilter
+from pymongosync.received import RECEIVED
 
-# As pymongosync.clusters.RAW: what documents handed to a cluster are decoded with.
-RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True,
-                   datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+# Documents as received: what reaches fields() from a change stream.
+_RAW_TYPES = frozenset({RECEIVED, RawBSONDocument})
 DECODED: CodecOptions[dict[str, Any]] = CodecOptions(
     tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
@@ -65,9 +69,10 @@ _PARTS = CodecOptions(document_class=EventPart,  # type: ignore[type-var]
 def fields(event: Mapping[str, Any]) -> dict[str, Any]:
     """The top-level fields of a change event, nested documents as :class:`EventPart`."""
     # The usual case first: an exact type test is cheaper than an ABC instance check.
-    data = event.raw if type(event) is RawBSONDocument else raw_bytes(event)
+    # (mypy cannot narrow on an exact type test; a cast would cost a call per event)
+    data = event.raw if type(event) in _RAW_TYPES else raw_bytes(event)  # type: ignore[attr-defined]
     result: dict[str, Any] = _raw_to_dict(data, 4, len(data) - 1,
-                                          _PARTS, {})  # type: ignore[arg-type]
+                                          _PARTS, {}, False)
     return result
 
 
@@ -78,7 +83,7 @@ def part_fields(part: EventPart) -> dict[str, Any]:
 
 def _top_level(data: bytes) -> dict[str, Any]:
     result: dict[str, Any] = _raw_to_dict(data, 4, len(data) - 1,
-                                          _PARTS, {})  # type: ignore[arg-type]
+                                          _PARTS, {}, False)
     return result
 
 

@@ -34,6 +34,7 @@ from pymongosync.changes import events as parse
 from pymongosync.changes.reader import CRUD
 from pymongosync.cluster_client import Delete, Update, Upsert, Write
 from pymongosync.namespaces import NamespaceFilter
+from pymongosync.received import RAW, RECEIVED
 
 Namespace = tuple[str, str]
 
@@ -340,7 +341,7 @@ def _collapse(changes: list[_Added], lanes: int, barrier: bool = False) -> CrudS
             operations = writes.get(namespace)
             if operations is None:
                 operations = writes[namespace] = []
-            key_document = RawBSONDocument(key, parse.RAW)
+            key_document = RECEIVED(key, RAW)  # bytes cut from a decoded event
             for top in document_events:
                 operations.extend(writes_for(top, key_document))
     return step
