@@ -87,6 +87,12 @@ class EventStream(Protocol):
 
     def try_next(self) -> RawBSONDocument | None: ...
 
+    def next_events(self, limit: int) -> list[RawBSONDocument]:
+        """Up to ``limit`` events at once: those already received, or else what one round
+        trip to the server brings (empty: nothing new yet). :attr:`resume_token` is then the
+        last one's."""
+        ...
+
     @property
     def buffered(self) -> int:
         """Events already received that :meth:`try_next` hands out without asking the

@@ -174,6 +174,25 @@ class RawChangeStream:
             self._token, self._token_of = self._post_batch_token, None
 
     def try_next(self) -> RawBSONDocument | None:
+        events = self.next_events(1)
+        return events[0] if events else None
+
+    def next_events(self, limit: int) -> list[RawBSONDocument]:
+        self._fill()
+        if not self._batch:
+            return []
+        events = self._batch[-limit:]
+        del self._batch[-limit:]
+        events.reverse()
+        # As the driver does: the last event's token, or the batch's once the batch is used up.
+        if not self._batch and self._post_batch_token is not None:
+            self._token, self._token_of = self._post_batch_token, None
+        else:
+            self._token_of = events[-1]
+        return events
+
+    def _fill(self) -> None:
+        """One getMore when every event received has been handed out."""
         if not self._batch and self._cursor_id:
             try:
                 reply = self.client.admin.command({
@@ -187,15 +206,6 @@ class RawChangeStream:
                 self._open(self.resume_token, None)  # from the last event handed out
             else:
                 self._absorb(reply["cursor"], "nextBatch")
-        if not self._batch:
-            return None
-        event = self._batch.pop()
-        # As the driver does: the event's token, or the batch's once the batch is used up.
-        if not self._batch and self._post_batch_token is not None:
-            self._token, self._token_of = self._post_batch_token, None
-        else:
-            self._token_of = event
-        return event
 
     @property
     def buffered(self) -> int:

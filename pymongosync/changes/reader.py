@@ -72,11 +72,12 @@ def read_batches(source: ClusterClient, stop: threading.Event, *,
             buffer: list[RawBSONDocument] = []
             oldest = 0.0
             while not stop.is_set() and not finished.is_set():
-                event = stream.try_next()
-                if event is not None:
+                # As many as the batch lacks: a server batch is taken in one call, not per event.
+                events = stream.next_events(BATCH_EVENTS - len(buffer))
+                if events:
                     if not buffer:
                         oldest = time.monotonic()
-                    buffer.append(event)
+                    buffer.extend(events)
                     age = time.monotonic() - oldest
                     if len(buffer) < BATCH_EVENTS and age < MAX_BATCH_AGE_SECONDS:
                         if poll_interval and not stream.buffered:

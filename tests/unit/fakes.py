@@ -440,6 +440,11 @@ class FakeEventStream:
         time.sleep(IDLE_WAIT_SECONDS)
         return None
 
+    def next_events(self, limit: int) -> list[RawBSONDocument]:
+        # One event per call: a server batch of one, which every reader must take as well.
+        event = self.try_next()
+        return [] if event is None else [event]
+
     @property
     def buffered(self) -> int:
         with self._cluster.lock:

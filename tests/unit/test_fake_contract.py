@@ -410,6 +410,31 @@ def test_change_events_have_the_server_shape(cluster: ClusterClient, db: str) ->
     assert resumed[0]["_id"] == events[4]["_id"]
 
 
+def test_events_taken_several_at_a_time_keep_their_order_and_their_resume_point(
+        cluster: ClusterClient, db: str) -> None:
+    start = cluster.cluster_time()
+    cluster.insert_documents(db, "c", [raw({"_id": n}) for n in range(25)])
+    stream = cluster.watch(start_at=start, batch_size=10)
+    taken: list[RawBSONDocument] = []
+    resume_points: list[tuple[int, Any]] = []  # (events taken, the stream's token then)
+    deadline = time.monotonic() + 10
+    try:
+        while len(taken) < 25 and time.monotonic() < deadline:
+            events = stream.next_events(7)
+            assert len(events) <= 7
+            taken.extend(event for event in events
+                         if event["ns"]["db"] == db and event["operationType"] == "insert")
+            if events and 0 < len(taken) < 25:
+                resume_points.append((len(taken), stream.resume_token))
+    finally:
+        stream.close()
+    assert [event["documentKey"]["_id"] for event in taken] == list(range(25))
+    assert resume_points
+    for count, token in (resume_points[0], resume_points[-1]):
+        resumed = _events_of(cluster, db, 1, resume_after=token)
+        assert resumed[0]["_id"] == taken[count]["_id"]
+
+
 def test_an_idle_stream_token_passes_a_later_no_op(cluster: ClusterClient, db: str) -> None:
     """The commit waits for the stream's resume token to reach a time taken by a no-op."""
     cluster.insert_documents(db, "c", [raw({"_id": 1})])

@@ -22,10 +22,13 @@ class TrickleStream:
         self.asked: list[float] = []
         self.closed = False
 
-    def try_next(self) -> RawBSONDocument | None:
+    def try_next(self) -> RawBSONDocument:
         self.asked.append(time.monotonic())
         number = len(self.asked)
         return RawBSONDocument(bson.encode({"_id": {"n": number}, "operationType": "insert"}))
+
+    def next_events(self, limit: int) -> list[RawBSONDocument]:
+        return [self.try_next()]
 
     @property
     def buffered(self) -> int:
