@@ -31,6 +31,7 @@ from pymongo.errors import (
 from pymongosync.cluster_client import Delete, RangeRead, Upsert, Write
 from pymongosync.errors import InvalidConnectionString, UnsupportedCluster
 from pymongosync.received import RAW
+from pymongosync.retry import retrying
 from pymongosync.store import MetadataStore
 from pymongosync.verifier.store import MetadataVerifierStore
 
@@ -363,7 +364,9 @@ class Cluster:
                 f"6.0 or newer on both clusters")
 
     def cluster_time(self) -> Timestamp:
-        reply = self.client.admin.command("appendOplogNote", data={"pymongosync": "clock"})
+        # A no-op note in the oplog: written again after a transient error, it changes nothing.
+        reply = retrying(lambda: self.client.admin.command("appendOplogNote",
+                                                           data={"pymongosync": "clock"}))
         time: Timestamp = reply["operationTime"]
         return time
 

@@ -338,15 +338,18 @@ class Migration:
                     existing.instances or self._joinable is not None):
                 self._join(request, store, existing)
                 return
-            layout = layout_for_start(source, source.shard_ids(), self.instance_id)
+            # Until the migration is stored, /start only reads: what a dropped connection or
+            # a failover interrupts is read again, as the migration's own reads are.
+            layout = retry.retrying(
+                lambda: layout_for_start(source, source.shard_ids(), self.instance_id))
             if layout.multi and request.reversible:
                 raise InstanceMismatch(
                     "reversible: true is not supported with one instance per source shard "
                     "(--id) in pymongosync: /reverse would have to be a barrier across "
                     "instances, which it is not yet. Start one mongosync without --id for a "
                     "reversible migration, or start without reversible")
-            warnings = self._preflight(request, source, destination)
-            self._refuse_conflicts(request, source, destination)
+            warnings = retry.retrying(lambda: self._preflight(request, source, destination))
+            retry.retrying(lambda: self._refuse_conflicts(request, source, destination))
             log.info("Preflight checks completed.")  # mongosync's line (spec §17)
             self.layout = layout
             lease = self._new_lease(store)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from bson.timestamp import Timestamp
 
 from pymongosync import catalog
+from pymongosync.cluster_client import ClusterClient
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.state import NamespaceKind, NamespaceRecord, Phase
 
@@ -26,17 +27,23 @@ class PrepareCollections(PhaseStep):
 
     def _block_destination_writes(self, context: PhaseContext) -> None:
         state = context.global_state
-        if context.request.write_blocking_mode != "none" and \
-                not state.destination_write_blocked_by_us:
+        if context.request.write_blocking_mode == "none":
+            return
+        if not state.destination_write_blocked_by_us:
             # Recorded before it is done: a crash in between leaves something reset can undo.
             state.destination_write_blocked_by_us = True
             context.save_global("destination_write_blocked_by_us")
             context.destination.set_write_block(True)
+        else:
+            ensure_write_block(context.destination)
 
     def _stop_balancers(self, context: PhaseContext) -> None:
         state = context.global_state
         for role, cluster in (("source", context.source), ("destination", context.destination)):
             if role in state.balancers_stopped_by_us:
+                # Recorded before it is done: a process stopped in between did not stop it.
+                if state.balancers_stopped_by_us[role] and cluster.balancer_running():
+                    cluster.set_balancer(False)
                 continue
             running = bool(cluster.balancer_running())
             state.balancers_stopped_by_us[role] = running
@@ -93,3 +100,11 @@ class PrepareCollections(PhaseStep):
                 store.record_index_builds(entry, names, built=False)
                 catalog.create_indexes(destination, entry.db, entry.name, specs)
                 store.record_index_builds(entry, names, built=True)
+
+
+def ensure_write_block(cluster: ClusterClient) -> None:
+    """Block user writes on ``cluster`` where a record says this tool blocked them: the record
+    is stored before the block is set, so a process stopped in between left it undone (and a
+    block already in place is not set again)."""
+    if cluster.write_blocked() is not True:  # None: the server does not say; set it again
+        cluster.set_write_block(True)

@@ -195,3 +195,23 @@ def test_a_lease_renewal_that_races_a_reverse_leaves_the_reversed_migration_runn
     migration.close()
     comparison = compare_clusters(cluster1.client, cluster0.client)
     assert comparison.equal, comparison.summary()
+
+
+def test_start_retries_what_a_dropped_connection_or_a_failover_interrupts(
+        source: EmulatorProcess, destination: EmulatorProcess,
+        clusters: tuple[Cluster, Cluster]) -> None:
+    # Campaign seed 626: a reset left a fault armed on the source, and /start answered 503
+    # for one closed connection. /start only reads until it stores the migration, and the
+    # clock note it takes is a no-op: all of it is retried like the migration's own reads.
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.items.insert_many([{"n": i} for i in range(100)])
+        client.admin.command("configureFailPoint", "failCommand", mode={"times": 3},
+                             data={"failCommands": ["appendOplogNote", "listCollections"],
+                                   "closeConnection": True, "appName": "pymongosync"})
+    migration = migrate(cluster0, cluster1, {"source": "cluster0", "destination": "cluster1"})
+    migration.close()
+    assert migration.error is None
+    assert compare_clusters(cluster0.client, cluster1.client).equal
+    with user_client(source) as client:
+        client.admin.command("configureFailPoint", "failCommand", mode="off")

@@ -133,6 +133,34 @@ def test_prepare_again_changes_nothing() -> None:
     assert len(store.namespaces()) == 4
 
 
+class KilledHere(BaseException):
+    """The process ends at this call (nothing after it runs)."""
+
+
+def test_prepare_run_again_after_a_kill_between_record_and_action_blocks_and_stops() -> None:
+    # Campaign seed 610 (at commit, below): "recorded before it is done" was read back as
+    # "done", so a process killed in between left writes open and balancers running for good.
+    source, destination, store, journal = pair()
+    source.sharded = destination.sharded = True
+    source.balancer = True
+    seed(source)
+    context = make_context(source, destination, store)
+    destination.fail_next("set_write_block", KilledHere())
+    with pytest.raises(KilledHere):
+        PrepareCollections().run(context)
+    assert store.load() is not None and destination.write_block is False
+    source.fail_next("set_balancer", KilledHere())
+    with pytest.raises(KilledHere):
+        PrepareCollections().run(context)
+    assert source.balancer is True
+    PrepareCollections().run(context)
+    assert destination.write_block is True
+    assert source.balancer is False
+    stored = store.load()
+    assert stored is not None
+    assert stored.global_state.balancers_stopped_by_us == {"source": True, "destination": False}
+
+
 def test_prepare_run_again_goes_on_from_its_stored_listing() -> None:
     """The phase failed on a transient error after listing; the source renamed a collection
     over another (dropTarget) before the retry. The retry goes on from the first listing, whose
@@ -628,6 +656,19 @@ def test_commit_blocks_the_source_then_applies_restores_and_allows_writes() -> N
                   "'unique': True}}")
     assert source.balancer is True and destination.balancer is True
     assert state.balancers_stopped_by_us == {"source": False, "destination": False}
+    assert context.resume.state == MigrationState.COMMITTED
+
+
+def test_commit_run_again_after_a_kill_between_record_and_block_blocks_the_source() -> None:
+    source, destination, store, journal, context = committing()
+    source.fail_next("set_write_block", KilledHere())
+    with pytest.raises(KilledHere):
+        Commit().run(context)
+    stored = store.load()
+    assert stored is not None and stored.global_state.source_write_blocked_by_us is True
+    assert source.write_block is False
+    Commit().run(context)
+    assert source.write_block is True
     assert context.resume.state == MigrationState.COMMITTED
 
 
