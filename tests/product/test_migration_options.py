@@ -30,6 +30,19 @@ def migrate(cluster0: Cluster, cluster1: Cluster, request: dict[str, Any],
     return migration
 
 
+def commit_reversed(migration: Migration, cluster0: Cluster, cluster1: Cluster,
+                    events: int) -> None:
+    """Commit a reversed migration once it applied ``events``; the original source then holds
+    what the new one does."""
+    migration.wait_for(lambda p: p["canCommit"] and p["totalEventsApplied"] >= events,
+                       timeout=60)
+    migration.commit()
+    migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=60)
+    migration.close()
+    comparison = compare_clusters(cluster1.client, cluster0.client)
+    assert comparison.equal, comparison.summary()
+
+
 def test_namespace_filter_and_renames(source: EmulatorProcess,
                                       clusters: tuple[Cluster, Cluster]) -> None:
     cluster0, cluster1 = clusters
@@ -113,12 +126,7 @@ def test_reverse_sync(source: EmulatorProcess, destination: EmulatorProcess,
     migration.wait_for(lambda p: p["state"] == "RUNNING", timeout=60)
     progress = migration.progress()
     assert progress["directionMapping"]["Source"].startswith("cluster1")
-    migration.wait_for(lambda p: p["canCommit"] and p["totalEventsApplied"] >= 31, timeout=60)
-    migration.commit()
-    migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=60)
-    migration.close()
-    comparison = compare_clusters(cluster1.client, cluster0.client)
-    assert comparison.equal, comparison.summary()
+    commit_reversed(migration, cluster0, cluster1, events=31)
     with user_client(source) as application:  # the original source takes writes again
         application.app.items.insert_one({"n": 10_000})
 
@@ -189,12 +197,7 @@ def test_a_lease_renewal_that_races_a_reverse_leaves_the_reversed_migration_runn
     migration.wait_for(lambda p: p["state"] == "RUNNING", timeout=60)
     with user_client(destination) as application:
         application.app.items.insert_one({"n": -1})
-    migration.wait_for(lambda p: p["canCommit"] and p["totalEventsApplied"] >= 1, timeout=60)
-    migration.commit()
-    migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=60)
-    migration.close()
-    comparison = compare_clusters(cluster1.client, cluster0.client)
-    assert comparison.equal, comparison.summary()
+    commit_reversed(migration, cluster0, cluster1, events=1)
 
 
 def test_start_retries_what_a_dropped_connection_or_a_failover_interrupts(
