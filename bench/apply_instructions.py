@@ -77,9 +77,17 @@ def capture(documents: int, path: Path) -> int:
 
 
 def run_part(part: str, replies_path: str, rounds: int) -> None:
+    import gc
+
     from pymongosync import clusters
     from pymongosync.changes.translate import CrudStep, Translator
     from pymongosync.namespaces import NamespaceFilter
+    from pymongosync.phases import apply
+
+    # As while the engine applies changes: its cyclic collector runs that much less often.
+    threshold = getattr(apply, "GC_THRESHOLD_WHILE_APPLYING", None)
+    if threshold is not None:  # (absent from a checkout older than it)
+        gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
     replies: list[bytes] = pickle.loads(Path(replies_path).read_bytes())
     codec = clusters.RAW

@@ -34,7 +34,10 @@ class RawDocument(Protocol):
     def raw(self) -> bytes | memoryview: ...
 
 
-@dataclass(frozen=True, slots=True)
+# Writes are not frozen: change application makes one or more per event, and a frozen
+# dataclass's constructor (object.__setattr__ per field) cost 2.5 times a plain one's
+# (0.32 against 0.13 µs). Nothing changes a write once made, or hashes one.
+@dataclass(slots=True)
 class Upsert:
     """Make the document with this ``_id`` exactly ``document`` (insert or replace)."""
 
@@ -42,18 +45,21 @@ class Upsert:
     document: RawDocument
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     key: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Update:
     """An update applied to the document with this ``_id``: an update-operator document, or
     an update pipeline."""
 
     key: Mapping[str, Any]
     update: Mapping[str, Any] | list[Mapping[str, Any]]
+    # The update's BSON size, when whoever made it knows it without encoding it (translation
+    # knows it of the updates it makes of the source's bytes); None: counted when sent.
+    encoded_size: int | None = None
 
 
 Write = Upsert | Delete | Update

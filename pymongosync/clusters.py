@@ -660,8 +660,10 @@ def _statement(write: Write) -> tuple[str, str, dict[str, Any], int]:
                                      "multi": False}, len(write.document.raw) + 64
     if isinstance(write, Delete):
         return "delete", "deletes", {"q": write.key, "limit": 1}, 128
+    size = write.encoded_size
     return "update", "updates", {"q": write.key, "u": write.update, "upsert": False,
-                                 "multi": False}, _encoded_size(write.update) + 64
+                                 "multi": False}, \
+        (_encoded_size(write.update) if size is None else size) + 64
 
 
 def _encoded_size(document: Mapping[str, Any] | list[Mapping[str, Any]]) -> int:
@@ -683,17 +685,19 @@ def _encoded_size(document: Mapping[str, Any] | list[Mapping[str, Any]]) -> int:
 
 def _runs(writes: Sequence[Write]) -> Iterator[tuple[str, str, list[tuple[Any, int]]]]:
     """Consecutive writes of one command kind, in order."""
-    current: tuple[str, str] | None = None
+    current = ""
+    field = ""
     statements: list[tuple[Any, int]] = []
     for write in writes:
-        command, field, statement, size = _statement(write)
-        if current is not None and current != (command, field):
-            yield current[0], current[1], statements
-            statements = []
-        current = (command, field)
+        command, array, statement, size = _statement(write)
+        if command != current:
+            if statements:
+                yield current, field, statements
+                statements = []
+            current, field = command, array
         statements.append((statement, size))
-    if current is not None:
-        yield current[0], current[1], statements
+    if statements:
+        yield current, field, statements
 
 
 def _batches(statements: list[tuple[Any, int]], max_bytes: int,

@@ -42,22 +42,22 @@ DECODED: CodecOptions[dict[str, Any]] = CodecOptions(
     tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
-class EventPart(BaseException):
+class EventPart(StopIteration):
     """A document nested in a change event, kept as the bytes the server sent.
 
     PyMongo's C decoder builds a raw document class (``_type_marker`` 101) by calling it with
     the bytes and the codec options, and its encoder writes such an object's ``raw`` bytes
-    back unchanged. ``BaseException`` is the one built-in base whose constructor takes any
-    arguments in C and keeps them (``args``): one costs a tenth of a ``RawBSONDocument``, whose
-    constructor validates the bytes in Python. It is never raised.
+    back unchanged. A built-in exception is the one kind of class whose constructor takes any
+    arguments in C and keeps them: one costs a tenth of a ``RawBSONDocument``, whose
+    constructor validates the bytes in Python. ``StopIteration`` among them, because its
+    constructor also keeps the first argument in a slot read in C (``value``), which ``raw``
+    names again: a Python property returning ``args[0]`` cost three times as much per read,
+    and ``raw`` is read several times per event (measured: 62 against 21 ns). It is never
+    raised.
     """
 
     _type_marker = 101
-
-    @property
-    def raw(self) -> bytes:
-        data: bytes = self.args[0]
-        return data
+    raw: bytes = StopIteration.value
 
 
 # Top-level fields of an event: nested documents as EventPart. Dates naive: the only one at

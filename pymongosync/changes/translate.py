@@ -26,6 +26,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import bson
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
@@ -378,8 +379,7 @@ def writes_for(top: Mapping[str, Any], key: RawBSONDocument) -> list[Operation]:
     # field moved to the end of its document from one updated in place (see above).
     updated_only = parse.only_updated_fields(top["updateDescription"].raw)
     if updated_only is not None:  # the usual update, read without decoding
-        return [Update(key, {"$set": parse.EventPart(updated_only, None)})] \
-            if len(updated_only) > _EMPTY_DOCUMENT else []
+        return [_set_fields(key, updated_only)] if len(updated_only) > _EMPTY_DOCUMENT else []
     description = parse.part_fields(top["updateDescription"])
     ambiguous = description.get("disambiguatedPaths")
     if ambiguous is not None and len(ambiguous.raw) > _EMPTY_DOCUMENT:
@@ -421,9 +421,9 @@ def _writes_for_delta(key: RawBSONDocument, raw: parse.EventPart) -> list[Operat
     description = raw.raw
     updated = parse.only_updated_delta(description)
     if updated is not None:  # the usual update, read without decoding
-        return [Update(key, {"$set": parse.EventPart(updated, None)})]
+        return [_set_fields(key, updated)]
     if parse.begins_with_inserts(description):  # e.g. a new field: only the delta says where
-        return [Update(key, [{"$_internalApplyOplogUpdate": {"oplogUpdate": raw}}])]
+        return [_apply_delta(key, raw)]
     fields = parse.part_fields(raw)
     diff = fields.get("diff")
     if fields.get("$v") == 2 and isinstance(diff, parse.EventPart):
@@ -440,7 +440,26 @@ def _writes_for_delta(key: RawBSONDocument, raw: parse.EventPart) -> list[Operat
                 update["$unset"] = {name.decode(): "" for name in
                                     parse.field_names(sections["d"].raw)}
             return [Update(key, update)]
-    return [Update(key, [{"$_internalApplyOplogUpdate": {"oplogUpdate": raw}}])]
+    return [_apply_delta(key, raw)]
+
+
+def _set_fields(key: RawBSONDocument, fields: bytes) -> Update:
+    """``$set`` of the source's fields (a BSON document's bytes), as they are."""
+    return Update(key, {"$set": parse.EventPart(fields, None)},
+                  _SET_SIZE_WITHOUT_FIELDS + len(fields))
+
+
+def _apply_delta(key: RawBSONDocument, delta: parse.EventPart) -> Update:
+    """The source's oplog delta, applied as the source's oplog application did."""
+    return Update(key, [{"$_internalApplyOplogUpdate": {"oplogUpdate": delta}}],
+                  _DELTA_SIZE_WITHOUT_DELTA + len(delta.raw))
+
+
+# The BSON sizes of those updates less their raw part (which is written as it is): the
+# writer splits its commands by size, and counting it would walk each update again.
+_SET_SIZE_WITHOUT_FIELDS = len(bson.encode({"$set": {}})) - _EMPTY_DOCUMENT
+_DELTA_SIZE_WITHOUT_DELTA = len(bson.encode(
+    {"0": {"$_internalApplyOplogUpdate": {"oplogUpdate": {}}}})) - _EMPTY_DOCUMENT
 
 
 def _renamed_to_db(top: Mapping[str, Any]) -> str | None:

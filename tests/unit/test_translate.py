@@ -183,6 +183,21 @@ def test_a_delta_that_moves_fields_is_applied_as_the_delta_itself() -> None:
         bson.encode(moved)
 
 
+def test_the_sizes_translation_gives_its_updates_are_their_encoded_sizes() -> None:
+    # The writer splits its commands by them, against the server's size limit: an update
+    # translation made of the source's bytes carries its size, and it must not undercount.
+    events = [delta(1, 1, {"u": {"a": 2, "b": "é" * 40}}),  # $set of the delta's bytes
+              delta(2, 2, {"i": {"new": True}}),  # the delta applied as it is
+              delta(3, 3, {"u": {"a.b": 1}}),
+              update(4, 4, updated={"a": 1, "b": [1, 2]}),  # $set of updatedFields' bytes
+              update(5, 5, updated={"a": 1}, removed=["c"])]
+    sized = [operation for operation in only_step(events).writes[("shop", "orders")]
+             if isinstance(operation, Update) and operation.encoded_size is not None]
+    assert len(sized) == 4
+    for operation in sized:
+        assert operation.encoded_size == len(bson.encode({"u": operation.update})) - 8
+
+
 def test_a_moved_field_arrives_in_its_new_place() -> None:
     destination = FakeCluster("cluster1")
     destination.insert("shop", "orders", {"_id": 7, "pad": "p", "a": 1})
