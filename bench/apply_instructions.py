@@ -1,7 +1,7 @@
 """Change application's per-event work, counted in instructions: steady where CPU time is not.
 
-Run: ``.venv/bin/python -m bench.apply_instructions [--documents 1000] [--rounds 3]``
-(needs ``valgrind``; about a minute).
+Run: ``.venv/bin/python -m bench.apply_instructions [--documents 1000] [--rounds 3]
+[--code <checkout>]`` (needs ``valgrind``; about a minute).
 
 CPU time per event on a shared 2-core machine varies by a third from run to run
 (``bench.apply_scaling``), more than most changes to the per-event code are worth. This counts
@@ -16,8 +16,8 @@ of ``bench.apply_scaling``), read from an emulator once and replayed in-process:
 
 Network and the servers are left out: they are the same for any version of this code. Each
 part runs once and then ``--rounds`` more times under callgrind; the difference divided by the
-extra events is the figure, so start-up and imports cancel out. Run it on two checkouts
-(``PYTHONPATH=<checkout>``) to compare them.
+extra events is the figure, so start-up and imports cancel out. ``--code`` measures the
+``pymongosync`` of another checkout (an older one, say) on the same backlog, to compare them.
 """
 
 from __future__ import annotations
@@ -76,13 +76,18 @@ def capture(documents: int, path: Path) -> int:
 # -- what runs under callgrind -------------------------------------------------------------------
 
 
-def run_part(part: str, replies_path: str, rounds: int) -> None:
+def run_part(part: str, replies_path: str, rounds: int, code: str) -> None:
     import gc
+
+    sys.path.insert(0, code)  # before anything imports pymongosync
 
     from pymongosync import clusters
     from pymongosync.changes.translate import CrudStep, Translator
     from pymongosync.namespaces import NamespaceFilter
     from pymongosync.phases import apply
+
+    if not Path(clusters.__file__).resolve().is_relative_to(Path(code).resolve()):
+        raise RuntimeError(f"pymongosync was imported from {clusters.__file__}, not {code}")
 
     # As while the engine applies changes: its cyclic collector runs that much less often.
     threshold = getattr(apply, "GC_THRESHOLD_WHILE_APPLYING", None)
@@ -132,12 +137,12 @@ def run_part(part: str, replies_path: str, rounds: int) -> None:
         work()
 
 
-def instructions(part: str, replies_path: str, rounds: int) -> int:
+def instructions(part: str, replies_path: str, rounds: int, code: str) -> int:
     with tempfile.TemporaryDirectory() as directory:
         completed = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/out",
              sys.executable, "-m", "bench.apply_instructions", "--run-part", part,
-             replies_path, str(rounds)], capture_output=True, text=True, check=True)
+             replies_path, str(rounds), code], capture_output=True, text=True, check=True)
     found = re.search(r"Collected : (\d+)", completed.stderr)
     if found is None:
         raise RuntimeError(f"callgrind printed no total:\n{completed.stderr[-2000:]}")
@@ -148,12 +153,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--documents", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--run-part", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1],
+                        help="the checkout whose pymongosync is measured (default: this one)")
+    parser.add_argument("--run-part", nargs=4, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.run_part:
-        part, path, rounds = arguments.run_part
-        run_part(part, path, int(rounds))
+        part, path, rounds, code = arguments.run_part
+        run_part(part, path, int(rounds), code)
         return
+    code = arguments.code.resolve()
+    if not (code / "pymongosync" / "__init__.py").is_file():
+        sys.exit(f"--code {arguments.code}: no pymongosync package there; give the root of a "
+                 "pymongosync checkout")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind): it counts the "
                  "instructions this benchmark reports")
@@ -162,10 +173,11 @@ def main() -> None:
         events = capture(arguments.documents, path)
         print(f"backlog: {arguments.documents:,} inserts + one update_many = {events:,} events, "
               f"replayed {arguments.rounds} more times than once")
+        print(f"code measured: {code}")
         for part, label in (("reader", "reader (the stream's loop)"),
                             ("translate", "translate + encode")):
-            once = instructions(part, str(path), 1)
-            more = instructions(part, str(path), 1 + arguments.rounds)
+            once = instructions(part, str(path), 1, str(code))
+            more = instructions(part, str(path), 1 + arguments.rounds, str(code))
             per_event = (more - once) / (arguments.rounds * events)
             print(f"{label:<28} {per_event:>10,.0f} instructions per event")
 

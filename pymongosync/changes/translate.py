@@ -456,7 +456,8 @@ def _apply_delta(key: RawBSONDocument, delta: parse.EventPart) -> Update:
 
 
 # The BSON sizes of those updates less their raw part (which is written as it is): the
-# writer splits its commands by size, and counting it would walk each update again.
+# writer splits its commands by size, and counting it would walk each update again. (A
+# pipeline of one stage is encoded as the document {"0": stage}.)
 _SET_SIZE_WITHOUT_FIELDS = len(bson.encode({"$set": {}})) - _EMPTY_DOCUMENT
 _DELTA_SIZE_WITHOUT_DELTA = len(bson.encode(
     {"0": {"$_internalApplyOplogUpdate": {"oplogUpdate": {}}}})) - _EMPTY_DOCUMENT
