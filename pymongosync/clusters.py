@@ -685,19 +685,17 @@ def _encoded_size(document: Mapping[str, Any] | list[Mapping[str, Any]]) -> int:
 
 def _runs(writes: Sequence[Write]) -> Iterator[tuple[str, str, list[tuple[Any, int]]]]:
     """Consecutive writes of one command kind, in order."""
-    current = ""
-    field = ""
+    current: tuple[str, str] | None = None
     statements: list[tuple[Any, int]] = []
     for write in writes:
-        command, array, statement, size = _statement(write)
-        if command != current:
-            if statements:
-                yield current, field, statements
-                statements = []
-            current, field = command, array
+        command, field, statement, size = _statement(write)
+        if current is not None and current != (command, field):
+            yield current[0], current[1], statements
+            statements = []
+        current = (command, field)
         statements.append((statement, size))
-    if statements:
-        yield current, field, statements
+    if current is not None:
+        yield current[0], current[1], statements
 
 
 def _batches(statements: list[tuple[Any, int]], max_bytes: int,
