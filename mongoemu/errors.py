@@ -92,3 +92,12 @@ def type_mismatch(message: str) -> CommandError:
 
 def failed_to_parse(message: str) -> CommandError:
     return CommandError(9, message)
+
+
+def checked_max_time_ms(value: Any, default: float) -> float:
+    """A command's ``maxTimeMS`` (``default`` when absent), checked: a non-negative number."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise bad_value("maxTimeMS must be a non-negative number")
+    return float(value)

@@ -24,7 +24,7 @@ from mongoemu.changestream.events import (BEFORE_CHANGE_MODES, FULL_DOCUMENT_MOD
                                           events_for_entry)
 from mongoemu.changestream.resume_token import Token, build_high_water_mark, decode_token
 from mongoemu.cursors import DEFAULT_FIRST_BATCH, MAX_BATCH_BYTES
-from mongoemu.errors import RETRIABLE_CODES, CommandError
+from mongoemu.errors import RETRIABLE_CODES, CommandError, checked_max_time_ms
 
 if TYPE_CHECKING:
     from mongoemu.context import Context
@@ -311,11 +311,7 @@ class ChangeStreamCursor:
     async def get_more(self, ctx: "Context", batch_size: int | None,
                        max_time_ms: Any) -> dict[str, Any]:
         """Return ready events at once, else wait for oplog appends up to ``maxTimeMS``."""
-        if max_time_ms is not None and (isinstance(max_time_ms, bool)
-                                        or not isinstance(max_time_ms, (int, float))
-                                        or max_time_ms < 0):
-            raise CommandError(2, "maxTimeMS must be a non-negative number")
-        wait_ms = DEFAULT_AWAIT_MS if max_time_ms is None else max_time_ms
+        wait_ms = checked_max_time_ms(max_time_ms, DEFAULT_AWAIT_MS)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000.0
         limit = batch_size or None  # 0, like absent, means "as many as fit"

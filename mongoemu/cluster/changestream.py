@@ -25,7 +25,7 @@ from mongoemu.cluster.client import RemoteUnavailable, error_of
 from mongoemu.cluster.commands import command_body, router_of
 from mongoemu.cluster.router import raise_for
 from mongoemu.cursors import DEFAULT_FIRST_BATCH, MAX_BATCH_BYTES
-from mongoemu.errors import CommandError
+from mongoemu.errors import CommandError, checked_max_time_ms
 
 if TYPE_CHECKING:
     from mongoemu.cluster.router import Router
@@ -157,11 +157,7 @@ class RouterChangeStream:
 
     async def get_more(self, ctx: "Context", batch_size: int | None,
                        max_time_ms: Any) -> dict[str, Any]:
-        if max_time_ms is not None and (isinstance(max_time_ms, bool)
-                                        or not isinstance(max_time_ms, (int, float))
-                                        or max_time_ms < 0):
-            raise CommandError(2, "maxTimeMS must be a non-negative number")
-        wait_ms = DEFAULT_AWAIT_MS if max_time_ms is None else max_time_ms
+        wait_ms = checked_max_time_ms(max_time_ms, DEFAULT_AWAIT_MS)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000.0
         limit = batch_size or None

@@ -25,7 +25,7 @@ from mongoemu.cluster.shardkey import (bound_point, equality_values, global_max,
                                        is_hashed, point_from_values)
 from mongoemu.commands.registry import REGISTRY
 from mongoemu.context import Context
-from mongoemu.errors import CommandError
+from mongoemu.errors import CommandError, checked_max_time_ms
 
 if TYPE_CHECKING:
     from mongoemu.cluster.router import Router
@@ -719,13 +719,27 @@ async def balancer_start(ctx: Context) -> dict[str, Any]:
     return {}
 
 
+# How long balancerStop waits for the migration in progress when maxTimeMS is not given.
+BALANCER_STOP_DEFAULT_MS = 60_000.0
+_BALANCER_STOP_POLL_S = 0.01
+
+
 @routed("balancerStop", admin_only=True)
 async def balancer_stop(ctx: Context) -> dict[str, Any]:
-    """Returns once no migration is running any more (like MongoDB waits for the round)."""
+    """Turns the balancer off, then returns once no migration is running any more, as MongoDB
+    waits for its round: for at most ``maxTimeMS`` (60 s by default, 0 for no limit), past
+    which it fails with MaxTimeMSExpired and the balancer stays off."""
+    limit_ms = checked_max_time_ms(ctx.body.get("maxTimeMS"), BALANCER_STOP_DEFAULT_MS)
     router = router_of(ctx)
     await router.table.put("settings", {"_id": "balancer", "mode": "off", "stopped": True})
-    async with router.balancer.migration_lock:
-        pass
+    loop = asyncio.get_running_loop()
+    deadline = None if limit_ms == 0 else loop.time() + limit_ms / 1000
+    # Watched rather than acquired: a lock acquisition cancelled by a timeout could be left
+    # held, and no migration starts while the balancer is off unless a client asks for one.
+    while router.balancer.migration_lock.locked():
+        if deadline is not None and loop.time() >= deadline:
+            raise CommandError(50, "operation exceeded time limit")
+        await asyncio.sleep(_BALANCER_STOP_POLL_S)
     return {}
 
 

@@ -25,7 +25,6 @@ from pymongosync.errors import SourceModifiedDuringCommit, Stopped
 from pymongosync.phases.apply import ChangeApplier, ddl_coordinator
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.phases.indexes import finish_builds
-from pymongosync.phases.prepare import ensure_write_block
 from pymongosync.state import MigrationState, Phase
 
 
@@ -69,13 +68,8 @@ class Commit(PhaseStep):
             context.notify("waiting for /commit on every instance")
             context.wait_for_instances(group.commit_requested_by_all)
         if request.write_blocking_mode == "sourceAndDestination":
-            if not state.source_write_blocked_by_us:
-                state.source_write_blocked_by_us = True
-                context.save_global("source_write_blocked_by_us")
-                context.source.set_write_block(True)
+            if context.block_user_writes("source"):
                 context.notify("blocked writes on the source")
-            else:
-                ensure_write_block(context.source)
         if resume.commit_time is None:
             resume.commit_time = context.source.cluster_time()
             context.save_resume("commit_time")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pymongosync.changes.translate import Listing
 from pymongosync.cluster_client import ClusterClient
@@ -124,6 +124,23 @@ class PhaseContext:
 
     def save_global(self, *fields: str) -> None:
         self.store.save_global(self.global_state, *fields)
+
+    def block_user_writes(self, role: Literal["source", "destination"]) -> bool:
+        """Block user writes on the source or the destination, recorded in the global state
+        (``<role>_write_blocked_by_us``) before it is done: a process stopped in between leaves
+        a record that the next one (or ``mongosync reset``) acts on, never a block nobody knows
+        of. Where the record exists, the block is checked and set again only if missing.
+        True when this call recorded it."""
+        cluster = self.source if role == "source" else self.destination
+        record = f"{role}_write_blocked_by_us"
+        if getattr(self.global_state, record):
+            if cluster.write_blocked() is not True:  # None: the server does not say; set again
+                cluster.set_write_block(True)
+            return False
+        setattr(self.global_state, record, True)
+        self.save_global(record)
+        cluster.set_write_block(True)
+        return True
 
     def save_resume(self, *fields: str) -> None:
         self.store.save_resume(self.resume, *fields)

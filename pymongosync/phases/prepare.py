@@ -12,7 +12,6 @@ from __future__ import annotations
 from bson.timestamp import Timestamp
 
 from pymongosync import catalog
-from pymongosync.cluster_client import ClusterClient
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.state import NamespaceKind, NamespaceRecord, Phase
 
@@ -26,16 +25,8 @@ class PrepareCollections(PhaseStep):
         self._create_namespaces(context)
 
     def _block_destination_writes(self, context: PhaseContext) -> None:
-        state = context.global_state
-        if context.request.write_blocking_mode == "none":
-            return
-        if not state.destination_write_blocked_by_us:
-            # Recorded before it is done: a crash in between leaves something reset can undo.
-            state.destination_write_blocked_by_us = True
-            context.save_global("destination_write_blocked_by_us")
-            context.destination.set_write_block(True)
-        else:
-            ensure_write_block(context.destination)
+        if context.request.write_blocking_mode != "none":
+            context.block_user_writes("destination")
 
     def _stop_balancers(self, context: PhaseContext) -> None:
         state = context.global_state
@@ -101,10 +92,3 @@ class PrepareCollections(PhaseStep):
                 catalog.create_indexes(destination, entry.db, entry.name, specs)
                 store.record_index_builds(entry, names, built=True)
 
-
-def ensure_write_block(cluster: ClusterClient) -> None:
-    """Block user writes on ``cluster`` where a record says this tool blocked them: the record
-    is stored before the block is set, so a process stopped in between left it undone (and a
-    block already in place is not set again)."""
-    if cluster.write_blocked() is not True:  # None: the server does not say; set it again
-        cluster.set_write_block(True)

@@ -704,9 +704,18 @@ class SeedRun:
             if mongosync.progress().get("state") != "PAUSED":
                 raise CampaignFailure("a process restarted while PAUSED is not PAUSED: "
                                       f"{mongosync.progress()}")
-        status, body = mongosync.post("resume")
-        if status != 200:
-            raise CampaignFailure(f"/resume answered {status} {body}")
+        deadline = time.monotonic() + 120
+        while True:
+            status, body = mongosync.post("resume")
+            if status == 200:
+                break
+            # 503 ClusterUnavailable says "try again": the process lost its lease to an
+            # unreachable destination (an injected fault) and takes it back once it answers.
+            # Any other refusal, or this one for two minutes, is a failure.
+            if status != 503 or body.get("error") != "ClusterUnavailable" or \
+                    time.monotonic() > deadline:
+                raise CampaignFailure(f"/resume answered {status} {body}")
+            time.sleep(0.5)
 
     def _restart_if_due(self, force: bool = False) -> None:
         if self.restart_at is None:

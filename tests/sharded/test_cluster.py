@@ -254,6 +254,51 @@ def test_orphans_stay_invisible_until_the_range_is_deleted(cluster: ClusterProce
                                                           "shard03": 0}
 
 
+
+def test_balancer_stop_waits_for_the_migration_in_progress_at_most_max_time_ms(
+        cluster: ClusterProcess) -> None:
+    with router(cluster) as client:
+        client.admin.command("balancerStop")
+        client.admin.command("enableSharding", "bstop", primaryShard="shard01")
+        client.admin.command("shardCollection", "bstop.c", key={"k": 1})
+        client.bstop.c.insert_many([{"k": i} for i in range(100)])
+        client.admin.command("split", "bstop.c", middle={"k": 50})
+        # A cursor opened before the move holds the donor's range deletion back, and with
+        # _waitForDelete the migration waits for it: in progress while the cursor is open.
+        open_cursor = client.bstop.c.find({}, batch_size=5)
+        next(open_cursor)
+        outcome: list[Any] = []
+
+        def move() -> None:
+            try:
+                outcome.append(client.admin.command("moveChunk", "bstop.c", find={"k": 60},
+                                                    to="shard02", _waitForDelete=True))
+            except Exception as error:  # seen by the assertion below, not lost in the thread
+                outcome.append(error)
+
+        mover = threading.Thread(target=move)
+        mover.start()
+        try:
+            wait_for(lambda: chunk_counts(client, "bstop.c") == {"shard01": 1, "shard02": 1},
+                     what="the chunk committed to shard02")
+            started = time.monotonic()
+            with pytest.raises(OperationFailure) as expired:
+                client.admin.command("balancerStop", maxTimeMS=300)
+            assert expired.value.code == 50, expired.value.details
+            assert time.monotonic() - started < 10
+            assert client.admin.command("balancerStatus")["mode"] == "off"
+            assert mover.is_alive() and not outcome
+            with pytest.raises(OperationFailure) as invalid:
+                client.admin.command("balancerStop", maxTimeMS=-1)
+            assert invalid.value.code == 2, invalid.value.details
+        finally:
+            open_cursor.close()  # the donor's deletion, then the migration, can finish
+            mover.join(60)
+        assert outcome and isinstance(outcome[0], dict) and outcome[0]["ok"] == 1, outcome
+        client.admin.command("balancerStop", maxTimeMS=30_000)
+        assert counts_per_shard(cluster, "bstop", "c") == {"shard01": 50, "shard02": 50,
+                                                           "shard03": 0}
+
 def _read(stream: Any, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
