@@ -30,23 +30,21 @@ from dataclasses import dataclass
 
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
-from pymongosync.changes.reader import CRUD, read_batches, token_time
+from pymongosync.changes.reader import (CRUD, RESUME_AFTER_SECONDS, raise_unless_resumable,
+                                       read_batches, token_time)
 from pymongosync.errors import (
     ChangeBufferFull,
-    ChangeStreamHistoryLost,
     InternalError,
     MigrationError,
 )
 from pymongosync.phases.context import PhaseContext
-from pymongosync.retry import is_transient
 from pymongosync.state import BufferedBatch
 from pymongosync.store import MAIN_STREAM
 
 log = logging.getLogger("pymongosync.buffer")
 
-HISTORY_LOST = 286
 # A stored batch at most this big (a document of the destination holds 16 MiB).
 BATCH_BYTES = 8 * 1024 * 1024
 # Without events, the stored position still moves on this often: it is what the source's
@@ -130,16 +128,10 @@ class ChangeBuffer:
                 try:
                     self._receive()
                 except PyMongoError as exc:
-                    if isinstance(exc, OperationFailure) and exc.code == HISTORY_LOST:
-                        raise ChangeStreamHistoryLost(
-                            "the source oplog no longer holds the changes this migration "
-                            "still needs (ChangeStreamHistoryLost): the change buffer could "
-                            "not keep up with it; the migration must be restarted from "
-                            "scratch with a larger source oplog") from None
-                    if not is_transient(exc):
-                        raise
+                    raise_unless_resumable(exc, "changes",
+                                           ": the change buffer could not keep up with it")
                     log.warning("change buffer: stream interrupted, resuming: %s", exc)
-                    self._stop.wait(0.5)
+                    self._stop.wait(RESUME_AFTER_SECONDS)
         except MigrationError as exc:
             self._failed(exc)
         except Exception as exc:  # handed to the runner, which records it

@@ -23,13 +23,32 @@ from bson.timestamp import Timestamp
 
 from pymongosync.cluster_client import ClusterClient
 from pymongosync.namespaces import NamespaceFilter
-from pymongosync.retry import retrying
+from pymongo.errors import OperationFailure, PyMongoError
+
+from pymongosync.errors import ChangeStreamHistoryLost
+from pymongosync.retry import is_transient, retrying
 
 CRUD = frozenset({"insert", "update", "replace", "delete"})
 BATCH_EVENTS = 1000
 READ_AHEAD = 4  # batches read while one is being applied
 MAX_BATCH_AGE_SECONDS = 0.25
+HISTORY_LOST = 286  # ChangeStreamHistoryLost: the resume point has left the source's oplog
+RESUME_AFTER_SECONDS = 0.5  # the wait before a stream interrupted by a transient error resumes
 
+
+
+def raise_unless_resumable(exc: PyMongoError, needed: str, cause: str = "") -> None:
+    """Return when a change stream interrupted by ``exc`` may resume from its token (a
+    transient error). Raise :class:`ChangeStreamHistoryLost` when the source's oplog no longer
+    holds the ``needed`` events (``cause``: why, where known), and ``exc`` itself for any other
+    error: resuming cannot mend it."""
+    if isinstance(exc, OperationFailure) and exc.code == HISTORY_LOST:
+        raise ChangeStreamHistoryLost(
+            f"the source oplog no longer holds the {needed} this migration still needs "
+            f"(ChangeStreamHistoryLost){cause}; the migration must be restarted from scratch "
+            "with a larger source oplog") from None
+    if not is_transient(exc):
+        raise exc
 
 @dataclass
 class EventBatch:

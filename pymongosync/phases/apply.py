@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bson.timestamp import Timestamp
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from pymongosync.changes.appliers import ApplierLanes, Marker
-from pymongosync.changes.reader import read_batches, token_time
+from pymongosync.changes.reader import (RESUME_AFTER_SECONDS, raise_unless_resumable, read_batches,
+                                       token_time)
 from pymongosync.changes.translate import (
     CrudStep,
     LaneWrites,
@@ -43,16 +44,13 @@ from pymongosync.changes.translate import (
     Translator,
 )
 from pymongosync.changes.writer import ChangeWriter
-from pymongosync.errors import ChangeStreamHistoryLost
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.phases.ddl_order import DdlCoordinator, DdlGate
 from pymongosync.phases.indexes import IndexBuilder, builds_after_copy
-from pymongosync.retry import is_transient
 from pymongosync.state import MigrationState, Phase, ResumeInfo
 
 log = logging.getLogger("pymongosync.changes")
 
-HISTORY_LOST = 286
 REPLAY_BATCHES = 8  # stored batches read at a time from the change buffer
 # loadLevel → applier lanes (mongosync's loadLevel is the load put on the clusters: as many
 # writes in flight as the copy has partitions in flight).
@@ -143,15 +141,9 @@ class ChangeApplier:
                 if self._follow(until):
                     return True
             except PyMongoError as exc:
-                if isinstance(exc, OperationFailure) and exc.code == HISTORY_LOST:
-                    raise ChangeStreamHistoryLost(
-                        "the source oplog no longer holds the changes this migration still "
-                        "needs (ChangeStreamHistoryLost); the migration must be restarted from "
-                        "scratch with a larger source oplog") from None
-                if not is_transient(exc):
-                    raise
+                raise_unless_resumable(exc, "changes")
                 log.warning("change stream interrupted, resuming from the saved token: %s", exc)
-                context.stop.wait(0.5)
+                context.stop.wait(RESUME_AFTER_SECONDS)
         return False
 
     def _reached(self, until: Timestamp | None) -> bool:

@@ -29,20 +29,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson.timestamp import Timestamp
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
-from pymongosync.changes.reader import CRUD, read_batches, token_time
+from pymongosync.changes.reader import (CRUD, RESUME_AFTER_SECONDS, raise_unless_resumable,
+                                       read_batches, token_time)
 from pymongosync.changes.translate import DdlAction, DdlStep, Listing, renamed_to_db
 from pymongosync.changes.writer import ChangeWriter
-from pymongosync.errors import ChangeStreamHistoryLost, InternalError, MigrationError, Stopped
+from pymongosync.errors import InternalError, MigrationError, Stopped
 from pymongosync.instances import DDL_STREAM, POLL_SECONDS
 from pymongosync.phases.context import PhaseContext
-from pymongosync.retry import is_transient
 from pymongosync.state import ResumeInfo
 
 log = logging.getLogger("pymongosync.changes")
 
-HISTORY_LOST = 286
 REPLAY_BATCHES = 8
 
 
@@ -146,15 +145,9 @@ class DdlCoordinator:
                     self._follow()
                     return
                 except PyMongoError as exc:
-                    if isinstance(exc, OperationFailure) and exc.code == HISTORY_LOST:
-                        raise ChangeStreamHistoryLost(
-                            "the source oplog no longer holds the DDL events this migration "
-                            "still needs (ChangeStreamHistoryLost); the migration must be "
-                            "restarted from scratch with a larger source oplog") from None
-                    if not is_transient(exc):
-                        raise
+                    raise_unless_resumable(exc, "DDL events")
                     log.warning("DDL stream interrupted, resuming: %s", exc)
-                    self._stop.wait(0.5)
+                    self._stop.wait(RESUME_AFTER_SECONDS)
         except Stopped:
             return
         except MigrationError as exc:
