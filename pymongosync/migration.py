@@ -214,6 +214,16 @@ class Migration:
             return Lease(store, instance=instance)
         return Lease(store, instance=instance, seconds=self.lease_seconds)
 
+    def _take_new_lease(self, store: MigrationStore, holder_does: str) -> Lease:
+        """This instance's lease, taken; NotOwner naming the live process that holds it
+        (``holder_does``: what that process is doing, as the refusal says)."""
+        lease = self._new_lease(store)
+        if not lease.try_acquire():
+            holder = lease.holder()
+            raise NotOwner(f"another mongosync process "
+                           f"({holder.describe() if holder else 'unknown'}) {holder_does}")
+        return lease
+
     def _check_stored(self, global_state: GlobalState) -> None:
         """Refuse a stored migration a reset began removing, or one of other clusters."""
         request = StartRequest.from_document(global_state.request)
@@ -352,12 +362,7 @@ class Migration:
             retry.retrying(lambda: self._refuse_conflicts(request, source, destination))
             log.info("Preflight checks completed.")  # mongosync's line (spec §17)
             self.layout = layout
-            lease = self._new_lease(store)
-            if not lease.try_acquire():
-                holder = lease.holder()
-                raise NotOwner(f"another mongosync process "
-                               f"({holder.describe() if holder else 'unknown'}) is starting a "
-                               f"migration on this destination")
+            lease = self._take_new_lease(store, "is starting a migration on this destination")
             start_time = source.cluster_time()
             global_state = GlobalState(
                 migration_id=str(uuid.uuid4()), created_at=now(),
@@ -390,12 +395,7 @@ class Migration:
         self._refuse_other_request(request, global_state)
         source = self.clusters[global_state.source_label]
         destination = self.clusters[global_state.destination_label]
-        lease = self._new_lease(store)
-        if not lease.try_acquire():
-            holder = lease.holder()
-            raise NotOwner(f"another mongosync process "
-                           f"({holder.describe() if holder else 'unknown'}) runs instance "
-                           f"{self.instance_id} of this migration")
+        lease = self._take_new_lease(store, f"runs instance {self.instance_id} of this migration")
         resume = _new_resume(MigrationState.RUNNING, Phase.PREPARE, source, destination)
         resume.id = self.layout.resume_id()
         stored = store.create(global_state, resume)
