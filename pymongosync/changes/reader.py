@@ -20,12 +20,11 @@ from typing import Any
 
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
-
-from pymongosync.cluster_client import ClusterClient
-from pymongosync.namespaces import NamespaceFilter
 from pymongo.errors import OperationFailure, PyMongoError
 
+from pymongosync.cluster_client import ClusterClient
 from pymongosync.errors import ChangeStreamHistoryLost
+from pymongosync.namespaces import NamespaceFilter
 from pymongosync.retry import is_transient, retrying
 
 CRUD = frozenset({"insert", "update", "replace", "delete"})
@@ -34,7 +33,6 @@ READ_AHEAD = 4  # batches read while one is being applied
 MAX_BATCH_AGE_SECONDS = 0.25
 HISTORY_LOST = 286  # ChangeStreamHistoryLost: the resume point has left the source's oplog
 RESUME_AFTER_SECONDS = 0.5  # the wait before a stream interrupted by a transient error resumes
-
 
 
 def raise_unless_resumable(exc: PyMongoError, needed: str, cause: str = "") -> None:
@@ -49,6 +47,7 @@ def raise_unless_resumable(exc: PyMongoError, needed: str, cause: str = "") -> N
             "with a larger source oplog") from None
     if not is_transient(exc):
         raise exc
+
 
 @dataclass
 class EventBatch:

@@ -235,13 +235,18 @@ def test_a_balancer_round_moves_chunks_and_readers_see_each_document_once(
         assert sum(per_shard.values()) == documents and min(per_shard.values()) > 0, per_shard
 
 
+def _two_chunks_on_shard01(client: pymongo.MongoClient, db: str) -> None:
+    """``<db>.c``: k 0-99, range-sharded on k and split at 50, both chunks on shard01, with
+    the balancer stopped (the tests move them themselves)."""
+    client.admin.command("balancerStop")
+    client.admin.command("enableSharding", db, primaryShard="shard01")
+    client.admin.command("shardCollection", f"{db}.c", key={"k": 1})
+    client[db].c.insert_many([{"k": i} for i in range(100)])
+    client.admin.command("split", f"{db}.c", middle={"k": 50})
+
 def test_orphans_stay_invisible_until_the_range_is_deleted(cluster: ClusterProcess) -> None:
     with router(cluster) as client:
-        client.admin.command("balancerStop")
-        client.admin.command("enableSharding", "orph", primaryShard="shard01")
-        client.admin.command("shardCollection", "orph.c", key={"k": 1})
-        client.orph.c.insert_many([{"k": i} for i in range(100)])
-        client.admin.command("split", "orph.c", middle={"k": 50})
+        _two_chunks_on_shard01(client, "orph")
         # A cursor opened before the move holds the donor's range deletion back.
         open_cursor = client.orph.c.find({}, batch_size=5)
         first = [next(open_cursor)["k"] for _ in range(5)]
@@ -257,15 +262,10 @@ def test_orphans_stay_invisible_until_the_range_is_deleted(cluster: ClusterProce
                                                           "shard03": 0}
 
 
-
 def test_balancer_stop_waits_for_the_migration_in_progress_at_most_max_time_ms(
         cluster: ClusterProcess) -> None:
     with router(cluster) as client:
-        client.admin.command("balancerStop")
-        client.admin.command("enableSharding", "bstop", primaryShard="shard01")
-        client.admin.command("shardCollection", "bstop.c", key={"k": 1})
-        client.bstop.c.insert_many([{"k": i} for i in range(100)])
-        client.admin.command("split", "bstop.c", middle={"k": 50})
+        _two_chunks_on_shard01(client, "bstop")
         # A cursor opened before the move holds the donor's range deletion back, and with
         # _waitForDelete the migration waits for it: in progress while the cursor is open.
         open_cursor = client.bstop.c.find({}, batch_size=5)
