@@ -11,11 +11,20 @@ injected faults), commits, and compares both clusters byte for byte. One line pe
 end the totals, and for each failure the command that reproduces it. Exit status 1 when any
 seed failed. ``--long`` (implied by ``--big``) uses more data and longer timelines than the
 test suite's seeds; the seeds of ``tests/campaign/test_campaign.py`` run without it.
+
+Stopping it (Ctrl-C, ``kill``, even ``kill -9``) stops the seeds in flight with their clusters
+and mongosync processes: SIGTERM is an interrupt here, and each worker process of ``--jobs``
+gets SIGTERM from the kernel when the campaign's process dies (Linux), so nothing is left
+running behind it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import multiprocessing
+import os
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -27,8 +36,39 @@ from tests.campaign.runner import (Outcome, load_plan, minimize, run_plan,
                                    run_seed)
 
 
-def _run(seed: int, big: bool, long: bool, keep_logs: bool) -> Outcome:
-    return run_seed(seed, big=big, long=long, keep_logs=keep_logs)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the seed in flight leaves through its ``with`` blocks, which stop its
+    emulators and its mongosync process. Only the first signal counts: a second one (Ctrl-C
+    reaches the workers, then the campaign terminates them) would cut that clean-up short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _worker_started(campaign_pid: int) -> None:
+    """A ``--jobs`` worker's set-up: interrupted by SIGTERM, and sent SIGTERM by the kernel when
+    the campaign's process dies, however it dies (a SIGKILL runs none of its own code)."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != campaign_pid:  # it died before prctl: nobody would send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run(seed: int, big: bool, long: bool, keep_logs: bool,
+         campaign_pid: int | None = None) -> Outcome:
+    try:
+        return run_seed(seed, big=big, long=long, keep_logs=keep_logs)
+    except KeyboardInterrupt:
+        if campaign_pid is not None and os.getppid() != campaign_pid:
+            # Orphaned, its seed's processes stopped: nobody reads a result or sends more work,
+            # and the pool's queues could hold this process forever.
+            os._exit(130)
+        raise
 
 
 def _replay_or_minimize(replay: str | None, minimize_path: str | None) -> int:
@@ -109,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(outcome.line(), flush=True)
 
     interrupted = False
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.jobs == 1:
         try:
             while may_start():
@@ -118,23 +160,32 @@ def main(argv: list[str] | None = None) -> int:
             interrupted = True
             next_seed -= 1
     else:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_started,
+                                 initargs=(os.getpid(),)) as pool:
             running: set[Future[Outcome]] = set()
-            while True:
-                while len(running) < args.jobs and may_start():
-                    running.add(pool.submit(_run, next_seed, args.big, args.long,
-                                            args.keep_logs))
-                    next_seed += 1
-                if not running:
-                    break
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    report(future.result())
+            try:
+                while True:
+                    while len(running) < args.jobs and may_start():
+                        running.add(pool.submit(_run, next_seed, args.big, args.long,
+                                                args.keep_logs, os.getpid()))
+                        next_seed += 1
+                    if not running:
+                        break
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        report(future.result())
+            except KeyboardInterrupt:
+                # Ctrl-C reached the workers too; a SIGTERM reached this process alone.
+                interrupted = True
+                next_seed -= len(running)
+                for worker in multiprocessing.active_children():
+                    worker.terminate()
+                pool.shutdown(wait=True, cancel_futures=True)
     failed = [outcome for outcome in outcomes if not outcome.passed]
     passed = len(outcomes) - len(failed)
     mode = " --big" if args.big else (" --long" if args.long else "")
     if interrupted:
-        print("interrupted: the seed in flight is not counted")
+        print("interrupted: the seeds in flight are not counted")
     print(f"campaign{mode}: {len(outcomes)} seeds run ({first}..{next_seed - 1}) in "
           f"{time.monotonic() - started:.0f}s: {passed} passed, {len(failed)} failed")
     for outcome in failed:
