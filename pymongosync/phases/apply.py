@@ -43,7 +43,6 @@ from pymongosync.changes.translate import (
     Translation,
     Translator,
 )
-from pymongosync.changes.writer import ChangeWriter
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.phases.ddl_order import DdlCoordinator, DdlGate
 from pymongosync.phases.indexes import IndexBuilder, builds_after_copy
@@ -107,11 +106,7 @@ class _Applied:
 class ChangeApplier:
     def __init__(self, context: PhaseContext, lanes: int | None = None) -> None:
         self.context = context
-        self.writer = ChangeWriter(context.source, context.destination,
-                                   context.namespace_filter, context.request.buildIndexes,
-                                   context.store, context.counters,
-                                   migrate_views=not context.request.preExistingDestinationData,
-                                   ddl_lock=context.ddl_lock)
+        self.writer = context.change_writer()
         self.lane_count = lanes if lanes is not None else lanes_for(context.load_level)
         self.translator = Translator(context.namespace_filter, self.writer.destination_sharded,
                                      lanes=self.lane_count, listing=context.listing())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from pymongosync.changes.translate import Listing
+from pymongosync.changes.writer import ChangeWriter
 from pymongosync.cluster_client import ClusterClient
 from pymongosync.errors import Stopped
 from pymongosync.instances import InstanceGroup, InstanceLayout
@@ -91,6 +92,15 @@ class PhaseContext:
         return Listing.of(state.listing_started, state.listing_times,
                           ((record.db, record.name, record.uuid)
                            for record in self.store.namespaces() if record.is_collection))
+
+    def change_writer(self) -> ChangeWriter:
+        """A writer of change events to the destination, set up as every phase that applies
+        them needs it: views only into a destination without data of its own (mongosync's
+        rule), and DDL under the lock the index builds share."""
+        return ChangeWriter(self.source, self.destination, self.namespace_filter,
+                            self.request.buildIndexes, self.store, self.counters,
+                            migrate_views=not self.request.preExistingDestinationData,
+                            ddl_lock=self.ddl_lock)
 
     def wait_for_instances(self, condition: Callable[[], bool]) -> None:
         """Until ``condition`` holds of the instances' shared records; Stopped on stop."""

@@ -34,7 +34,6 @@ from pymongo.errors import PyMongoError
 from pymongosync.changes.reader import (CRUD, RESUME_AFTER_SECONDS, raise_unless_resumable,
                                        read_batches, token_time)
 from pymongosync.changes.translate import DdlAction, DdlStep, Listing, renamed_to_db
-from pymongosync.changes.writer import ChangeWriter
 from pymongosync.errors import InternalError, MigrationError, Stopped
 from pymongosync.instances import DDL_STREAM, POLL_SECONDS
 from pymongosync.phases.context import PhaseContext
@@ -111,11 +110,7 @@ class DdlCoordinator:
 
     def __init__(self, context: PhaseContext) -> None:
         self.context = context
-        self.writer = ChangeWriter(context.source, context.destination,
-                                   context.namespace_filter, context.request.buildIndexes,
-                                   context.store, context.counters,
-                                   migrate_views=not context.request.preExistingDestinationData,
-                                   ddl_lock=context.ddl_lock)
+        self.writer = context.change_writer()
         self.error: MigrationError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
