@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE_PREFIX := .ci/node
 OLD_PYMONGO_VENV := .ci/venv-pymongo410
+# pytest processes for `make test` (pytest-xdist); 0 runs the tests one after another in one
+# process, which is easier to read when debugging: `make test TEST_WORKERS=0`.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint setup venv clean
 
@@ -38,7 +41,7 @@ lint: $(PY)
 test: setup lint
 	MONGOSH=$(CURDIR)/$(NODE_PREFIX)/node_modules/.bin/mongosh \
 	OLD_PYMONGO_PYTHON=$(CURDIR)/$(OLD_PYMONGO_VENV)/bin/python \
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) $(NODE_PREFIX) $(OLD_PYMONGO_VENV)
