@@ -73,9 +73,15 @@ class EmulatorProcess:
         self.stop()
 
 
+# How long a replica set may take to print its ready line. It takes about 0.3 s; once, in a
+# two-worker run of the suite on 2 cores, one printed nothing for 30 s (the wait is generous
+# so that a stalled machine slows the tests instead of failing them).
+START_TIMEOUT_S = 60.0
+
+
 def start_emulator(mode: str = "replset", server_version: str = "7.0",
                    extra_args: list[str] | None = None, port: int = 0,
-                   timeout: float = 30.0) -> EmulatorProcess:
+                   timeout: float = START_TIMEOUT_S) -> EmulatorProcess:
     """Start ``python -m mongoemu`` and wait for its ready line; ``mode="mongos"`` starts a
     2-shard cluster (:func:`start_cluster`) and answers with its router."""
     if mode == "mongos":
@@ -96,13 +102,18 @@ def start_emulator(mode: str = "replset", server_version: str = "7.0",
     reader = threading.Thread(target=lambda: result.append(process.stdout.readline()),
                               daemon=True)
     reader.start()
+    started = time.monotonic()
     reader.join(timeout)
     line = result[0] if result else ""
     match = _READY.search(line)
     if not match:
+        status = process.poll()
+        how = (f"still running after {time.monotonic() - started:.1f} s without its ready line"
+               if status is None else f"exited with status {status}")
         process.kill()
         process.wait()
-        raise RuntimeError(f"emulator did not start: {line!r} {''.join(stderr_lines)[-2000:]}")
+        raise RuntimeError(f"emulator did not start ({how}): {line!r} "
+                           f"{''.join(stderr_lines)[-2000:]}")
     threading.Thread(target=_drain, args=(process.stdout, []), daemon=True).start()
     return EmulatorProcess(uri=match.group(1), port=int(match.group(2)), mode=mode,
                            process=process, stderr_lines=stderr_lines)
@@ -110,7 +121,7 @@ def start_emulator(mode: str = "replset", server_version: str = "7.0",
 
 def start_secured_emulator(mode: str = "replset", server_version: str = "7.0",
                            extra_args: list[str] | None = None, port: int = 0,
-                           timeout: float = 30.0) -> EmulatorProcess:
+                           timeout: float = START_TIMEOUT_S) -> EmulatorProcess:
     """An emulator with authentication on, where user write blocking applies to applications.
 
     ``uri`` signs in as :data:`ROOT_CREDENTIALS` (what a migration tool is given) and
