@@ -143,8 +143,10 @@ PAGE = """<!doctype html>
   const API = "/api/v1/";
   const HISTORY_SECONDS = 300;   // what the charts show
   const RATE_WINDOW_SECONDS = 10; // rates are measured over this much of the past
+  // generation: bumped by stop(), so that a poll already waiting for its answer then renders
+  // nothing (it would undo what the caller of stop() set on the page).
   const state = { samples: [], copy: [], namespaces: new Map(), timer: null, last: null,
-                  busy: false };
+                  busy: false, generation: 0 };
   const $ = (id) => document.getElementById(id);
   const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
 
@@ -415,13 +417,16 @@ PAGE = """<!doctype html>
   }
 
   async function poll() {
+    const generation = state.generation;
     try {
       const answer = await fetch(API + "progress", { cache: "no-store" });
       const doc = await answer.json();
+      if (generation !== state.generation) return;
       if (!doc.success) { unreachable(doc.error + ": " + doc.errorDescription); return; }
       $("banner").className = "";
       render(doc.progress || {}, Date.now() / 1000);
     } catch (err) {
+      if (generation !== state.generation) return;
       unreachable(String(err && err.message ? err.message : err));
     }
   }
@@ -463,7 +468,7 @@ PAGE = """<!doctype html>
 
   window.dashboard = {
     render: render, poll: poll, state: state,
-    stop: function () { clearInterval(state.timer); state.timer = null; },
+    stop: function () { clearInterval(state.timer); state.timer = null; state.generation += 1; },
   };
   poll();
   state.timer = setInterval(poll, 1000);

@@ -246,3 +246,31 @@ def test_the_dashboard_shows_what_the_api_leaves_out_as_not_available(
     assert text(browser, "state") == "RUNNING (failed)"
     assert "mongosync reset" in text(browser, "next-step")
     assert script_errors(browser) == []
+
+
+def test_a_poll_answered_after_stop_changes_nothing(
+        browser: Any, source: EmulatorProcess, destination: EmulatorProcess,
+        mongosync: MongosyncFactory) -> None:
+    """stop() also silences the poll already waiting for its answer: on a loaded machine that
+    answer came after the caller had enabled Commit, and disabled it again."""
+    process: Mongosync = mongosync.clusters(source, destination)
+    browser.get(process.url + "/")
+    wait(browser, lambda b: text(b, "state") == "IDLE", what="IDLE")
+    # A poll whose /progress answer is held until the test releases it.
+    browser.execute_script("""
+        window.dashboard.stop();
+        const realFetch = window.fetch;
+        window.fetch = (url, options) => new Promise((resolve, reject) => {
+          window.releaseHeldAnswer = () => realFetch(url, options).then(resolve, reject);
+        });
+        window.heldPoll = window.dashboard.poll();
+        window.fetch = realFetch;
+    """)
+    browser.execute_script("window.dashboard.stop(); "
+                           "document.getElementById('state').textContent = 'SET BY THE TEST'; "
+                           "document.getElementById('commit').disabled = false;")
+    browser.execute_async_script("const done = arguments[arguments.length - 1]; "
+                                 "window.releaseHeldAnswer(); window.heldPoll.then(done);")
+    assert text(browser, "state") == "SET BY THE TEST"
+    assert browser.find_element(By.ID, "commit").is_enabled()
+    assert script_errors(browser) == []
