@@ -21,7 +21,6 @@ running behind it.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -32,11 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mongoemu.cluster.launcher import die_with_parent
 from tests.campaign.runner import (Outcome, load_plan, minimize, run_plan,
                                    run_seed)
 
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# In a ``--jobs`` worker: the campaign's process, its parent (None in the campaign's own).
+_campaign_pid: int | None = None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -51,20 +51,20 @@ def _interrupt(signum: int, frame: object) -> None:
 def _worker_started(campaign_pid: int) -> None:
     """A ``--jobs`` worker's set-up: interrupted by SIGTERM, and sent SIGTERM by the kernel when
     the campaign's process dies, however it dies (a SIGKILL runs none of its own code)."""
+    global _campaign_pid
+    _campaign_pid = campaign_pid
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent()
     if os.getppid() != campaign_pid:  # it died before prctl: nobody would send the signal
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run(seed: int, big: bool, long: bool, keep_logs: bool,
-         campaign_pid: int | None = None) -> Outcome:
+def _run(seed: int, big: bool, long: bool, keep_logs: bool) -> Outcome:
     try:
         return run_seed(seed, big=big, long=long, keep_logs=keep_logs)
     except KeyboardInterrupt:
-        if campaign_pid is not None and os.getppid() != campaign_pid:
+        if _campaign_pid is not None and os.getppid() != _campaign_pid:
             # Orphaned, its seed's processes stopped: nobody reads a result or sends more work,
             # and the pool's queues could hold this process forever.
             os._exit(130)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 while True:
                     while len(running) < args.jobs and may_start():
                         running.add(pool.submit(_run, next_seed, args.big, args.long,
-                                                args.keep_logs, os.getpid()))
+                                                args.keep_logs))
                         next_seed += 1
                     if not running:
                         break

@@ -30,8 +30,9 @@ from mongoemu.config import WIRE_VERSIONS
 _READY = re.compile(r"mongoemu ready uri=(\S+) port=(\d+)")
 
 
-def _die_with_parent() -> None:
-    """Runs in each child between fork and exec: SIGTERM it when the launcher dies."""
+def die_with_parent() -> None:
+    """SIGTERM the calling process when its parent dies (Linux; elsewhere nothing). The
+    launcher runs it in each child between fork and exec; the campaign's workers run it too."""
     if sys.platform.startswith("linux"):
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -47,7 +48,7 @@ class Child:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, env=env,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
         self.port: int | None = None
         self._buffer = b""
 
