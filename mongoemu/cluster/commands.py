@@ -719,24 +719,25 @@ async def balancer_start(ctx: Context) -> dict[str, Any]:
     return {}
 
 
-# How long balancerStop waits for the migration in progress when maxTimeMS is not given.
+# How long balancerStop waits for the balancing round in progress when maxTimeMS is not given.
 BALANCER_STOP_DEFAULT_MS = 60_000.0
 _BALANCER_STOP_POLL_S = 0.01
 
 
 @routed("balancerStop", admin_only=True)
 async def balancer_stop(ctx: Context) -> dict[str, Any]:
-    """Turns the balancer off, then returns once no migration is running any more, as MongoDB
-    waits for its round: for at most ``maxTimeMS`` (60 s by default, 0 for no limit), past
-    which it fails with MaxTimeMSExpired and the balancer stays off."""
+    """Turns the balancer off, then returns once the balancing round in progress (if any) is
+    over, as MongoDB does: for at most ``maxTimeMS`` (60 s by default, 0 for no limit), past
+    which it fails with MaxTimeMSExpired and the balancer stays off. A migration a client
+    asked for (``moveChunk``, ``moveRange``) is not the balancer's: it is not waited for."""
     limit_ms = checked_max_time_ms(ctx.body.get("maxTimeMS"), BALANCER_STOP_DEFAULT_MS)
     router = router_of(ctx)
     await router.table.put("settings", {"_id": "balancer", "mode": "off", "stopped": True})
     loop = asyncio.get_running_loop()
     deadline = None if limit_ms == 0 else loop.time() + limit_ms / 1000
-    # Watched rather than acquired: a lock acquisition cancelled by a timeout could be left
-    # held, and no migration starts while the balancer is off unless a client asks for one.
-    while router.balancer.migration_lock.locked():
+    # A round started before the setting changed may still be moving a chunk; one that starts
+    # after it reads the balancer off before its first move (Balancer.round).
+    while router.balancer.in_round:
         if deadline is not None and loop.time() >= deadline:
             raise CommandError(50, "operation exceeded time limit")
         await asyncio.sleep(_BALANCER_STOP_POLL_S)

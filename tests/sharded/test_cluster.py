@@ -262,45 +262,90 @@ def test_orphans_stay_invisible_until_the_range_is_deleted(cluster: ClusterProce
                                                           "shard03": 0}
 
 
-def test_balancer_stop_waits_for_the_migration_in_progress_at_most_max_time_ms(
+def _held_move(client: pymongo.MongoClient, db: str, k: int, to: str
+               ) -> tuple[Any, threading.Thread, list[Any]]:
+    """A moveChunk of the chunk holding ``k`` in a thread, held in progress after its commit
+    (shown by ``chunk_counts``) until the returned cursor is closed: the cursor, opened before
+    the move, holds the donor's range deletion back, and with _waitForDelete the migration
+    waits for it."""
+    open_cursor = client[db].c.find({}, batch_size=5)
+    next(open_cursor)
+    outcome: list[Any] = []
+
+    def move() -> None:
+        try:
+            outcome.append(client.admin.command("moveChunk", f"{db}.c", find={"k": k}, to=to,
+                                                _waitForDelete=True))
+        except PyMongoError as error:  # seen by the assertions, not lost in the thread
+            outcome.append(error)
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    return open_cursor, mover, outcome
+
+
+def _moved(outcome: list[Any]) -> bool:
+    return bool(outcome and isinstance(outcome[0], dict) and outcome[0]["ok"] == 1)
+
+
+def test_balancer_stop_does_not_wait_for_a_migration_a_client_asked_for(
         cluster: ClusterProcess) -> None:
+    # MongoDB's balancerStop waits for the balancing round in progress, not for a moveChunk.
     with router(cluster) as client:
         _two_chunks_on_shard01(client, "bstop")
-        # A cursor opened before the move holds the donor's range deletion back, and with
-        # _waitForDelete the migration waits for it: in progress while the cursor is open.
-        open_cursor = client.bstop.c.find({}, batch_size=5)
-        next(open_cursor)
-        outcome: list[Any] = []
-
-        def move() -> None:
-            try:
-                outcome.append(client.admin.command("moveChunk", "bstop.c", find={"k": 60},
-                                                    to="shard02", _waitForDelete=True))
-            except PyMongoError as error:  # seen by the assertion below, not lost in the thread
-                outcome.append(error)
-
-        mover = threading.Thread(target=move)
-        mover.start()
+        open_cursor, mover, outcome = _held_move(client, "bstop", 60, "shard02")
         try:
             wait_for(lambda: chunk_counts(client, "bstop.c") == {"shard01": 1, "shard02": 1},
                      what="the chunk committed to shard02")
             started = time.monotonic()
-            with pytest.raises(OperationFailure) as expired:
-                client.admin.command("balancerStop", maxTimeMS=300)
-            assert expired.value.code == 50, expired.value.details
+            client.admin.command("balancerStop", maxTimeMS=300)
             assert time.monotonic() - started < 10
-            assert client.admin.command("balancerStatus")["mode"] == "off"
-            assert mover.is_alive() and not outcome
+            status = client.admin.command("balancerStatus")
+            assert status["mode"] == "off" and not status["inBalancerRound"], status
+            assert mover.is_alive() and not outcome  # the migration is still in progress
             with pytest.raises(OperationFailure) as invalid:
                 client.admin.command("balancerStop", maxTimeMS=-1)
             assert invalid.value.code == 2, invalid.value.details
         finally:
             open_cursor.close()  # the donor's deletion, then the migration, can finish
             mover.join(60)
-        assert outcome and isinstance(outcome[0], dict) and outcome[0]["ok"] == 1, outcome
-        client.admin.command("balancerStop", maxTimeMS=30_000)
+        assert _moved(outcome), outcome
         assert counts_per_shard(cluster, "bstop", "c") == {"shard01": 50, "shard02": 50,
                                                            "shard03": 0}
+
+
+def test_balancer_stop_waits_for_the_round_in_progress_at_most_max_time_ms(
+        cluster: ClusterProcess) -> None:
+    with router(cluster) as client:
+        _two_chunks_on_shard01(client, "bround")
+        client.admin.command("split", "bround.c", middle={"k": 75})
+        # Three chunks on shard01. One is moved to shard02 and held there in progress: the
+        # round the balancer then starts wants to move another from shard01 (two chunks) to
+        # shard03 (none) and waits for that migration to end, one at a time per cluster.
+        open_cursor, mover, outcome = _held_move(client, "bround", 80, "shard02")
+        try:
+            wait_for(lambda: chunk_counts(client, "bround.c") == {"shard01": 2, "shard02": 1},
+                     what="the chunk committed to shard02")
+            client.admin.command("balancerStart")
+            wait_for(lambda: client.admin.command("balancerStatus")["inBalancerRound"],
+                     what="a balancing round waiting for the migration")
+            started = time.monotonic()
+            with pytest.raises(OperationFailure) as expired:
+                client.admin.command("balancerStop", maxTimeMS=300)
+            assert expired.value.code == 50, expired.value.details
+            assert time.monotonic() - started < 10
+            status = client.admin.command("balancerStatus")
+            assert status["mode"] == "off" and status["inBalancerRound"], status
+        finally:
+            open_cursor.close()
+            mover.join(60)
+        assert _moved(outcome), outcome
+        # The round in progress finishes its move although the balancer is off; balancerStop
+        # returns once it has.
+        client.admin.command("balancerStop", maxTimeMS=30_000)
+        assert not client.admin.command("balancerStatus")["inBalancerRound"]
+        assert chunk_counts(client, "bround.c") == {"shard01": 1, "shard02": 1, "shard03": 1}
+
 
 def _read(stream: Any, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
