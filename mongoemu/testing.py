@@ -97,7 +97,9 @@ def start_emulator(mode: str = "replset", server_version: str = "7.0",
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env)
     stderr_lines: list[str] = []
-    threading.Thread(target=_drain, args=(process.stderr, stderr_lines), daemon=True).start()
+    stderr_reader = threading.Thread(target=_drain, args=(process.stderr, stderr_lines),
+                                     daemon=True)
+    stderr_reader.start()
     result: list[str] = []
     reader = threading.Thread(target=lambda: result.append(process.stdout.readline()),
                               daemon=True)
@@ -107,13 +109,8 @@ def start_emulator(mode: str = "replset", server_version: str = "7.0",
     line = result[0] if result else ""
     match = _READY.search(line)
     if not match:
-        status = process.poll()
-        how = (f"still running after {time.monotonic() - started:.1f} s without its ready line"
-               if status is None else f"exited with status {status}")
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"emulator did not start ({how}): {line!r} "
-                           f"{''.join(stderr_lines)[-2000:]}")
+        raise _not_started("emulator", process, started, (stderr_reader, stderr_lines),
+                           f"{line!r} ")
     threading.Thread(target=_drain, args=(process.stdout, []), daemon=True).start()
     return EmulatorProcess(uri=match.group(1), port=int(match.group(2)), mode=mode,
                            process=process, stderr_lines=stderr_lines)
@@ -155,6 +152,21 @@ def _with_users(emulator: _Process, timeout: float) -> _Process:
         raise
     emulator.application_uri = with_credentials(plain_uri, user, password)
     return emulator
+
+
+def _not_started(what: str, process: subprocess.Popen[str], started: float,
+                 stderr: tuple[threading.Thread, list[str]], stdout: str = "") -> RuntimeError:
+    """The error for a process that printed no ready line (stopped first): whether it was
+    still running, and for how long, or exited, and with which status, then what it printed
+    (``stderr``: the thread reading it, and the lines read)."""
+    status = process.poll()
+    how = (f"still running after {time.monotonic() - started:.1f} s without its ready line"
+           if status is None else f"exited with status {status}")
+    process.kill()
+    process.wait()
+    reader, lines = stderr
+    reader.join(5)  # to the end of what it printed: the pipe closed when it exited
+    return RuntimeError(f"{what} did not start ({how}): {stdout}{''.join(lines)[-3000:]}")
 
 
 def _drain(stream, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -231,10 +243,13 @@ def start_cluster(shards: int = 3, server_version: str = "7.0",
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env)
     stderr_lines: list[str] = []
-    threading.Thread(target=_drain, args=(process.stderr, stderr_lines), daemon=True).start()
+    stderr_reader = threading.Thread(target=_drain, args=(process.stderr, stderr_lines),
+                                     daemon=True)
+    stderr_reader.start()
     stdout_lines: list[str] = []
     threading.Thread(target=_drain, args=(process.stdout, stdout_lines), daemon=True).start()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     match = None
     while time.monotonic() < deadline and match is None:
         match = next((m for m in map(_CLUSTER_READY.search, list(stdout_lines)) if m), None)
@@ -243,9 +258,7 @@ def start_cluster(shards: int = 3, server_version: str = "7.0",
                 break
             time.sleep(0.05)
     if match is None:
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"cluster did not start: {''.join(stderr_lines)[-3000:]}")
+        raise _not_started("cluster", process, started, (stderr_reader, stderr_lines))
     shard_map = dict(item.split("=", 1) for item in match.group(3).split(","))
     cluster = ClusterProcess(uri=match.group(1), port=int(match.group(2)), mode="cluster",
                              process=process, stderr_lines=stderr_lines, shards=shard_map,

@@ -14,7 +14,7 @@ import pytest
 from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
-from mongoemu.testing import ClusterProcess, start_cluster
+from mongoemu.testing import ClusterProcess, start_cluster, start_emulator
 
 from .clusterkit import (child_pids, chunk_counts, chunks_of, cleanup_orphans, counts_per_shard,
                          exited, router, shard_clients, wait_for)
@@ -68,6 +68,18 @@ def test_a_launcher_whose_parent_dies_stops_the_cluster(tmp_path: Any) -> None:
     parent.kill()
     parent.wait()
     wait_for(lambda: exited(processes), timeout=20, what="the orphaned cluster gone")
+
+
+def test_a_cluster_or_emulator_that_does_not_start_says_whether_it_is_still_running() -> None:
+    with pytest.raises(RuntimeError, match=r"(?s)cluster did not start \(exited with status 2\)"
+                                           r".*unrecognized arguments: --no-such-flag"):
+        start_cluster(shards=1, extra_args=["--no-such-flag"])
+    with pytest.raises(RuntimeError, match=r"(?s)emulator did not start \(exited with status 2\)"
+                                           r".*unrecognized arguments: --no-such-flag"):
+        start_emulator(extra_args=["--no-such-flag"])
+    # A launcher not given the time to print its ready line is stopped, and said to be running.
+    with pytest.raises(RuntimeError, match=r"cluster did not start \(still running after"):
+        start_cluster(shards=1, timeout=0.01)
 
 
 def test_sharding_spreads_documents_over_the_shard_processes(cluster: ClusterProcess) -> None:
