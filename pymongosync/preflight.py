@@ -201,7 +201,10 @@ def _timeseries(context: Context) -> list[Finding]:
     if not found:
         return []
     return [Finding("timeseries", Severity.BLOCKING, ", ".join(found),
-                    f"time-series collections cannot be migrated ({', '.join(found)})",
+                    # mongosync's text, "<namespace> is a timeseries collection", kept
+                    # for the operators who search logs for it.
+                    "; ".join(f"{ns} is a timeseries collection" for ns in found) +
+                    ": time-series collections cannot be migrated",
                     "exclude them with excludeNamespaces and move them another way "
                     "(mongodump/mongorestore)", error=UnsupportedCluster.name)]
 

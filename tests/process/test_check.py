@@ -227,6 +227,7 @@ def test_a_non_empty_destination_and_time_series_are_listed_with_the_rest(
     assert "leftover" in leftovers["message"] and "mongosync reset" in leftovers["message"]
     [timeseries] = by_check(found, "timeseries")
     assert timeseries["subject"] == "metrics.readings"
+    assert "metrics.readings is a timeseries collection" in timeseries["message"]
 
 
 # -- versions (spec §20) and query settings (spec §5.1) -------------------------------------

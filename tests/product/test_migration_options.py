@@ -9,7 +9,7 @@ import pytest
 
 from mongoemu.testing import EmulatorProcess
 from pymongosync.clusters import Cluster
-from pymongosync.errors import InvalidState
+from pymongosync.errors import InvalidState, UnsupportedCluster
 from pymongosync.migration import Migration
 from pymongosync.request import StartRequest
 from pymongosync.verifier.compare import compare_clusters
@@ -218,3 +218,28 @@ def test_start_retries_what_a_dropped_connection_or_a_failover_interrupts(
     assert compare_clusters(cluster0.client, cluster1.client).equal
     with user_client(source) as client:
         client.admin.command("configureFailPoint", "failCommand", mode="off")
+
+
+def test_a_time_series_collection_is_refused_at_start_unless_excluded(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.metrics.create_collection("readings", timeseries={"timeField": "t"})
+        client.shop.orders.insert_many([{"n": i} for i in range(20)])
+    request = {"source": "cluster0", "destination": "cluster1"}
+    migration = Migration.open(cluster0, cluster1)
+    try:
+        with pytest.raises(UnsupportedCluster) as refused:
+            migration.start(StartRequest.from_document(request))
+        # mongosync's text, and what to do about it.
+        assert "metrics.readings is a timeseries collection" in str(refused.value)
+        assert "excludeNamespaces" in str(refused.value)
+        assert migration.progress()["state"] == "IDLE"
+    finally:
+        migration.close()
+    assert not {"metrics", "shop", "mongosync_reserved_for_internal_use"} & \
+        set(cluster1.client.list_database_names())
+    excluded = {**request, "excludeNamespaces": [{"database": "metrics"}]}
+    migrate(cluster0, cluster1, excluded).close()
+    assert "metrics" not in cluster1.client.list_database_names()
+    assert cluster1.client.shop.orders.count_documents({}) == 20
