@@ -224,7 +224,7 @@ class Writer:
         self.log(ctx, self._entry("c", f"{db}.$cmd", command={"dropDatabase": 1}))
 
     def rename_collection(self, ctx: "Context | None", collection: Collection, to_db: str,
-                          to_name: str, drop_target: bool) -> None:
+                          to_name: str, drop_target: bool, stay_temp: bool = False) -> None:
         validate_db_name(to_db)
         validate_collection_name(to_db, to_name)
         self.check_writable(ctx, collection.db)
@@ -232,7 +232,7 @@ class Writer:
         catalog = self.server.catalog
         target = catalog.collection(to_db, to_name)
         command: dict[str, Any] = {"renameCollection": collection.ns, "to": f"{to_db}.{to_name}",
-                                   "stayTemp": False}
+                                   "stayTemp": stay_temp}
         if target is not None:
             if not drop_target:
                 raise CommandError(48, "target namespace exists")
@@ -241,6 +241,8 @@ class Writer:
         old_ns = collection.ns
         catalog.remove(collection.db, collection.name)
         collection.db, collection.name = to_db, to_name
+        if not stay_temp:  # a temporary collection renamed is kept, unless asked otherwise
+            collection.options.pop("temp", None)
         catalog.add(collection)
         if self.server.sharding:
             self.server.sharding.forget(old_ns)

@@ -43,6 +43,26 @@ def uuid_bytes(value: Any) -> bytes | None:
     return None
 
 
+# The collection is no longer under the name being read (renamed, or dropped and re-created):
+# CollectionUUIDMismatch, or the server killed the cursor because of it (QueryPlanKilled,
+# CursorKilled). The reader finds it again by UUID (locate) and reads on from where it was.
+MOVED_WHILE_READING = frozenset({361, 175, 237})
+
+
+def locate(cluster: ClusterClient, db: str, name: str,
+           collection_uuid: Any) -> tuple[str, str] | None:
+    """Where a collection is now: ``(db, name)`` while that name holds ``collection_uuid``,
+    else wherever the UUID is (renamed since), None when it is nowhere (dropped). Without a
+    UUID, the name is all there is to go by."""
+    if collection_uuid is None:
+        return db, name
+    wanted = uuid_bytes(collection_uuid)
+    for info in cluster.collection_infos(db, name):
+        if uuid_bytes((info.get("info") or {}).get("uuid")) == wanted:
+            return db, name
+    return cluster.find_collection_by_uuid(collection_uuid)
+
+
 def clean_index_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in _DUMP_ONLY_INDEX_FIELDS}
 

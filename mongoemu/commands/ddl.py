@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import string
 from typing import Any
 
 from bson.binary import Binary
 
 from mongoemu import collection_uuid
+from mongoemu.bsonvalues import decode
 from mongoemu.commands.crud import cursor_reply, _batch_size
 from mongoemu.commands.registry import command
 from mongoemu.context import Context
@@ -154,7 +157,8 @@ def rename_collection(ctx: Context) -> dict[str, Any]:
         raise CommandError(20, "Source and destination collections must be on the same "
                                "database.")
     ctx.server.writer.rename_collection(ctx, collection, target_db, target_name,
-                                        bool(ctx.body.get("dropTarget")))
+                                        bool(ctx.body.get("dropTarget")),
+                                        ctx.body.get("stayTemp") is True)
     return {}
 
 
@@ -342,20 +346,50 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
     return reply
 
 
+# convertToCapped's temporary collection: MongoDB's makeUniqueCollectionName pattern
+# "tmp%%%%%.convertToCapped.<name>", each % a random letter or digit.
+_TEMPORARY_NAME_CHARACTERS = string.ascii_letters + string.digits
+
+
 @command("convertToCapped")
 def convert_to_capped(ctx: Context) -> dict[str, Any]:
+    """As MongoDB does it (``capped_utils.cpp``): a new capped collection (a new UUID, only the
+    ``_id`` index) is created under a temporary name, the documents are copied into it in
+    natural order as fromMigrate inserts — change streams do not show them — and it is renamed
+    over the original with ``dropTarget``. A change stream thus shows a ``create`` of
+    ``<db>.tmpXXXXX.convertToCapped.<name>`` and a ``rename`` of it onto ``<db>.<name>``."""
     name = ctx.collection_name()
-    collection = ctx.catalog.require(ctx.db, name)
+    collection = ctx.catalog.collection(ctx.db, name)
+    if collection is None:
+        raise CommandError(26, f"source collection {ctx.db}.{name} does not exist")
+    if collection.is_view:
+        raise CommandError(166, f"cloneCollectionAsCapped not supported for views: "
+                                f"{ctx.db}.{name}")
     size = ctx.body.get("size")
     if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
         raise CommandError(72, "invalid size for capped collection")
-    collection.options.update({"capped": True, "size": int(size)})
-    import collections as _collections
-    collection.insertion_order = _collections.OrderedDict((k, None) for k in collection.documents)
-    ctx.server.writer.log_coll_mod(ctx, collection, {"cappedSize": int(size)},
-                                   {"collectionOptions": {}, "indexOptions": {}})
-    for victim in collection.capped_overflow():
-        ctx.server.writer.delete(ctx, collection, victim, collection.get(victim) or {})
+    writer = ctx.server.writer
+    writer.check_writable(ctx, ctx.db)
+    while True:
+        temporary = "tmp" + "".join(random.choices(_TEMPORARY_NAME_CHARACTERS, k=5)) + \
+            ".convertToCapped." + name
+        if ctx.catalog.collection(ctx.db, temporary) is None:
+            break
+    options = {key: value for key, value in collection.options.items()
+               if key not in ("capped", "size", "max")}
+    capped = writer.create_collection(ctx, ctx.db, temporary,
+                                      {**options, "capped": True, "size": int(size), "temp": True})
+    keys = list(collection.insertion_order) if collection.insertion_order is not None \
+        else list(collection.documents)
+    copying_as, ctx.from_migrate = ctx.from_migrate, True
+    try:
+        for key in keys:
+            raw = collection.get_raw(key)
+            if raw is not None:
+                writer.insert(ctx, capped, decode(raw), raw)
+    finally:
+        ctx.from_migrate = copying_as
+    writer.rename_collection(ctx, capped, ctx.db, name, drop_target=True)
     return {}
 
 

@@ -11,6 +11,7 @@ their temporary form until commit (spec §6–§7).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -111,8 +112,7 @@ class ChangeWriter:
         old one, the document would look deleted)."""
         with self._counting:
             self.counters.refetched += 1
-        where = (db, coll) if collection_uuid is None else \
-            retrying(lambda: self._locate(db, coll, collection_uuid))
+        where = retrying(lambda: catalog.locate(self.source, db, coll, collection_uuid))
         if where is None:
             return  # dropped on the source since: its drop event follows and drops it here
         current = retrying(lambda: self.source.find_by_id(where[0], where[1], key))
@@ -150,12 +150,6 @@ class ChangeWriter:
         infos = self.source.collection_infos(where[0], where[1])
         return dict(infos[0].get("options", {})) if infos else {}
 
-    def _locate(self, db: str, coll: str, collection_uuid: Any) -> tuple[str, str] | None:
-        for info in self.source.collection_infos(db, coll):
-            if (info.get("info") or {}).get("uuid") == collection_uuid:
-                return db, coll
-        return self.source.find_collection_by_uuid(collection_uuid)
-
     # -- DDL -------------------------------------------------------------------------------------
     def apply_ddl(self, step: DdlStep) -> None:
         event = step.event
@@ -183,24 +177,27 @@ class ChangeWriter:
             self._present.clear()  # this event may drop, rename or create any of them
         try:
             with self.ddl_lock:
-                retrying(lambda: handler(db, coll, description))
+                retrying(lambda: handler(db, coll, description, event.get("collectionUUID")))
         except OperationFailure as exc:
             if exc.code not in IGNORED_DDL_ERRORS:
                 raise
         self.counters.ddl_events += 1
         self.counters.last_ddl_event_time = event["clusterTime"]
 
-    def _ddl_create(self, db: str, coll: str, description: Any) -> None:
+    def _ddl_create(self, db: str, coll: str, description: Any,
+                    collection_uuid: Any) -> None:
         options = {k: v for k, v in plain(description).items() if k != "idIndex"}
         if "viewOn" in options and not self.migrate_views:
             return
         catalog.create_collection(self.destination, self.created, db, coll,
                                   catalog.temporary_collection_options(options))
 
-    def _ddl_drop(self, db: str, coll: str, description: Any) -> None:
+    def _ddl_drop(self, db: str, coll: str, description: Any,
+                  collection_uuid: Any) -> None:
         self.destination.drop_collection(db, coll)
 
-    def _ddl_dropDatabase(self, db: str, coll: None, description: Any) -> None:  # noqa: N802 - named after the event
+    def _ddl_dropDatabase(self, db: str, coll: None, description: Any,  # noqa: N802 - named after the event
+                          collection_uuid: Any) -> None:
         # Only what the migration syncs: with pre-existing destination data, the database may
         # also hold collections that are not the migration's.
         names = [info["name"] for info in self.destination.collection_infos(db)]
@@ -211,9 +208,14 @@ class ChangeWriter:
             if self.namespace_filter.includes(db, name):
                 self.destination.drop_collection(db, name)
 
-    def _ddl_rename(self, db: str, coll: str, description: Any) -> None:
+    def _ddl_rename(self, db: str, coll: str, description: Any,
+                    collection_uuid: Any) -> None:
         target = description["to"]
         to_db, to_coll = target["db"], target["coll"]
+        drop_target = bool(description.get("dropTarget"))
+        if converted_to_capped(db, coll, to_db, to_coll, drop_target):
+            self._follow_convert_to_capped(db, coll, to_coll, collection_uuid)
+            return
         action = self.namespace_filter.rename_action(db, coll, to_db, to_coll)
         if action == "ignore":
             return
@@ -224,11 +226,10 @@ class ChangeWriter:
         if action == "drop-source":
             self.destination.drop_collection(db, coll)
             return
-        drop_target = bool(description.get("dropTarget"))
         if action == "create-target":
             if drop_target:  # the renamed collection replaces the target (e.g. $out)
                 self.destination.drop_collection(to_db, to_coll)
-            self._copy_whole_collection(to_db, to_coll)
+            self._copy_whole_collection(to_db, to_coll, collection_uuid)
             return
         self.created.record_created(to_db, to_coll,
                                     new_database=to_db not in self.destination.database_names())
@@ -245,12 +246,14 @@ class ChangeWriter:
             self.destination.drop_collection(db, coll)
         self.created.confirm_created(to_db, to_coll)
 
-    def _ddl_createIndexes(self, db: str, coll: str, description: Any) -> None:  # noqa: N802 - named after the event
+    def _ddl_createIndexes(self, db: str, coll: str, description: Any,  # noqa: N802 - named after the event
+                           collection_uuid: Any) -> None:
         specs = [plain(spec) for spec in description.get("indexes", [])]
         catalog.create_indexes(self.destination, db, coll,
                                catalog.indexes_to_build(specs, self.build_mode))
 
-    def _ddl_dropIndexes(self, db: str, coll: str, description: Any) -> None:  # noqa: N802 - named after the event
+    def _ddl_dropIndexes(self, db: str, coll: str, description: Any,  # noqa: N802 - named after the event
+                         collection_uuid: Any) -> None:
         for spec in description.get("indexes", []):
             try:
                 self.destination.drop_index(db, coll, spec["name"])
@@ -258,7 +261,8 @@ class ChangeWriter:
                 if exc.code not in IGNORED_DDL_ERRORS:
                     raise
 
-    def _ddl_modify(self, db: str, coll: str, description: Any) -> None:
+    def _ddl_modify(self, db: str, coll: str, description: Any,
+                    collection_uuid: Any) -> None:
         # Index options, TTL and capped limits stay in their temporary state until commit,
         # which copies them from the source; everything else follows at once.
         change = {k: v for k, v in plain(description).items()
@@ -269,13 +273,15 @@ class ChangeWriter:
         if change:
             self.destination.modify_collection(db, coll, change)
 
-    def _ddl_shardCollection(self, db: str, coll: str, description: Any) -> None:  # noqa: N802 - named after the event
+    def _ddl_shardCollection(self, db: str, coll: str, description: Any,  # noqa: N802 - named after the event
+                             collection_uuid: Any) -> None:
         if self.destination_sharded:
             catalog.shard_collection(self.destination, db, coll,
                                      plain(description["shardKey"]),
                                      self.source.index_specs(db, coll))
 
-    def _copy_renamed_target(self, db: str, coll: str | None, description: Any) -> None:
+    def _copy_renamed_target(self, db: str, coll: str | None, description: Any,
+                             collection_uuid: Any) -> None:
         """A rename that the listing of the source's namespaces saw under neither name
         (``DdlStep.copy_target``): the collection is copied whole under its new name, as the
         source has it now, replacing whatever the destination holds there (the target the
@@ -286,22 +292,69 @@ class ChangeWriter:
         if not self.namespace_filter.includes(to_db, to_coll):
             return
         self.destination.drop_collection(to_db, to_coll)
-        self._copy_whole_collection(to_db, to_coll)
+        self._copy_whole_collection(to_db, to_coll, collection_uuid)
 
-    def _copy_whole_collection(self, db: str, coll: str) -> None:
-        """A collection renamed into the filter: its documents were never inserted as events."""
-        infos = self.source.collection_infos(db, coll)
-        if not infos:
+    def _follow_convert_to_capped(self, db: str, temporary: str, coll: str,
+                                  collection_uuid: Any) -> None:
+        """``convertToCapped`` on the source (spec §7; mongosync stops there). The server
+        created a new capped collection under a temporary name, copied the documents into it
+        with inserts that no change stream shows, and renamed it over the original (this
+        event). Renamed here as the event says, the destination's collection would be replaced
+        by an empty one: instead, the new collection is copied whole from the source under
+        the original's name, and the empty temporary one dropped. Its capped limits are lifted
+        until the commit, which sets the source's, as for every capped collection."""
+        log.info("%s.%s was converted to a capped collection on the source: copying it whole",
+                 db, coll)
+        if self.namespace_filter.includes(db, temporary):
+            self.destination.drop_collection(db, temporary)
+        if self.namespace_filter.includes(db, coll):
+            self.destination.drop_collection(db, coll)
+            self._copy_whole_collection(db, coll, collection_uuid)
+
+    def _copy_whole_collection(self, db: str, coll: str, collection_uuid: Any) -> None:
+        """A collection whose documents never came as events here (renamed into the filter,
+        or made anew by convertToCapped), copied whole from the source into ``db.coll``.
+
+        It is read where the source has it now, found by its UUID (the event's): renamed
+        again since — that rename's event still to apply —, it is read under its newest name,
+        and the renames to come move the copy there; dropped since, nothing is copied, and its
+        drop event follows. Every write is an upsert, so reading again (the collection moved
+        while it was read, or the event is applied again after a restart) changes nothing."""
+        where = catalog.locate(self.source, db, coll, collection_uuid)
+        infos = [] if where is None else self.source.collection_infos(*where)
+        if where is None or not infos:
             return
         options = catalog.temporary_collection_options(dict(infos[0].get("options", {})))
         catalog.create_collection(self.destination, self.created, db, coll, options)
         catalog.create_indexes(self.destination, db, coll, catalog.indexes_to_build(
-            self.source.index_specs(db, coll), self.build_mode))
-        for batch in self.source.read_batches(RangeRead(db=db, coll=coll,
-                                                        batch_size=RECOPY_BATCH)):
-            writes: list[Write] = [Upsert({"_id": document["_id"]}, document)
-                                   for document in batch]
-            self.destination.write(db, coll, writes)
+            self.source.index_specs(*where), self.build_mode))
+        while where is not None:
+            read = RangeRead(db=where[0], coll=where[1], collection_uuid=collection_uuid,
+                             batch_size=RECOPY_BATCH)
+            try:
+                for batch in self.source.read_batches(read):
+                    writes: list[Write] = [Upsert({"_id": document["_id"]}, document)
+                                           for document in batch]
+                    self.destination.write(db, coll, writes)
+                return
+            except OperationFailure as exc:
+                if collection_uuid is None or exc.code not in catalog.MOVED_WHILE_READING:
+                    raise
+                log.info("%s.%s moved while it was read (%s): finding it again by UUID",
+                         *where, exc.code)
+            where = catalog.locate(self.source, db, coll, collection_uuid)
+
+
+# convertToCapped's temporary collection, as MongoDB names it (capped_utils.cpp): "tmp", five
+# letters or digits, ".convertToCapped.", then the name of the collection it converts.
+_CONVERT_TO_CAPPED = re.compile(r"tmp[0-9A-Za-z]{5}\.convertToCapped\.(.+)", re.DOTALL)
+
+
+def converted_to_capped(db: str, coll: str, to_db: str, to_coll: str, drop_target: bool) -> bool:
+    """Whether a rename is the last step of ``convertToCapped``: its temporary collection
+    renamed over the collection it converts."""
+    match = _CONVERT_TO_CAPPED.fullmatch(coll)
+    return drop_target and db == to_db and match is not None and match.group(1) == to_coll
 
 
 def plain(value: Any) -> Any:

@@ -45,7 +45,6 @@ from pymongosync.errors import CopyWorkerFailed, Stopped, error_from_record
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.phases.copy_worker import (
     DUPLICATE_KEY,
-    MOVED_WHILE_READING,
     BatchCopied,
     Busy,
     ClaimLost,
@@ -60,7 +59,6 @@ from pymongosync.phases.copy_worker import (
     copy_partitions,
     describe_failure,
     insert_ignoring_duplicates,
-    locate,
     owner_prefix,
     worker_main,
 )
@@ -69,8 +67,8 @@ from pymongosync.retry import bounded
 from pymongosync.state import NamespaceRecord, Phase
 from pymongosync.store import MetadataStore
 
-__all__ = ["DUPLICATE_KEY", "MOVED_WHILE_READING", "PARALLELISM_BY_LOAD_LEVEL", "CopyCollections",
-           "insert_ignoring_duplicates", "locate", "worker_ceiling"]
+__all__ = ["DUPLICATE_KEY", "PARALLELISM_BY_LOAD_LEVEL", "CopyCollections",
+           "insert_ignoring_duplicates", "worker_ceiling"]
 
 log = logging.getLogger("pymongosync.copy")
 

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import BulkWriteError, OperationFailure
 
+from pymongosync.catalog import MOVED_WHILE_READING, locate
 from pymongosync.cluster_client import ClusterClient, RangeRead
 from pymongosync.errors import MigrationError, Stopped
 from pymongosync.retry import retrying
@@ -51,10 +52,6 @@ from pymongosync.store import MigrationStore
 log = logging.getLogger("pymongosync.copy")
 
 DUPLICATE_KEY = 11000
-# The collection is no longer under the name being read (renamed, or dropped and re-created):
-# CollectionUUIDMismatch, or the server killed the cursor because of it (QueryPlanKilled,
-# CursorKilled). The partition resumes from its checkpoint under the collection's new name.
-MOVED_WHILE_READING = frozenset({361, 175, 237})
 PR_SET_PDEATHSIG = 1
 
 
@@ -70,16 +67,6 @@ def insert_ignoring_duplicates(destination: ClusterClient, db: str, coll: str,
             first = (unexpected or exc.details["writeConcernErrors"])[0]
             raise OperationFailure(f"copy into {db}.{coll} failed: {first}",
                                    code=first.get("code")) from None
-
-
-def locate(source: ClusterClient, namespace: NamespaceRecord) -> tuple[str, str] | None:
-    """Where a source collection is now: renamed collections are found again by UUID."""
-    if namespace.uuid is None:
-        return namespace.db, namespace.name
-    for info in source.collection_infos(namespace.db, namespace.name):
-        if (info.get("info") or {}).get("uuid") == namespace.uuid:
-            return namespace.db, namespace.name
-    return source.find_collection_by_uuid(namespace.uuid)
 
 
 @dataclass(frozen=True)
@@ -311,6 +298,7 @@ class PartitionCopier:
             try:
                 return self._copy_from_checkpoint()
             except OperationFailure as exc:
+                # The partition resumes from its checkpoint under the collection's new name.
                 if exc.code not in MOVED_WHILE_READING:
                     raise
                 log.info("%s moved while it was read (%s): finding it again by UUID",
@@ -325,7 +313,8 @@ class PartitionCopier:
             return Outcome.FINISHED
         if partition.owner != self.owner:
             return Outcome.LOST
-        where = locate(self.source, self.namespace)
+        where = locate(self.source, self.namespace.db, self.namespace.name,
+                       self.namespace.uuid)
         if where is None:  # dropped on the source: change application drops it here too
             store.finish_partition(self.partition_id)
             return Outcome.FINISHED

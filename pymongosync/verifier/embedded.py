@@ -433,7 +433,7 @@ class EmbeddedVerifier:
                                context.destination.cluster_time())
         self.state.final_started_at = now()
         self.store.save_state(self.state, "final_started_at")
-        self._cover_unplanned_collections()
+        self._cover_what_hashing_missed()
         self._hash_remaining_ranges()
         mismatches = self._final_rechecks()  # the backlog, while the stream catches up
         self._read_destination_changes(until=self._final_started[1])
@@ -497,28 +497,58 @@ class EmbeddedVerifier:
                 f"({summarize_changes(found['destination'])}); nothing may write to the "
                 f"destination before canWrite is true: run `mongosync reset` and migrate again")
 
-    def _cover_unplanned_collections(self) -> None:
-        """A task for the whole of each collection of the migration, on either cluster, that
-        no range of the copy covers. Ranges come from the copy's plan, made from the listing
-        of the source's namespaces: a collection the listing missed (one renamed across
-        databases while they were listed) was neither copied nor hashed, and only the
-        documents changed since were rechecked; the verifier passed a collection with none
-        of its other documents (campaign seed 369). Idempotent: a task is added once."""
+    def _cover_what_hashing_missed(self) -> None:
+        """A task for the whole of each collection of the migration, on either cluster, whose
+        documents the ranges and the rechecks may not have compared. Idempotent: a task is
+        added once. With the source write-blocked and every change applied, those are:
+
+        - a collection no range of the copy covers. Ranges come from the copy's plan, made
+          from the listing of the source's namespaces: a collection the listing missed (one
+          renamed across databases while they were listed) was neither copied nor hashed, and
+          only the documents changed since were rechecked; the verifier passed a collection
+          with none of its other documents (campaign seed 369);
+        - a collection that is no longer the one planned under its name (another UUID), or
+          whose document counts differ between the clusters: documents may have changed
+          without a change event. ``convertToCapped`` copies them into a new collection with
+          inserts that change streams do not show; hashed before it, and rechecked only where
+          events came, a collection replaced by an empty one passed (a mismatch the counts
+          show at once). The counts are the servers' own (``$collStats``), which are not
+          exact everywhere (orphans on a sharded cluster): they only decide what to hash.
+        """
         context = self.context
         planned = {partition.namespace.full_name
                    for partition in context.store.partition_records()}
+        planned_uuids = {record.id: catalog.uuid_bytes(record.uuid)
+                         for record in context.store.namespaces()}
+        listed = [{record.id: record for record in
+                   catalog.list_namespaces(cluster, context.namespace_filter)
+                   if record.is_collection}
+                  for cluster in (context.source, context.destination)]
+        source, destination = listed
         tasks: dict[str, VerificationTask] = {}
-        for cluster in (context.source, context.destination):
-            for record in catalog.list_namespaces(cluster, context.namespace_filter):
-                if record.is_collection and record.id not in planned:
-                    tasks.setdefault(record.id, VerificationTask(
-                        id=f"{record.id}#whole", namespace=NamespaceRef(db=record.db,
-                                                                         coll=record.name),
-                        lower=MinKey(), upper=MaxKey(), is_last=True,
-                        estimated_documents=record.estimated_documents))
+        reasons: dict[str, str] = {}
+        for records in listed:
+            for record in records.values():
+                if record.id not in planned:
+                    reason = "not planned"
+                elif record.id in source and record.id in planned_uuids and \
+                        catalog.uuid_bytes(source[record.id].uuid) != planned_uuids[record.id]:
+                    reason = "replaced on the source"
+                elif (source[record.id].estimated_documents if record.id in source else 0) != \
+                        (destination[record.id].estimated_documents
+                         if record.id in destination else 0):
+                    reason = "counts differ"
+                else:
+                    continue
+                reasons.setdefault(record.id, reason)
+                tasks.setdefault(record.id, VerificationTask(
+                    id=f"{record.id}#whole", namespace=NamespaceRef(db=record.db,
+                                                                     coll=record.name),
+                    lower=MinKey(), upper=MaxKey(), is_last=True,
+                    estimated_documents=record.estimated_documents))
         if tasks:
-            log.info("verifier: %d collection(s) the copy did not plan, hashed whole: %s",
-                     len(tasks), ", ".join(sorted(tasks)))
+            log.info("verifier: %d collection(s) hashed whole: %s", len(tasks),
+                     ", ".join(f"{name} ({reasons[name]})" for name in sorted(tasks)))
             self.store.ensure_tasks(tasks.values())
 
     def _hash_remaining_ranges(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Iterator
@@ -219,6 +220,39 @@ def test_expanded_events(db) -> None:
         db.c.create_index("y")
         db.c.insert_one({"_id": 2})
         assert next_change(stream)["operationType"] == "insert"  # DDL hidden by default
+
+
+def test_convert_to_capped_is_a_new_collection_renamed_over_the_old(db) -> None:
+    """As MongoDB's capped_utils.cpp: a capped collection with a new UUID and only the _id
+    index is created under a temporary name, filled with inserts change streams do not show,
+    then renamed over the original (stayTemp false: not temporary any more)."""
+    db.logs.insert_many([{"_id": i, "pad": "x" * 200} for i in range(100)])
+    db.logs.create_index("pad")
+    old_uuid = db.command("listCollections", filter={"name": "logs"})["cursor"][
+        "firstBatch"][0]["info"]["uuid"]
+    with db.watch(show_expanded_events=True, max_await_time_ms=AWAIT_MS) as stream:
+        db.command("convertToCapped", "logs", size=8192)
+        db.logs.insert_one({"_id": 100, "pad": "y"})
+        create, rename, insert = (next_change(stream) for _ in range(3))
+    temporary = create["ns"]["coll"]
+    assert create["operationType"] == "create" and \
+        re.fullmatch(r"tmp[0-9A-Za-z]{5}\.convertToCapped\.logs", temporary), create
+    assert create["operationDescription"]["capped"] is True
+    assert rename["operationType"] == "rename" and rename["ns"]["coll"] == temporary
+    assert rename["operationDescription"]["to"] == {"db": db.name, "coll": "logs"}
+    assert rename["operationDescription"]["dropTarget"] == old_uuid
+    assert rename["collectionUUID"] == create["collectionUUID"] != old_uuid
+    assert insert["operationType"] == "insert" and insert["documentKey"] == {"_id": 100}
+    [info] = db.command("listCollections", filter={"name": "logs"})["cursor"]["firstBatch"]
+    assert info["options"] == {"capped": True, "size": 8192}
+    assert info["info"]["uuid"] == create["collectionUUID"]
+    assert [spec["name"] for spec in db.logs.list_indexes()] == ["_id_"]
+    kept = [document["_id"] for document in db.logs.find()]
+    assert kept[-1] == 100 and 0 < len(kept) < 101  # the oldest did not fit
+    assert db.list_collection_names() == ["logs"]
+    with pytest.raises(OperationFailure) as missing:
+        db.command("convertToCapped", "nothing", size=8192)
+    assert missing.value.code == 26
 
 
 def test_pipeline_stages(db) -> None:

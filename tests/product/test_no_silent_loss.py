@@ -537,3 +537,73 @@ def test_pipeline_updates_that_move_fields_during_change_application(
             ["_id", "pad", "new", "a", "nested"]
         assert list(client.app.items.find_one({"_id": 2}) or {}) == \
             ["_id", "pad", "c", "b", "a"]
+
+
+@pytest.mark.parametrize("during", ["copy", "change application"])
+def test_convert_to_capped_on_the_source(source: EmulatorProcess,
+                                         clusters: tuple[Cluster, Cluster], during: str) -> None:
+    """convertToCapped copies the documents into a new capped collection with inserts that
+    change streams do not show, then renames it over the original: replayed as the events
+    say, the destination's collection was replaced by an empty one (mongosync stops, spec §7).
+    The new collection is copied whole instead; here the capped size keeps only part of the
+    documents, and writes after it evict more."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.logs.insert_many([{"n": i, "pad": "x" * 200} for i in range(100)])
+        client.app.logs.create_index("n")
+        client.app.other.insert_many([{"n": i, "pad": "p" * 100} for i in range(3000)])
+
+    def convert() -> None:
+        with pymongo.MongoClient(cluster0.uri) as client:
+            client.app.command("convertToCapped", "logs", size=8192)
+        with user_client(source) as client:
+            client.app.logs.insert_many([{"n": 100 + i, "pad": "y" * 200} for i in range(10)])
+        speed_up(source)
+
+    if during == "copy":
+        slow_down(source, "find", 300)  # the copy is still reading when it happens
+    try:
+        migrate(cluster0, cluster1, load_level=1, **{
+            "during_copy" if during == "copy" else "during_cea": convert})
+    finally:
+        speed_up(source)
+    kept = sorted(d["n"] for d in cluster0.client.app.logs.find())
+    assert 0 < len(kept) < 110 and kept[-1] == 109  # the capped size evicted the oldest
+    assert sorted(d["n"] for d in cluster1.client.app.logs.find()) == kept
+    options = cluster1.client.app.logs.options()
+    assert options["capped"] and options["size"] == cluster0.client.app.logs.options()["size"]
+    # As on the source: convertToCapped keeps only the _id index.
+    assert [spec["name"] for spec in cluster1.client.app.logs.list_indexes()] == ["_id_"]
+    assert sorted(cluster1.client.app.list_collection_names()) == ["logs", "other"]
+    assert_equal(cluster0, cluster1)
+
+
+def test_a_collection_renamed_into_the_filter_then_renamed_again(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """A rename into the filter copies the collection whole from the source. It was read by
+    name: renamed again before that read (both renames waiting in the stream), it was not
+    found, nothing was copied, and the second rename found nothing to rename."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.staging.insert_many([{"n": i} for i in range(50)])
+        client.app.other.insert_one({"n": 0})
+    body = {**START, "excludeNamespaces": [{"database": "app", "collections": ["staging"]}]}
+    migration = Migration.open(cluster0, cluster1)
+    migration.start(StartRequest.from_document(body))
+    try:
+        migration.wait_for(lambda p: p["info"] == "change event application", timeout=120)
+        migration.pause()
+        with pymongo.MongoClient(cluster0.uri) as client:
+            client.admin.command("renameCollection", "app.staging", to="app.reports")
+            client.app.reports.insert_one({"n": 50})
+            client.admin.command("renameCollection", "app.reports", to="app.published")
+            client.app.published.insert_one({"n": 51})
+        migration.resume()
+        migration.wait_for(lambda p: p["canCommit"] and p["lagTimeSeconds"] == 0 and
+                           p["totalEventsApplied"] >= 4, timeout=60)
+        migration.commit()
+        migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=60)
+    finally:
+        migration.close()
+    assert sorted(cluster1.client.app.list_collection_names()) == ["other", "published"]
+    assert sorted(d["n"] for d in cluster1.client.app.published.find()) == list(range(52))

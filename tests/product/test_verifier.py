@@ -123,6 +123,30 @@ def test_a_collection_the_copy_did_not_plan_is_verified_whole(
     assert "app.c2 _id 0: missing" in failure.message, failure.message
 
 
+def test_a_collection_replaced_without_change_events_after_hashing_is_verified_whole(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source change that comes without change events, after the initial hashing compared
+    the collection: convertToCapped copies the documents into a new capped collection with
+    inserts that change streams do not show. Here the engine is made to replay its events as
+    they come (what it did before it followed convertToCapped), which replaces the
+    destination's collection with an empty one; nothing rechecks the documents no event
+    named. The verifier passed it; the counts (and the new UUID) now have it hashed whole."""
+    from pymongosync.changes import writer
+
+    monkeypatch.setattr(writer, "converted_to_capped", lambda *args: False)
+    cluster0, cluster1 = clusters
+    seed(source)
+
+    def convert(_: pymongo.MongoClient[Any]) -> None:
+        with pymongo.MongoClient(cluster0.uri) as client:
+            client.app.command("convertToCapped", "c1", size=1 << 20)
+
+    failure = run_until_commit_fails(cluster0, cluster1, convert, "stream hashing")
+    assert "400 found" in failure.message, failure.message
+    assert "app.c1 _id 0: missing" in failure.message, failure.message
+
+
 @pytest.mark.parametrize("change", ["dropped", "option"])
 def test_indexes_changed_behind_the_tools_back_fail_the_migration(
         source: EmulatorProcess, clusters: tuple[Cluster, Cluster], change: str) -> None:
