@@ -280,12 +280,14 @@ class Writer:
 
     # -- documents ---------------------------------------------------------------------------
     def insert(self, ctx: "Context | None", collection: Collection, document: dict[str, Any],
-               raw: bytes | None = None) -> dict[str, Any]:
-        """Store a document whose ``_id`` is already first; ``raw`` is its BSON when known."""
+               raw: bytes | None = None, validate: bool = True) -> dict[str, Any]:
+        """Store a document whose ``_id`` is already first; ``raw`` is its BSON when known.
+        ``validate``: False for the server's own copies (the validator was passed already)."""
         self.check_writable(ctx, collection.db)
         if collection.is_view:
             raise CommandError(166, f"Namespace {collection.ns} is a view, not a collection")
-        self._validate(ctx, collection, document, None)
+        if validate:
+            self._validate(ctx, collection, document, None)
         if raw is None:
             raw = encode(document)
         if len(raw) > 16 * 1024 * 1024:

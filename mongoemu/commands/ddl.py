@@ -156,10 +156,66 @@ def rename_collection(ctx: Context) -> dict[str, Any]:
     if ctx.server.config.is_mongos and source_db != target_db:
         raise CommandError(20, "Source and destination collections must be on the same "
                                "database.")
-    ctx.server.writer.rename_collection(ctx, collection, target_db, target_name,
-                                        bool(ctx.body.get("dropTarget")),
+    drop_target = bool(ctx.body.get("dropTarget"))
+    if source_db != target_db:
+        _rename_between_databases(ctx, collection, target_db, target_name, drop_target)
+        return {}
+    ctx.server.writer.rename_collection(ctx, collection, target_db, target_name, drop_target,
                                         ctx.body.get("stayTemp") is True)
     return {}
+
+
+def _rename_between_databases(ctx: Context, collection: Collection, to_db: str, to_name: str,
+                              drop_target: bool) -> None:
+    """As MongoDB does it (rename_collection.cpp, renameBetweenDBs): a collection has one
+    database, so the documents are copied. A temporary collection ``tmpXXXXX.renameCollection``
+    is created in the target database (a new UUID, the source's options), given the source's
+    indexes, filled with ordinary inserts, renamed onto the target within its database, and the
+    source is dropped. A change stream shows each of those steps, and no rename across
+    databases."""
+    writer = ctx.server.writer
+    writer.check_writable(ctx, collection.db)
+    writer.check_writable(ctx, to_db)
+    validate_db_name(to_db)
+    validate_collection_name(to_db, to_name)
+    if ctx.catalog.collection(to_db, to_name) is not None and not drop_target:
+        raise CommandError(48, "target namespace exists")
+    temporary = writer.create_collection(ctx, to_db, _temporary_name(ctx, to_db, "renameCollection"),
+                                         {**collection.options, "temp": True})
+    for spec in collection.index_list():
+        if spec["name"] != ID_INDEX_NAME:
+            writer.create_index(ctx, temporary, dict(spec))
+    _copy_documents(ctx, collection, temporary, from_migrate=False)
+    writer.rename_collection(ctx, temporary, to_db, to_name, drop_target)
+    writer.drop_collection(ctx, collection)
+
+
+_TEMPORARY_NAME_CHARACTERS = string.ascii_letters + string.digits
+
+
+def _temporary_name(ctx: Context, db: str, suffix: str) -> str:
+    """MongoDB's makeUniqueCollectionName("tmp%%%%%.<suffix>"): each % a letter or digit."""
+    while True:
+        name = "tmp" + "".join(random.choices(_TEMPORARY_NAME_CHARACTERS, k=5)) + "." + suffix
+        if ctx.catalog.collection(db, name) is None:
+            return name
+
+
+def _copy_documents(ctx: Context, source: Collection, target: Collection,
+                    from_migrate: bool) -> None:
+    """The server's own copy of every document, in natural order, without validation;
+    ``from_migrate``: logged so that change streams do not show the inserts."""
+    writer = ctx.server.writer
+    keys = list(source.insertion_order) if source.insertion_order is not None \
+        else list(source.documents)
+    copying_as, ctx.from_migrate = ctx.from_migrate, from_migrate or ctx.from_migrate
+    try:
+        for key in keys:
+            raw = source.get_raw(key)
+            if raw is not None:
+                writer.insert(ctx, target, decode(raw), raw, validate=False)
+    finally:
+        ctx.from_migrate = copying_as
 
 
 @command("createIndexes", in_transaction=True)
@@ -346,11 +402,6 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
     return reply
 
 
-# convertToCapped's temporary collection: MongoDB's makeUniqueCollectionName pattern
-# "tmp%%%%%.convertToCapped.<name>", each % a random letter or digit.
-_TEMPORARY_NAME_CHARACTERS = string.ascii_letters + string.digits
-
-
 @command("convertToCapped")
 def convert_to_capped(ctx: Context) -> dict[str, Any]:
     """As MongoDB does it (``capped_utils.cpp``): a new capped collection (a new UUID, only the
@@ -370,25 +421,12 @@ def convert_to_capped(ctx: Context) -> dict[str, Any]:
         raise CommandError(72, "invalid size for capped collection")
     writer = ctx.server.writer
     writer.check_writable(ctx, ctx.db)
-    while True:
-        temporary = "tmp" + "".join(random.choices(_TEMPORARY_NAME_CHARACTERS, k=5)) + \
-            ".convertToCapped." + name
-        if ctx.catalog.collection(ctx.db, temporary) is None:
-            break
     options = {key: value for key, value in collection.options.items()
                if key not in ("capped", "size", "max")}
-    capped = writer.create_collection(ctx, ctx.db, temporary,
+    capped = writer.create_collection(ctx, ctx.db,
+                                      _temporary_name(ctx, ctx.db, "convertToCapped." + name),
                                       {**options, "capped": True, "size": int(size), "temp": True})
-    keys = list(collection.insertion_order) if collection.insertion_order is not None \
-        else list(collection.documents)
-    copying_as, ctx.from_migrate = ctx.from_migrate, True
-    try:
-        for key in keys:
-            raw = collection.get_raw(key)
-            if raw is not None:
-                writer.insert(ctx, capped, decode(raw), raw)
-    finally:
-        ctx.from_migrate = copying_as
+    _copy_documents(ctx, collection, capped, from_migrate=True)
     writer.rename_collection(ctx, capped, ctx.db, name, drop_target=True)
     return {}
 
