@@ -255,6 +255,43 @@ def test_convert_to_capped_is_a_new_collection_renamed_over_the_old(db) -> None:
     assert missing.value.code == 26
 
 
+def test_a_rename_across_databases_is_a_copy_then_a_rename_and_a_drop(
+        client: pymongo.MongoClient, db) -> None:
+    """The sequence of MongoDB's jstest for a rename across databases (renameBetweenDBs): the
+    documents are inserted into a temporary collection of the target database, which is
+    renamed onto the target (dropping it), and the source is dropped. No event renames across
+    databases."""
+    target_db = client[db.name + "_to"]
+    client.drop_database(target_db.name)
+    try:
+        db.c.insert_many([{"_id": 2}, {"_id": 3}])
+        db.c.update_one({"_id": 3}, {"$set": {"p": 3}})
+        db.c.create_index("p")
+        target_db.c.insert_one({"_id": 0})
+        old_target = target_db.command("listCollections")["cursor"]["firstBatch"][0]["info"]["uuid"]
+        with client.watch(show_expanded_events=True, max_await_time_ms=AWAIT_MS) as stream:
+            client.admin.command("renameCollection", f"{db.name}.c", to=f"{target_db.name}.c",
+                                 dropTarget=True)
+            events = [next_change(stream) for _ in range(6)]
+        kinds = [event["operationType"] for event in events]
+        assert kinds == ["create", "createIndexes", "insert", "insert", "rename", "drop"], kinds
+        temporary = events[0]["ns"]
+        assert temporary["db"] == target_db.name and \
+            re.fullmatch(r"tmp[0-9A-Za-z]{5}\.renameCollection", temporary["coll"]), temporary
+        assert [event["ns"] for event in events[1:5]] == [temporary] * 4
+        assert events[3]["fullDocument"] == {"_id": 3, "p": 3}
+        assert events[4]["operationDescription"]["to"] == {"db": target_db.name, "coll": "c"}
+        assert events[4]["operationDescription"]["dropTarget"] == old_target
+        assert events[5]["ns"] == {"db": db.name, "coll": "c"}
+        assert db.list_collection_names() == [] and target_db.list_collection_names() == ["c"]
+        assert list(target_db.c.find()) == [{"_id": 2}, {"_id": 3, "p": 3}]
+        assert [spec["name"] for spec in target_db.c.list_indexes()] == ["_id_", "p_1"]
+        [info] = target_db.command("listCollections")["cursor"]["firstBatch"]
+        assert "temp" not in info["options"] and info["info"]["uuid"] == events[0]["collectionUUID"]
+    finally:
+        client.drop_database(target_db.name)
+
+
 def test_pipeline_stages(db) -> None:
     with db.c.watch([{"$match": {"fullDocument.keep": True}},
                      {"$project": {"fullDocument": 1, "ns": 1}}],
