@@ -4,6 +4,7 @@ findAndModify, count, distinct and aggregate."""
 from __future__ import annotations
 
 import itertools
+import uuid
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from bson.int64 import Int64
@@ -287,15 +288,23 @@ class ServerPipelineContext:
         if existing is not None and existing.is_view:
             raise CommandError(166, f"Namespace {db}.{coll} is a view, not a collection")
         documents = [with_id_first(d) for d in docs]
-        if existing is not None:
-            writer.drop_collection(self.ctx, existing)
-        target = writer.create_collection(self.ctx, db, coll, {})
-        if existing is not None:
-            for spec in existing.index_list():
+        # As MongoDB does it (DocumentSourceOutReplaceColl): the results go into a temporary
+        # collection of the target's database, with the target's options and indexes, which
+        # is then renamed over the target. A change stream shows each step; a failed write
+        # drops the temporary collection and leaves the target as it was.
+        options = {} if existing is None else dict(existing.options)
+        temporary = writer.create_collection(self.ctx, db, f"tmp.agg_out.{uuid.uuid4()}",
+                                             {**options, "temp": True})
+        try:
+            for spec in [] if existing is None else existing.index_list():
                 if spec["name"] != "_id_":
-                    target.add_index(spec)
-        for document in documents:
-            writer.insert(self.ctx, target, document)
+                    writer.create_index(self.ctx, temporary, dict(spec))
+            for document in documents:
+                writer.insert(self.ctx, temporary, document)
+        except BaseException:
+            writer.drop_collection(self.ctx, temporary)
+            raise
+        writer.rename_collection(self.ctx, temporary, db, coll, drop_target=True)
 
     def merge_into(self, db: str, coll: str, docs: Iterable[dict[str, Any]], on: list[str],
                    when_matched: Any, when_not_matched: str, let: dict[str, Any] | None) -> None:

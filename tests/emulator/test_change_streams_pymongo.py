@@ -292,6 +292,34 @@ def test_a_rename_across_databases_is_a_copy_then_a_rename_and_a_drop(
         client.drop_database(target_db.name)
 
 
+def test_out_writes_a_temporary_collection_renamed_over_the_target(db) -> None:
+    """As DocumentSourceOutReplaceColl: tmp.agg_out.<uuid> with the target's options and
+    indexes, the results inserted there, then renamed over the target (dropTarget)."""
+    db.src.insert_many([{"_id": i} for i in range(3)])
+    db.target.insert_one({"_id": "old"})
+    db.target.create_index("x")
+    with db.watch(show_expanded_events=True, max_await_time_ms=AWAIT_MS) as stream:
+        db.src.aggregate([{"$out": "target"}])
+        events = [next_change(stream) for _ in range(6)]
+    kinds = [event["operationType"] for event in events]
+    assert kinds == ["create", "createIndexes", "insert", "insert", "insert", "rename"], kinds
+    temporary = events[0]["ns"]["coll"]
+    assert re.fullmatch(r"tmp\.agg_out\.[0-9a-f-]{36}", temporary), temporary
+    assert events[0]["operationDescription"]["temp"] is True
+    assert events[5]["operationDescription"]["to"] == {"db": db.name, "coll": "target"}
+    assert "dropTarget" in events[5]["operationDescription"]
+    assert sorted(db.list_collection_names()) == ["src", "target"]
+    assert [d["_id"] for d in db.target.find()] == [0, 1, 2]
+    assert sorted(db.target.index_information()) == ["_id_", "x_1"]
+    # A failed write leaves the target as it was, and no temporary collection.
+    db.bad.insert_many([{"_id": 1, "v": 1}, {"_id": 2, "v": 1}])
+    db.target.create_index("v", unique=True, sparse=True)
+    with pytest.raises(OperationFailure):
+        db.bad.aggregate([{"$out": "target"}])
+    assert sorted(db.list_collection_names()) == ["bad", "src", "target"]
+    assert [d["_id"] for d in db.target.find()] == [0, 1, 2]
+
+
 def test_pipeline_stages(db) -> None:
     with db.c.watch([{"$match": {"fullDocument.keep": True}},
                      {"$project": {"fullDocument": 1, "ns": 1}}],

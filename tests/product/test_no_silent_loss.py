@@ -607,3 +607,28 @@ def test_a_collection_renamed_into_the_filter_then_renamed_again(
         migration.close()
     assert sorted(cluster1.client.app.list_collection_names()) == ["other", "published"]
     assert sorted(d["n"] for d in cluster1.client.app.published.find()) == list(range(52))
+
+
+def test_out_onto_an_existing_and_a_new_collection_during_change_application(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """$out writes its results into a temporary collection (tmp.agg_out.<uuid>, the target's
+    options and indexes) and renames it over the target: the destination follows each step."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.orders.insert_many([{"n": i, "total": i * 3} for i in range(200)])
+        client.app.summary.insert_many([{"_id": "stale", "total": -1}])
+        client.app.summary.create_index("total", name="by_total")
+
+    def aggregate_out() -> None:
+        with user_client(source) as client:
+            client.app.orders.aggregate([{"$match": {"n": {"$lt": 50}}},
+                                         {"$project": {"total": 1}}, {"$out": "summary"}])
+            client.app.orders.aggregate([{"$group": {"_id": None, "sum": {"$sum": "$total"}}},
+                                         {"$out": "fresh"}])
+
+    migrate(cluster0, cluster1, during_cea=aggregate_out)
+    assert_equal(cluster0, cluster1)
+    assert sorted(cluster1.client.app.list_collection_names()) == ["fresh", "orders", "summary"]
+    assert cluster1.client.app.summary.count_documents({}) == 50
+    assert "by_total" in cluster1.client.app.summary.index_information()
+    assert cluster1.client.app.fresh.find_one()["sum"] == 3 * sum(range(200))
