@@ -317,12 +317,17 @@ class ChangeWriter:
 
         It is read where the source has it now, found by its UUID (the event's): renamed
         again since — that rename's event still to apply —, it is read under its newest name,
-        and the renames to come move the copy there; dropped since, nothing is copied, and its
-        drop event follows. Every write is an upsert, so reading again (the collection moved
-        while it was read, or the event is applied again after a restart) changes nothing."""
+        and the renames to come move the copy there. A UUID found nowhere (dropped since, or a
+        server whose rename across databases gives the collection a new UUID) is read by
+        name: whatever is there now, if anything, the events to come (its drop, or the
+        creation and writes of what replaced it) bring the destination to. Every write is an
+        upsert, so reading again (the collection moved while it was read, or the event is
+        applied again after a restart) changes nothing."""
         where = catalog.locate(self.source, db, coll, collection_uuid)
-        infos = [] if where is None else self.source.collection_infos(*where)
-        if where is None or not infos:
+        if where is None:
+            where, collection_uuid = (db, coll), None
+        infos = self.source.collection_infos(*where)
+        if not infos:
             return
         options = catalog.temporary_collection_options(dict(infos[0].get("options", {})))
         catalog.create_collection(self.destination, self.created, db, coll, options)

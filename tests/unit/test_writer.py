@@ -12,7 +12,7 @@ from bson.timestamp import Timestamp
 from pymongosync.catalog import CAPPED_SIZE_LIFTED, TTL_NEVER_EXPIRES
 from pymongosync.changes.events import EventPart
 from pymongosync.changes.translate import translate
-from pymongosync.changes.writer import ChangeWriter
+from pymongosync.changes.writer import ChangeWriter, converted_to_capped
 from pymongosync.clusters import _encoded_size
 from pymongosync.errors import UnsupportedSourceChange
 from pymongosync.namespaces import NamespaceFilter
@@ -222,6 +222,38 @@ def test_a_rename_into_the_filter_copies_the_collection() -> None:
                                                            "name": "a_1"}
     assert destination.collection("shop", "tmp") is None
     assert "shop.orders" in replay.store.created_namespaces()
+
+
+def test_convert_to_capped_is_copied_whole_and_replaying_it_changes_nothing() -> None:
+    """convertToCapped as the server does it: a capped collection under a temporary name,
+    filled without events, renamed over the original. Applied as the events say, the
+    destination's collection would be replaced by an empty one."""
+    replay = Replay()
+    replay.both("shop", "logs", {"_id": 1}, {"_id": 2}, {"_id": 3})
+    source = replay.source
+    temporary = "tmpAb3dE.convertToCapped.logs"
+    source.create_collection("shop", temporary, {"capped": True, "size": 4096, "temp": True})
+    for document in ({"_id": 2}, {"_id": 3}):  # the oldest did not fit
+        source.set_document("shop", temporary, document)
+    source.rename_collection(f"shop.{temporary}", "shop.logs", True)
+    events = source.event_log[replay.mark:]
+    replay.apply(events)
+    assert replay.destination.documents("shop", "logs") == [{"_id": 2}, {"_id": 3}]
+    replay.apply(events)  # a restart replays the batch: the same result
+    destination = replay.destination
+    assert [info["name"] for info in destination.collection_infos("shop")] == ["logs"]
+    assert destination.documents("shop", "logs") == [{"_id": 2}, {"_id": 3}]
+    assert destination.collection_infos("shop", "logs")[0]["options"]["size"] == \
+        CAPPED_SIZE_LIFTED
+
+
+def test_only_the_convert_to_capped_pattern_is_taken_for_it() -> None:
+    assert converted_to_capped("d", "tmpAb3dE.convertToCapped.c", "d", "c", True)
+    assert not converted_to_capped("d", "tmpAb3dE.convertToCapped.c", "d", "c", False)
+    assert not converted_to_capped("d", "tmpAb3dE.convertToCapped.c", "e", "c", True)
+    assert not converted_to_capped("d", "tmpAb3dE.convertToCapped.c", "d", "other", True)
+    assert not converted_to_capped("d", "tmpAb3d.convertToCapped.c", "d", "c", True)
+    assert not converted_to_capped("d", "staging", "d", "c", True)
 
 
 def test_a_rename_the_filter_cannot_follow_is_fatal() -> None:
