@@ -538,6 +538,11 @@ def required_privileges(name: str, db: str, body: Mapping[str, Any], *,
         return _create_privileges(db, value, body)
     if name == "renameCollection":
         return _rename_privileges(value, body)
+    if name == "cloneCollectionAsCapped":
+        target = body.get("toCollection")
+        return [[Privilege(_collection_or_database(db, value), _FIND),
+                 Privilege(_collection_or_database(db, target),
+                           frozenset({"insert", "createCollection"}))]]
     if name == "enableSharding":
         target = value if isinstance(value, str) and value else db
         return [[Privilege(Resource.database(target), frozenset({"enableSharding"}))]]

@@ -193,6 +193,13 @@ def _rename_between_databases(ctx: Context, collection: Collection, to_db: str, 
 _TEMPORARY_NAME_CHARACTERS = string.ascii_letters + string.digits
 
 
+def _capped_options(collection: Collection, size: int | float) -> dict[str, Any]:
+    """A capped copy's options: the collection's own (its UUID is not one), capped to ``size``."""
+    options = {key: value for key, value in collection.options.items()
+               if key not in ("capped", "size", "max")}
+    return {**options, "capped": True, "size": int(size)}
+
+
 def _temporary_name(ctx: Context, db: str, suffix: str) -> str:
     """MongoDB's makeUniqueCollectionName("tmp%%%%%.<suffix>"): each % a letter or digit."""
     while True:
@@ -421,13 +428,43 @@ def convert_to_capped(ctx: Context) -> dict[str, Any]:
         raise CommandError(72, "invalid size for capped collection")
     writer = ctx.server.writer
     writer.check_writable(ctx, ctx.db)
-    options = {key: value for key, value in collection.options.items()
-               if key not in ("capped", "size", "max")}
     capped = writer.create_collection(ctx, ctx.db,
                                       _temporary_name(ctx, ctx.db, "convertToCapped." + name),
-                                      {**options, "capped": True, "size": int(size), "temp": True})
+                                      {**_capped_options(collection, size), "temp": True})
     _copy_documents(ctx, collection, capped, from_migrate=True)
     writer.rename_collection(ctx, capped, ctx.db, name, drop_target=True)
+    return {}
+
+
+@command("cloneCollectionAsCapped")
+def clone_collection_as_capped(ctx: Context) -> dict[str, Any]:
+    """As MongoDB does it (capped_utils.cpp): a new capped collection (the source's options,
+    a new UUID, only the ``_id`` index) filled in natural order with fromMigrate inserts,
+    which change streams do not show: a stream shows only its ``create``."""
+    name = ctx.collection_name()
+    to_name = ctx.body.get("toCollection")
+    size = ctx.body.get("size")
+    for field, value in (("toCollection", to_name), ("size", size)):
+        if value is None:
+            raise CommandError(40414, f"BSON field 'cloneCollectionAsCapped.{field}' is missing "
+                                      f"but a required field")
+    if not isinstance(to_name, str) or not to_name:
+        raise CommandError(73, "Invalid target collection name")
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
+        raise CommandError(72, "invalid size for capped collection")
+    collection = ctx.catalog.collection(ctx.db, name)
+    if collection is None:
+        raise CommandError(26, f"source collection {ctx.db}.{name} does not exist")
+    if collection.is_view:
+        raise CommandError(166, f"cloneCollectionAsCapped not supported for views: "
+                                f"{ctx.db}.{name}")
+    if ctx.catalog.collection(ctx.db, to_name) is not None:
+        raise CommandError(48, f"cloneCollectionAsCapped failed - destination collection "
+                               f"{ctx.db}.{to_name} already exists. source collection: "
+                               f"{ctx.db}.{name}")
+    capped = ctx.server.writer.create_collection(ctx, ctx.db, to_name,
+                                                 _capped_options(collection, size))
+    _copy_documents(ctx, collection, capped, from_migrate=True)
     return {}
 
 

@@ -191,6 +191,14 @@ class ChangeWriter:
             return
         catalog.create_collection(self.destination, self.created, db, coll,
                                   catalog.temporary_collection_options(options))
+        if options.get("capped") and collection_uuid is not None:
+            # cloneCollectionAsCapped (unsupported by mongosync, spec §7) fills the capped
+            # collection it creates with inserts that no change stream shows. What the source
+            # holds now is copied, and the events to come bring it on from there, as after the
+            # copy phase (upserts, then the same writes again: nothing changes twice).
+            where = catalog.locate(self.source, db, coll, collection_uuid)
+            if where is not None:
+                self._copy_documents(db, coll, where, collection_uuid)
 
     def _ddl_drop(self, db: str, coll: str, description: Any,
                   collection_uuid: Any) -> None:
@@ -333,6 +341,12 @@ class ChangeWriter:
         catalog.create_collection(self.destination, self.created, db, coll, options)
         catalog.create_indexes(self.destination, db, coll, catalog.indexes_to_build(
             self.source.index_specs(*where), self.build_mode))
+        self._copy_documents(db, coll, where, collection_uuid)
+
+    def _copy_documents(self, db: str, coll: str, where: tuple[str, str] | None,
+                        collection_uuid: Any) -> None:
+        """The documents of the source collection at ``where`` (found by ``collection_uuid``)
+        upserted into ``db.coll``; read again wherever it went if it moves while read."""
         while where is not None:
             read = RangeRead(db=where[0], coll=where[1], collection_uuid=collection_uuid,
                              batch_size=RECOPY_BATCH)

@@ -10,7 +10,8 @@ duplicate key after a type-changing re-insert) are tolerated by the runner, not 
 What is deliberately left out, and why:
 
 - DDL mongosync does not support during a sync (spec §8): ``reshardCollection``,
-  ``convertToCapped`` (pymongosync follows it: ``tests/product/test_no_silent_loss.py``),
+  ``convertToCapped`` and ``cloneCollectionAsCapped`` (pymongosync follows them:
+  ``tests/product/test_no_silent_loss.py``),
   ``movePrimary``, shard key refinement, chunk moves.
 - time-series collections: refused at /start (spec §7).
 - ``$``-prefixed and duplicate field names: unsupported by mongosync (spec §7, §21).

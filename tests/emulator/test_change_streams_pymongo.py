@@ -320,6 +320,31 @@ def test_out_writes_a_temporary_collection_renamed_over_the_target(db) -> None:
     assert [d["_id"] for d in db.target.find()] == [0, 1, 2]
 
 
+def test_clone_collection_as_capped_shows_only_the_create(db) -> None:
+    db.src.insert_many([{"_id": i, "pad": "x" * 200} for i in range(100)])
+    db.src.create_index("pad")
+    with db.watch(show_expanded_events=True, max_await_time_ms=AWAIT_MS) as stream:
+        db.command("cloneCollectionAsCapped", "src", toCollection="copy", size=8192)
+        db.copy.insert_one({"_id": 100})
+        create, insert = next_change(stream), next_change(stream)
+    assert create["operationType"] == "create" and create["ns"]["coll"] == "copy"
+    assert create["operationDescription"]["capped"] is True
+    assert insert["operationType"] == "insert" and insert["documentKey"] == {"_id": 100}
+    kept = [document["_id"] for document in db.copy.find()]
+    assert kept[-1] == 100 and 1 < len(kept) < 101  # the oldest did not fit
+    assert [spec["name"] for spec in db.copy.list_indexes()] == ["_id_"]
+    assert db.src.count_documents({}) == 100
+    for body, code in (({"toCollection": "copy", "size": 8192}, 48),
+                       ({"toCollection": "other"}, 40414),
+                       ({"toCollection": "other", "size": 0}, 72)):
+        with pytest.raises(OperationFailure) as refused:
+            db.command({"cloneCollectionAsCapped": "src", **body})
+        assert refused.value.code == code, refused.value.details
+    with pytest.raises(OperationFailure) as missing:
+        db.command("cloneCollectionAsCapped", "nothing", toCollection="x", size=8192)
+    assert missing.value.code == 26
+
+
 def test_pipeline_stages(db) -> None:
     with db.c.watch([{"$match": {"fullDocument.keep": True}},
                      {"$project": {"fullDocument": 1, "ns": 1}}],

@@ -632,3 +632,28 @@ def test_out_onto_an_existing_and_a_new_collection_during_change_application(
     assert cluster1.client.app.summary.count_documents({}) == 50
     assert "by_total" in cluster1.client.app.summary.index_information()
     assert cluster1.client.app.fresh.find_one()["sum"] == 3 * sum(range(200))
+
+
+def test_clone_collection_as_capped_on_the_source_during_change_application(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """cloneCollectionAsCapped (unsupported by mongosync) fills the capped collection it
+    creates with inserts that change streams do not show: created as the event says, the
+    destination's copy was empty. A capped collection is copied from the source as it is
+    created, and the events after it are applied over that."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.events.insert_many([{"n": i, "pad": "x" * 200} for i in range(100)])
+
+    def clone() -> None:
+        with pymongo.MongoClient(cluster0.uri) as client:
+            client.app.command("cloneCollectionAsCapped", "events", toCollection="recent",
+                               size=8192)
+        with user_client(source) as client:
+            client.app.recent.insert_many([{"n": 100 + i, "pad": "y" * 200} for i in range(5)])
+            client.app.recent.update_one({"n": 104}, {"$set": {"pad": "z" * 200}})
+
+    migrate(cluster0, cluster1, during_cea=clone)
+    kept = sorted(d["n"] for d in cluster0.client.app.recent.find())
+    assert 0 < len(kept) < 105 and kept[-1] == 104
+    assert sorted(d["n"] for d in cluster1.client.app.recent.find()) == kept
+    assert_equal(cluster0, cluster1)
