@@ -154,12 +154,21 @@ def _with_users(emulator: _Process, timeout: float) -> _Process:
     return emulator
 
 
+# How long a process that printed no ready line is given to exit by itself before it is said
+# to be still running (one that fails on its arguments exits at once, but its status comes a
+# moment after its output ends).
+EXIT_GRACE_S = 2.0
+
+
 def _not_started(what: str, process: subprocess.Popen[str], started: float,
                  stderr: tuple[threading.Thread, list[str]], stdout: str = "") -> RuntimeError:
     """The error for a process that printed no ready line (stopped first): whether it was
     still running, and for how long, or exited, and with which status, then what it printed
     (``stderr``: the thread reading it, and the lines read)."""
-    status = process.poll()
+    try:  # a process whose output just ended is exiting: its status is a moment away
+        status: int | None = process.wait(timeout=EXIT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        status = None
     how = (f"still running after {time.monotonic() - started:.1f} s without its ready line"
            if status is None else f"exited with status {status}")
     process.kill()

@@ -193,6 +193,22 @@ def _rename_between_databases(ctx: Context, collection: Collection, to_db: str, 
 _TEMPORARY_NAME_CHARACTERS = string.ascii_letters + string.digits
 
 
+def _check_capped_size(size: Any) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
+        raise CommandError(72, "invalid size for capped collection")
+
+
+def _collection_to_cap(ctx: Context, name: str) -> Collection:
+    """The collection convertToCapped or cloneCollectionAsCapped copies (MongoDB's errors)."""
+    collection = ctx.catalog.collection(ctx.db, name)
+    if collection is None:
+        raise CommandError(26, f"source collection {ctx.db}.{name} does not exist")
+    if collection.is_view:
+        raise CommandError(166, f"cloneCollectionAsCapped not supported for views: "
+                                f"{ctx.db}.{name}")
+    return collection
+
+
 def _capped_options(collection: Collection, size: int | float) -> dict[str, Any]:
     """A capped copy's options: the collection's own (its UUID is not one), capped to ``size``."""
     options = {key: value for key, value in collection.options.items()
@@ -417,15 +433,9 @@ def convert_to_capped(ctx: Context) -> dict[str, Any]:
     over the original with ``dropTarget``. A change stream thus shows a ``create`` of
     ``<db>.tmpXXXXX.convertToCapped.<name>`` and a ``rename`` of it onto ``<db>.<name>``."""
     name = ctx.collection_name()
-    collection = ctx.catalog.collection(ctx.db, name)
-    if collection is None:
-        raise CommandError(26, f"source collection {ctx.db}.{name} does not exist")
-    if collection.is_view:
-        raise CommandError(166, f"cloneCollectionAsCapped not supported for views: "
-                                f"{ctx.db}.{name}")
     size = ctx.body.get("size")
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
-        raise CommandError(72, "invalid size for capped collection")
+    _check_capped_size(size)
+    collection = _collection_to_cap(ctx, name)
     writer = ctx.server.writer
     writer.check_writable(ctx, ctx.db)
     capped = writer.create_collection(ctx, ctx.db,
@@ -450,14 +460,8 @@ def clone_collection_as_capped(ctx: Context) -> dict[str, Any]:
                                       f"but a required field")
     if not isinstance(to_name, str) or not to_name:
         raise CommandError(73, "Invalid target collection name")
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
-        raise CommandError(72, "invalid size for capped collection")
-    collection = ctx.catalog.collection(ctx.db, name)
-    if collection is None:
-        raise CommandError(26, f"source collection {ctx.db}.{name} does not exist")
-    if collection.is_view:
-        raise CommandError(166, f"cloneCollectionAsCapped not supported for views: "
-                                f"{ctx.db}.{name}")
+    _check_capped_size(size)
+    collection = _collection_to_cap(ctx, name)
     if ctx.catalog.collection(ctx.db, to_name) is not None:
         raise CommandError(48, f"cloneCollectionAsCapped failed - destination collection "
                                f"{ctx.db}.{to_name} already exists. source collection: "

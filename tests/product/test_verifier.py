@@ -128,13 +128,15 @@ def test_a_collection_replaced_without_change_events_after_hashing_is_verified_w
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A source change that comes without change events, after the initial hashing compared
     the collection: convertToCapped copies the documents into a new capped collection with
-    inserts that change streams do not show. Here the engine is made to replay its events as
-    they come (what it did before it followed convertToCapped), which replaces the
-    destination's collection with an empty one; nothing rechecks the documents no event
-    named. The verifier passed it; the counts (and the new UUID) now have it hashed whole."""
+    inserts that change streams do not show. Here the engine is made to apply the events as
+    they come, copying nothing they do not carry (what it did before it followed
+    convertToCapped), which replaces the destination's collection with an empty one; nothing
+    rechecks the documents no event named. The verifier passed it; the counts (and the new
+    UUID) now have it hashed whole."""
     from pymongosync.changes import writer
 
     monkeypatch.setattr(writer, "converted_to_capped", lambda *args: False)
+    monkeypatch.setattr(writer.ChangeWriter, "_copy_documents", lambda *args: None)
     cluster0, cluster1 = clusters
     seed(source)
 
