@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -42,6 +43,12 @@ MIB = 1024 * 1024
 # defects can still be found (the report lists each with its reproduction). Remove an entry
 # to put its trigger back. None is open.
 AVOIDED: frozenset[str] = frozenset()
+# CAMPAIGN_SERVER_COPIES=1: plans also have the commands with which the server copies
+# documents itself (convertToCapped and cloneCollectionAsCapped, with inserts change streams do
+# not show; $out, through a temporary collection). Off by default, so that every seed keeps
+# its plan (the suite's seeds were chosen by their plans); their draws use a random stream of
+# their own.
+SERVER_COPIES = os.environ.get("CAMPAIGN_SERVER_COPIES") == "1"
 # Errors after which PyMongo marks the server unknown and waits for its next heartbeat.
 STATE_CHANGE_CODES = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})
 # A document near the 16 MiB limit: below it by enough to stay a valid insert once encoded.
@@ -434,6 +441,7 @@ class Generator:
         self.name_counter = 0
         self.filter: NsFilter | None = None
         self.phase = "setup"
+        self.copies_rng = random.Random(seed * 1_000_003 + 17) if SERVER_COPIES else None
 
     # -- documents -------------------------------------------------------------------------------
     def document(self, coll: Coll, _id: Any, extra: int | None = None) -> dict[str, Any]:
@@ -964,7 +972,37 @@ class Generator:
         self.name_counter += 1
         return f"{prefix}{self.name_counter}"
 
+    def server_copy(self) -> list[Op]:
+        """convertToCapped, cloneCollectionAsCapped or $out of a collection (SERVER_COPIES)."""
+        rng = self.copies_rng
+        assert rng is not None
+        # Not capped already, and not what a capped collection cannot be (clustered) or what
+        # the capped inserts that follow could not satisfy (a validator).
+        sources = [c for c in self.model.collections()
+                   if c[2].kind not in ("capped", "clustered", "validated")]
+        if not sources:
+            return []
+        db, name, coll = rng.choice(sources)
+        what = rng.choice(["convert_to_capped", "clone_capped", "out"])
+        size = rng.choice([4096, 65536, 1 << 20])
+        # Which documents a capped collection keeps is the server's business: its capped
+        # inserts take numbers no other _id has.
+        numbers = 10 ** 9 + 10 ** 6 * self.model.unique()
+        if what == "convert_to_capped":
+            coll.kind, coll.indexes, coll.ids, coll.next_number = "capped", set(), {}, numbers
+            return [Op(what, db, name, {"size": size})]
+        target = self.fresh_name("copy")
+        if what == "clone_capped":
+            self.model.dbs[db][target] = Coll(kind="capped", next_number=numbers)
+            return [Op(what, db, name, {"to": target, "size": size})]
+        self.model.dbs[db][target] = Coll(kind="plain", ids=dict(coll.ids))
+        return [Op(what, db, name, {"to": target})]
+
     def ddl(self) -> list[Op]:
+        if self.copies_rng is not None and self.copies_rng.random() < 0.15:
+            copied = self.server_copy()
+            if copied:
+                return copied
         rng = self.rng
         choice = rng.randrange(100)
         collections = self.model.collections()

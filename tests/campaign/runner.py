@@ -379,6 +379,13 @@ class Workload:
             db.drop_collection(op.coll, session=session)
         elif kind == "coll_mod":
             db.command("collMod", op.coll, **args["command"], session=session)
+        elif kind == "convert_to_capped":
+            db.command("convertToCapped", op.coll, size=args["size"], session=session)
+        elif kind == "clone_capped":
+            db.command("cloneCollectionAsCapped", op.coll, toCollection=args["to"],
+                       size=args["size"], session=session)
+        elif kind == "out":
+            list(collection.aggregate([{"$out": args["to"]}], session=session))
         elif kind == "insert":
             documents = lazy_documents(args["lazy"]) if "lazy" in args else \
                 [expand(document) for document in args["documents"]]
