@@ -138,6 +138,11 @@ def temporary_collection_options(options: dict[str, Any]) -> dict[str, Any]:
     if "clusteredIndex" in temporary and "expireAfterSeconds" in temporary:
         temporary["expireAfterSeconds"] = TTL_NEVER_EXPIRES
     temporary.pop("autoIndexId", None)
+    # A temporary collection on the source (the one $out, convertToCapped or a rename across
+    # databases fills, then renames with stayTemp false) is created lasting here: a server drops
+    # its temporary collections when it restarts, and a destination restart before the rename
+    # was applied would lose what the events had put in it.
+    temporary.pop("temp", None)
     return temporary
 
 

@@ -191,11 +191,13 @@ class ChangeWriter:
             return
         catalog.create_collection(self.destination, self.created, db, coll,
                                   catalog.temporary_collection_options(options))
-        if options.get("capped") and collection_uuid is not None:
+        if options.get("capped") and collection_uuid is not None and \
+                not _CONVERT_TO_CAPPED.fullmatch(coll):
             # cloneCollectionAsCapped (unsupported by mongosync, spec §7) fills the capped
             # collection it creates with inserts that no change stream shows. What the source
             # holds now is copied, and the events to come bring it on from there, as after the
             # copy phase (upserts, then the same writes again: nothing changes twice).
+            # (convertToCapped's temporary collection is copied when it is renamed.)
             where = catalog.locate(self.source, db, coll, collection_uuid)
             if where is not None:
                 self._copy_documents(db, coll, where, collection_uuid)

@@ -250,6 +250,13 @@ def normalized_index(spec: Mapping[str, Any]) -> dict[str, Any]:
             if name not in _IGNORED_INDEX_FIELDS}
 
 
+def _lasting(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A collection's options but ``temp``, which says how long a server keeps it, not what
+    it is: the destination creates a copy of a temporary collection as a lasting one
+    (catalog.temporary_collection_options)."""
+    return {key: value for key, value in options.items() if key != "temp"}
+
+
 def compare_metadata(source: list[NamespaceRecord], destination: list[NamespaceRecord], *,
                      pending_unique: Iterable[IndexRef] = (), compare_indexes: bool = True,
                      expected_shard_keys: Mapping[str, Mapping[str, Any]] | None = None,
@@ -276,7 +283,7 @@ def compare_metadata(source: list[NamespaceRecord], destination: list[NamespaceR
                                               f"{theirs.kind.value} on the destination"))
             continue
         kind = MismatchKind.VIEW if mine.kind == "view" else MismatchKind.OPTION
-        if mine.options != theirs.options:
+        if _lasting(mine.options) != _lasting(theirs.options):
             mismatches.append(Mismatch(namespace=name, kind=kind,
                                        detail=f"options {mine.options} != {theirs.options}"))
         expected = (expected_shard_keys or {}).get(name)

@@ -147,20 +147,23 @@ def test_created_collections_get_their_temporary_options() -> None:
                                              "expireAfterSeconds": 60})
     source.create_collection("shop", "checked", {"validator": {"a": {"$type": "int"}}})
     source.create_collection("shop", "view", {"viewOn": "checked", "pipeline": []})
+    # $out's: a server drops its temporary collections when it restarts; the copy lasts.
+    source.create_collection("shop", "tmp.agg_out.1", {"temp": True})
     replay.apply()
 
     infos = {info["name"]: info for info in replay.destination.collection_infos("shop")}
+    assert infos["tmp.agg_out.1"]["options"] == {}
     assert infos["capped"]["options"] == {"capped": True, "size": CAPPED_SIZE_LIFTED}
     assert infos["ttl"]["options"]["expireAfterSeconds"] == TTL_NEVER_EXPIRES
     assert infos["checked"]["options"] == {"validator": {"a": {"$type": "int"}}}
     assert infos["view"]["type"] == "view"
-    assert replay.store.created_namespaces() == ["shop.capped", "shop.checked", "shop.ttl",
-                                                 "shop.view"]
+    assert replay.store.created_namespaces() == ["shop.capped", "shop.checked",
+                                                 "shop.tmp.agg_out.1", "shop.ttl", "shop.view"]
     # Noted before it was created, so a crash in between cannot hide it from reset.
     journal = replay.journal
     assert journal.index("store.record_created:shop.capped") < \
         journal.index("cluster1.create_collection:shop.capped")
-    assert replay.counters.ddl_events == 4
+    assert replay.counters.ddl_events == 5
 
 
 def test_drops_follow_the_source_within_the_filter() -> None:
