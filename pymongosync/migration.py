@@ -313,6 +313,12 @@ class Migration:
         self._attach_verifier()
         self.standby = None
         self._lease_lost = False
+        if stored.resume.state == MigrationState.RUNNING and self._pause_pending:
+            # A /pause answered 503 ("PAUSED then") before this process lost the lease:
+            # honoured now, rather than the migration started again and the pause forgotten
+            # (campaign seed 327).
+            self._persist_pause()
+            return
         if stored.resume.state in (MigrationState.RUNNING, MigrationState.COMMITTING,
                                    MigrationState.REVERSING):
             if stored.resume.state == MigrationState.COMMITTING:
