@@ -40,7 +40,7 @@ from pymongosync.request import StartRequest
 from pymongosync.verifier.compare import compare_clusters
 
 from . import check
-from .generator import (AVOIDED, Fault, Kill, Op, Pause, Plan, Reset, Step, generate,
+from .generator import (AVOIDED, SERVER_COPIES, Fault, Kill, Op, Pause, Plan, Reset, Step, generate,
                         lazy_documents)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,9 @@ def root_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
 
 def reproduce_command(seed: int, big: bool = False, long: bool = False) -> str:
     flags = (" --big" if big else "") + (" --long" if long and not big else "")
-    return f".venv/bin/python -m scripts.campaign --seed {seed}{flags}"
+    # The mode changes the seed's plan: without it, the command would run another plan.
+    mode = "CAMPAIGN_SERVER_COPIES=1 " if SERVER_COPIES else ""
+    return f"{mode}.venv/bin/python -m scripts.campaign --seed {seed}{flags}"
 
 
 @dataclass
