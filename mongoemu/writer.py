@@ -258,6 +258,14 @@ class Writer:
         self.log(ctx, self._entry("c", f"{collection.db}.$cmd", collection,
                                   command={"createIndexes": collection.name, "spec": dict(spec)}))
 
+    def create_indexes_like(self, ctx: "Context | None", collection: Collection,
+                            like: Collection) -> None:
+        """``like``'s indexes but ``_id`` on ``collection``, each logged: how the server's own
+        copies ($out, a rename across databases) get the indexes of the original."""
+        for spec in like.index_list():
+            if spec["name"] != ID_INDEX_NAME:
+                self.create_index(ctx, collection, dict(spec))
+
     def drop_index(self, ctx: "Context | None", collection: Collection, name: str) -> dict[str, Any]:
         self.check_writable(ctx, collection.db)
         if name == ID_INDEX_NAME:

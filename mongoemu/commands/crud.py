@@ -296,9 +296,8 @@ class ServerPipelineContext:
         temporary = writer.create_collection(self.ctx, db, f"tmp.agg_out.{uuid.uuid4()}",
                                              {**options, "temp": True})
         try:
-            for spec in [] if existing is None else existing.index_list():
-                if spec["name"] != "_id_":
-                    writer.create_index(self.ctx, temporary, dict(spec))
+            if existing is not None:
+                writer.create_indexes_like(self.ctx, temporary, existing)
             for document in documents:
                 writer.insert(self.ctx, temporary, document)
         except BaseException:

@@ -182,9 +182,7 @@ def _rename_between_databases(ctx: Context, collection: Collection, to_db: str, 
         raise CommandError(48, "target namespace exists")
     temporary = writer.create_collection(ctx, to_db, _temporary_name(ctx, to_db, "renameCollection"),
                                          {**collection.options, "temp": True})
-    for spec in collection.index_list():
-        if spec["name"] != ID_INDEX_NAME:
-            writer.create_index(ctx, temporary, dict(spec))
+    writer.create_indexes_like(ctx, temporary, collection)
     _copy_documents(ctx, collection, temporary, from_migrate=False)
     writer.rename_collection(ctx, temporary, to_db, to_name, drop_target)
     writer.drop_collection(ctx, collection)

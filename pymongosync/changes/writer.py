@@ -198,9 +198,8 @@ class ChangeWriter:
             # holds now is copied, and the events to come bring it on from there, as after the
             # copy phase (upserts, then the same writes again: nothing changes twice).
             # (convertToCapped's temporary collection is copied when it is renamed.)
-            where = catalog.locate(self.source, db, coll, collection_uuid)
-            if where is not None:
-                self._copy_documents(db, coll, where, collection_uuid)
+            self._copy_documents(db, coll, catalog.locate(self.source, db, coll, collection_uuid),
+                                 collection_uuid)
 
     def _ddl_drop(self, db: str, coll: str, description: Any,
                   collection_uuid: Any) -> None:

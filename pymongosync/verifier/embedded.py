@@ -61,6 +61,7 @@ from pymongosync.retry import is_transient
 from pymongosync.state import (
     IndexRef,
     Mismatch,
+    NamespaceRecord,
     NamespaceRef,
     Recheck,
     RecheckKey,
@@ -520,32 +521,31 @@ class EmbeddedVerifier:
                    for partition in context.store.partition_records()}
         planned_uuids = {record.id: catalog.uuid_bytes(record.uuid)
                          for record in context.store.namespaces()}
-        listed = [{record.id: record for record in
-                   catalog.list_namespaces(cluster, context.namespace_filter)
-                   if record.is_collection}
-                  for cluster in (context.source, context.destination)]
-        source, destination = listed
+        source, destination = ({record.id: record for record in
+                                catalog.list_namespaces(cluster, context.namespace_filter)
+                                if record.is_collection}
+                               for cluster in (context.source, context.destination))
+
+        def documents(side: dict[str, NamespaceRecord], name: str) -> int:
+            return side[name].estimated_documents if name in side else 0
+
         tasks: dict[str, VerificationTask] = {}
         reasons: dict[str, str] = {}
-        for records in listed:
-            for record in records.values():
-                if record.id not in planned:
-                    reason = "not planned"
-                elif record.id in source and record.id in planned_uuids and \
-                        catalog.uuid_bytes(source[record.id].uuid) != planned_uuids[record.id]:
-                    reason = "replaced on the source"
-                elif (source[record.id].estimated_documents if record.id in source else 0) != \
-                        (destination[record.id].estimated_documents
-                         if record.id in destination else 0):
-                    reason = "counts differ"
-                else:
-                    continue
-                reasons.setdefault(record.id, reason)
-                tasks.setdefault(record.id, VerificationTask(
-                    id=f"{record.id}#whole", namespace=NamespaceRef(db=record.db,
-                                                                     coll=record.name),
-                    lower=MinKey(), upper=MaxKey(), is_last=True,
-                    estimated_documents=record.estimated_documents))
+        for name in sorted(source.keys() | destination.keys()):
+            if name not in planned:
+                reasons[name] = "not planned"
+            elif name in source and name in planned_uuids and \
+                    catalog.uuid_bytes(source[name].uuid) != planned_uuids[name]:
+                reasons[name] = "replaced on the source"
+            elif documents(source, name) != documents(destination, name):
+                reasons[name] = "counts differ"
+            else:
+                continue
+            record = source.get(name) or destination[name]
+            tasks[name] = VerificationTask(
+                id=f"{name}#whole", namespace=NamespaceRef(db=record.db, coll=record.name),
+                lower=MinKey(), upper=MaxKey(), is_last=True,
+                estimated_documents=record.estimated_documents)
         if tasks:
             log.info("verifier: %d collection(s) hashed whole: %s", len(tasks),
                      ", ".join(f"{name} ({reasons[name]})" for name in sorted(tasks)))
