@@ -318,6 +318,11 @@ class MigrationCollector:
              details.get("partitions")),
             ("mongosync_cea_total_events_applied", "Change events applied",
              progress.get("totalEventsApplied")),
+            ("mongosync_cea_total_hot_doc_crud_events_skipped",
+             "CRUD events of hot documents (--hotDocIDs) skipped; each is taken from the source "
+             "at commit",
+             None if migration is None or migration.context is None
+             else migration.context.counters.hot_events_skipped),
             ("mongosync_lag_time",
              "Seconds between the last applied source event and the newest source operation",
              lag),

@@ -18,11 +18,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymongosync import catalog, oplog_window, retry
 from pymongosync.changes.buffer import DEFAULT_LIMIT_BYTES
+from pymongosync.changes.hot_documents import HotDocuments
 from pymongosync.cluster_client import ClusterClient
 from pymongosync.clusters import Cluster, redact
 from pymongosync.errors import (
@@ -82,6 +83,8 @@ class EngineSettings:
     change_buffering: bool = True  # for a migration /start begins here; then it is stored
     change_buffer_limit_bytes: int = DEFAULT_LIMIT_BYTES
     create_indexes_batch_size: int | None = None
+    # --hotDocIDs: added to those stored with the migration (never removed).
+    hot_documents: HotDocuments = field(default_factory=HotDocuments)
 
 
 MONITOR_SECONDS = 0.5
@@ -280,6 +283,31 @@ class Migration:
         context.layout = self.layout
         return context
 
+    def _configure_owned_context(self) -> None:
+        """What this process adds to the migration it now drives: its --hotDocIDs, and the
+        embedded verifier."""
+        self._adopt_hot_documents()
+        self._attach_verifier()
+
+    def _adopt_hot_documents(self) -> None:
+        """The hot documents this process was given join those stored with the migration
+        (spec §2.2: IDs can be added by a restart, never removed). Stored before any change is
+        applied, so the instance that commits takes every instance's from the store."""
+        context = self.context
+        assert context is not None
+        state = context.global_state
+        stored = HotDocuments.from_stored(state.hot_documents)
+        added = [document for document in self.settings.hot_documents
+                 if (document.namespace, document.identity) not in stored]
+        if added:
+            state.hot_documents = context.store.add_hot_documents(
+                [document.to_stored() for document in added])
+            stored = HotDocuments.from_stored(state.hot_documents)
+            self._notify(f"hot documents (--hotDocIDs): {len(added)} added, {len(stored)} in "
+                         f"all; their change events are skipped and each is taken from the "
+                         f"source at commit")
+        context.hot_documents = stored
+
     def _attach_verifier(self) -> None:
         """The embedded verifier, on unless the request or --disableVerification says not."""
         context = self.context
@@ -310,7 +338,7 @@ class Migration:
             assert reloaded is not None
             stored = reloaded
         self.context = self._context(self.store, stored)
-        self._attach_verifier()
+        self._configure_owned_context()
         self.standby = None
         self._lease_lost = False
         if stored.resume.state == MigrationState.RUNNING and self._pause_pending:
@@ -386,7 +414,7 @@ class Migration:
                 self._refuse_other_request(request, stored.global_state)
             self.store, self.lease = store, lease
             self.context = self._context(store, stored)
-            self._attach_verifier()
+            self._configure_owned_context()
             # The runner announces each phase it moves to; the first one is announced here.
             self._notify(f"Starting {Phase.PREPARE.label} phase")
             self._launch()
@@ -409,7 +437,7 @@ class Migration:
         self._joinable = None
         self.store, self.lease = store, lease
         self.context = self._context(store, stored)
-        self._attach_verifier()
+        self._configure_owned_context()
         self._notify(f"joined the migration as instance {self.instance_id} (coordinator: "
                      f"{self.layout.coordinator})")
         self._notify(f"Starting {Phase.PREPARE.label} phase")
@@ -492,7 +520,7 @@ class Migration:
                 cluster_hosts=old_state.cluster_hosts,
                 change_stream_start_time=context.resume.can_write_time,
                 destination_write_blocked_by_us=old_state.source_write_blocked_by_us,
-                reversed_from=old_state.migration_id)
+                hot_documents=old_state.hot_documents, reversed_from=old_state.migration_id)
             # A verification this cluster holds from an earlier direction is not this one's.
             self.clusters[old_state.source_label].verifier_store().clear()
             stored = new_store.create(global_state,
@@ -506,7 +534,7 @@ class Migration:
                 self.lease.release()
             self.store, self.lease = new_store, lease
             self.context = self._context(new_store, stored)
-            self._attach_verifier()
+            self._configure_owned_context()
             self._launch()
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from pymongosync import logs, retry
 from pymongosync.api import Service, create_app
 from pymongosync.clusters import Cluster, redact
 from pymongosync.errors import MigrationError
+from pymongosync.changes.hot_documents import HotDocuments
 from pymongosync.migration import EngineSettings, Migration
 
 log = logging.getLogger("pymongosync.process")
@@ -167,7 +168,8 @@ class MongosyncProcess:
             settings = EngineSettings(
                 change_buffering=not options.disableChangeBuffering,
                 change_buffer_limit_bytes=options.changeBufferLimitMB * 1024 * 1024,
-                create_indexes_batch_size=options.createIndexesBatchSize)
+                create_indexes_batch_size=options.createIndexesBatchSize,
+                hot_documents=HotDocuments.from_options(options.hotDocIDs))
             migration = Migration.open(cluster0, cluster1, options.loadLevel,
                                        disable_verification=options.disableVerification,
                                        settings=settings, instance_id=options.id)

@@ -48,6 +48,7 @@ class Counters:
     crud_events: int = 0
     ddl_events: int = 0
     refetched: int = 0
+    hot_events_skipped: int = 0  # CRUD events of --hotDocIDs documents (taken at commit)
     # Source times of the last CRUD and the last DDL event applied (crudLagSeconds,
     # ddlLagSeconds); None until one of that kind has been applied.
     last_crud_event_time: Timestamp | None = None

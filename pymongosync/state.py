@@ -164,6 +164,9 @@ class GlobalState(Record):
     reset_started_at: datetime.datetime | None = None
     # --disableVerification once given stays in force (as in mongosync).
     verification_disabled: bool = False
+    # --hotDocIDs of every process that ran the migration (HotDocument.to_stored texts): their
+    # CRUD events are skipped and the documents taken from the source at commit.
+    hot_documents: list[str] = Field(default_factory=list)
     # Source changes stored on the destination while the copy runs (fixed at /start).
     change_buffering: bool = True
     # One instance per source shard (--id): the source's shard ids at /start, the first one

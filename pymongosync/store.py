@@ -119,6 +119,7 @@ class MigrationStore(LeaseStore, Protocol):
     def create(self, global_state: GlobalState, resume: ResumeData,
                replace_superseded: bool = False) -> StoredMigration: ...
     def save_global(self, record: GlobalState, *fields: str) -> None: ...
+    def add_hot_documents(self, documents: list[str]) -> list[str]: ...
     def save_resume(self, record: ResumeData, *fields: str) -> None: ...
     def resume_records(self) -> dict[str, ResumeData]: ...
     def record_error(self, name: str, message: str, resumable: bool = False) -> None: ...
@@ -268,6 +269,15 @@ class MetadataStore:
     def save_global(self, record: GlobalState, *fields: str) -> None:
         self.global_states.update_one({"_id": record.id},
                                       {"$set": record.stored_values(*fields)})
+
+    @_retried
+    def add_hot_documents(self, documents: list[str]) -> list[str]:
+        """Add to the stored hot documents at once (instances add theirs concurrently; set
+        semantics: adding one again changes nothing) and return them all."""
+        stored = self.global_states.find_one_and_update(
+            {"_id": GLOBAL_STATE_ID}, {"$addToSet": {"hotDocuments": {"$each": documents}}},
+            projection={"hotDocuments": True}, return_document=ReturnDocument.AFTER)
+        return list((stored or {}).get("hotDocuments") or documents)
 
     @_retried
     def mark_reset_started(self) -> None:

@@ -32,6 +32,7 @@ from bson.timestamp import Timestamp
 
 from pymongosync.catalog import uuid_bytes
 from pymongosync.changes import events as parse
+from pymongosync.changes.hot_documents import HotDocuments
 from pymongosync.changes.reader import CRUD
 from pymongosync.cluster_client import Delete, Update, Upsert, Write
 from pymongosync.namespaces import NamespaceFilter
@@ -171,6 +172,8 @@ class Translation:
     # transaction began in an earlier batch).
     before_open_transaction: Position | None = None
     changes: list[SourceChange] = field(default_factory=list)
+    # CRUD events of hot documents (--hotDocIDs) skipped: taken from the source at commit.
+    hot_skipped: int = 0
 
 
 class Translator:
@@ -181,11 +184,16 @@ class Translator:
     the whole ``documentKey`` (shard key and ``_id``): a document a sharded source moves by
     changing its shard key is deleted under the old key and written under the new one. Lanes
     are chosen by ``_id`` either way, so those two writes stay in order in one lane.
+
+    The CRUD events of ``hot_documents`` are skipped (:mod:`pymongosync.changes.hot_documents`);
+    the verifier is still told of the changes they make.
     """
 
     def __init__(self, namespace_filter: NamespaceFilter, by_document_key: bool = False,
-                 lanes: int = 1, listing: Listing | None = None) -> None:
+                 lanes: int = 1, listing: Listing | None = None,
+                 hot_documents: HotDocuments | None = None) -> None:
         self.by_document_key = by_document_key
+        self.hot_documents = hot_documents or HotDocuments()
         self.lanes = lanes
         self.listing = listing if listing is not None and listing.until is not None else None
         self._namespaces = parse.Namespaces(namespace_filter)
@@ -210,6 +218,9 @@ class Translator:
         previous: dict[str, Any] | None = None  # the event before the current one
         before_run: dict[str, Any] | None = None
         changes: list[SourceChange] = []
+        hot = self.hot_documents
+        hot_namespaces = hot.namespaces
+        hot_skipped = 0
         namespace_of = self._namespaces.of
         by_document_key, lanes = self.by_document_key, self.lanes
         listing = self.listing
@@ -272,6 +283,11 @@ class Translator:
                 continue
             document_key = top["documentKey"].raw
             id_doc, identity = identify(document_key)
+            if namespace in hot_namespaces and (namespace, identity) in hot:
+                hot_skipped += 1
+                if note_changes:
+                    changes.append(SourceChange(*namespace, id_doc, top["clusterTime"]))
+                continue
             (pending if transaction is None else run).append(
                 (top, namespace, parse.key_identity(document_key), hash(identity) % lanes,
                  document_key) if by_document_key else
@@ -289,7 +305,8 @@ class Translator:
                            crud_events=sum(step.events for step in steps
                                            if isinstance(step, CrudStep)),
                            last_time=last_time, open_transaction=run_id,
-                           before_open_transaction=before, changes=changes)
+                           before_open_transaction=before, changes=changes,
+                           hot_skipped=hot_skipped)
 
     def forget_open_transaction(self) -> None:
         """The stream is read again from a checkpoint: no batch goes on with the last one."""

@@ -20,6 +20,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from pymongosync import catalog
+from pymongosync.changes.hot_documents import HotDocuments
 from pymongosync.changes.translate import CrudStep, DdlStep, Operation, Refetch, Step
 from pymongosync.cluster_client import ClusterClient, Delete, RangeRead, Upsert, Write
 from pymongosync.errors import UnsupportedSourceChange
@@ -42,7 +43,8 @@ class ChangeWriter:
     def __init__(self, source: ClusterClient, destination: ClusterClient,
                  namespace_filter: NamespaceFilter, build_mode: str,
                  created: catalog.CreatedNamespaces, counters: Counters, *,
-                 migrate_views: bool = True, ddl_lock: threading.Lock | None = None) -> None:
+                 migrate_views: bool = True, ddl_lock: threading.Lock | None = None,
+                 hot_documents: Callable[[], HotDocuments] = HotDocuments) -> None:
         self.source = source
         self.destination = destination
         self.namespace_filter = namespace_filter
@@ -51,6 +53,9 @@ class ChangeWriter:
         # With pre-existing destination data, mongosync does not migrate views (spec §3.3).
         self.migrate_views = migrate_views
         self.counters = counters
+        # Their CRUD events are skipped (changes/hot_documents.py): a rename takes them first.
+        # Asked for at each rename (instances may have added theirs since this one started).
+        self.hot_documents = hot_documents
         self._counting = threading.Lock()  # lanes refetch from their own threads
         self.destination_sharded = destination.is_sharded
         # Held while a DDL event is applied: the index builds beside change application take
@@ -240,6 +245,10 @@ class ChangeWriter:
                 self.destination.drop_collection(to_db, to_coll)
             self._copy_whole_collection(to_db, to_coll, collection_uuid)
             return
+        for document in self.hot_documents().in_namespace(db, coll):
+            # Its events under the old name were skipped and none under the new name will
+            # bring it up to date: it is taken as the source has it now, before it moves.
+            self.refetch(db, coll, document.key, collection_uuid)
         self.created.record_created(to_db, to_coll,
                                     new_database=to_db not in self.destination.database_names())
         try:

@@ -5,13 +5,13 @@ the checks of their values. The process (:mod:`pymongosync.cli.main`) and the to
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import click
 import yaml
 
+from pymongosync.changes import hot_documents
 from pymongosync.clusters import check_connection_string
 from pymongosync.logs import LEVELS
 from pymongosync.process import DEFAULT_PORT
@@ -55,8 +55,9 @@ SETTINGS = (
     Setting("metricsLoggingFilepath", "text", "DIR", "Directory of the metrics log "
             "mongosync_metrics.log [default: ./metrics]."),
     Setting("hotDocIDs", "hotDocIDs", "JSON", 'JSON {"db", "collection", "ids": [{"_id": '
-            '...}]} naming often-updated documents; repeatable. Checked and logged; '
-            "pymongosync applies their events like any other."),
+            '...}]} naming often-updated documents; repeatable. Their change events '
+            "are skipped and each is taken from the source at commit. IDs given once stay "
+            "with the migration; a restart can add more."),
     Setting("createIndexesBatchSize", "int", "N", "Indexes per createIndexes command while "
             "index builds run beside change application [default: one at a time].", 1, None),
     Setting("changeBufferLimitMB", "int", "MB", "pymongosync: the most the change buffer may "
@@ -122,22 +123,10 @@ def check_int(setting: Setting, raw: Any, from_text: bool) -> int:
 
 def check_hot_doc_ids(value: Any) -> str:
     """One --hotDocIDs value (spec §2.2): a JSON object {db, collection, ids: [{_id}, ...]}."""
-    example = '{"db": "db1", "collection": "coll1", "ids": [{"_id": {"$oid": "..."}}]}'
     if not isinstance(value, str):
-        raise TypeError(f"each value must be a JSON string like {example}, got {value!r}")
-    try:
-        document = json.loads(value)
-    except ValueError as exc:
-        raise ValueError(f"is not valid JSON ({exc}); give an object like {example}") from None
-    if not isinstance(document, dict) or set(document) != {"db", "collection", "ids"}:
-        raise ValueError(f"must be an object with exactly db, collection and ids, like {example}")
-    if not all(isinstance(document[key], str) and document[key] for key in ("db", "collection")):
-        raise ValueError("db and collection must be non-empty strings")
-    ids = document["ids"]
-    if not isinstance(ids, list) or not ids or not all(
-            isinstance(item, dict) and list(item) == ["_id"] for item in ids):
-        raise ValueError(f'ids must be a non-empty array of {{"_id": <EJSON>}} objects, like '
-                         f'{example}')
+        raise TypeError(f"each value must be a JSON string like {hot_documents.EXAMPLE}, "
+                        f"got {value!r}")
+    hot_documents.from_option(value)
     return value
 
 

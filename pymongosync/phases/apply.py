@@ -109,7 +109,8 @@ class ChangeApplier:
         self.writer = context.change_writer()
         self.lane_count = lanes if lanes is not None else lanes_for(context.load_level)
         self.translator = Translator(context.namespace_filter, self.writer.destination_sharded,
-                                     lanes=self.lane_count, listing=context.listing())
+                                     lanes=self.lane_count, listing=context.listing(),
+                                     hot_documents=context.hot_documents)
         self._lanes: ApplierLanes | None = None
         self._in_flight: deque[Marker] = deque()
         self._replayed_seq: int | None = None  # the last stored batch handed to the lanes
@@ -264,6 +265,7 @@ class ChangeApplier:
         verifier = self.context.verifier
         translation = self.translator.translate(
             events, note_changes=verifier is not None and verifier.notes_source_changes)
+        self.context.counters.hot_events_skipped += translation.hot_skipped
         for step in translation.steps:
             if self.multi and not isinstance(step, CrudStep):
                 continue  # the coordinator applies DDL events, from the router's stream

@@ -2,7 +2,8 @@
 
 1. Source writes are blocked (``sourceAndDestination``), recorded before it is done.
 2. The commit time is taken from the source and stored: the persisted end position.
-3. Every change up to it is applied.
+3. Every change up to it is applied; then the hot documents (``--hotDocIDs``), whose events
+   were skipped, are taken as the source has them.
 4. The destination gets the source's final options back (unique indexes to ``prepareUnique``),
    its writes are unblocked and ``canWrite`` is recorded with the destination's time.
 5. Unique indexes are enforced; balancers this migration stopped are started again
@@ -25,6 +26,7 @@ from pymongosync.errors import SourceModifiedDuringCommit, Stopped
 from pymongosync.phases.apply import ChangeApplier, ddl_coordinator
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.phases.indexes import finish_builds
+from pymongosync.retry import retrying
 from pymongosync.state import MigrationState, Phase
 
 
@@ -79,6 +81,7 @@ class Commit(PhaseStep):
             _drained(context)
             context.wait_for_instances(group.drained_by_all)
         if not resume.can_write:
+            take_hot_documents(context)
             if context.verifier is not None:
                 context.verifier.final_documents(resume.commit_time)
             resume.pending_unique = catalog.restore_final_options(
@@ -139,6 +142,27 @@ class Commit(PhaseStep):
         resume.can_write, resume.can_write_time = coordinator.can_write, coordinator.can_write_time
         context.save_resume("can_write", "can_write_time")
         resume.state = MigrationState.COMMITTED  # stored with the move to the next phase
+
+
+def take_hot_documents(context: PhaseContext) -> None:
+    """Every hot document (of every instance), as the source has it now that every change up
+    to the commit time is applied: their own events were skipped (changes/hot_documents.py).
+    Safe to repeat."""
+    hot = context.all_hot_documents()
+    if not hot:
+        return
+    writer = context.change_writer()
+    taken = 0
+    for document in hot:
+        if not context.namespace_filter.includes(document.db, document.coll):
+            continue
+        context.check_stop()
+        if not retrying(lambda: context.source.collection_infos(document.db, document.coll)):
+            # Dropped or renamed away on the source, and so here: the rename took it first.
+            continue
+        writer.refetch(document.db, document.coll, document.key)
+        taken += 1
+    context.notify(f"took {taken} hot documents (--hotDocIDs) as the source has them")
 
 
 def _drained(context: PhaseContext) -> None:

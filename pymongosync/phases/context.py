@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from pymongosync.changes.hot_documents import HotDocuments
 from pymongosync.changes.translate import Listing
 from pymongosync.changes.writer import ChangeWriter
 from pymongosync.cluster_client import ClusterClient
@@ -61,6 +62,8 @@ class PhaseContext:
     notify: Callable[[str], None] = lambda message: None
     # The embedded verifier, when verification is on (set by the migration).
     verifier: EmbeddedVerifier | None = None
+    # --hotDocIDs, as stored with the migration (set by the migration).
+    hot_documents: HotDocuments = field(default_factory=HotDocuments)
     # The change buffer while it receives (set by the runner), and its size limit.
     change_buffer: ChangeBuffer | None = None
     # One instance per source shard: the coordinator's buffer of the router's DDL events.
@@ -100,7 +103,17 @@ class PhaseContext:
         return ChangeWriter(self.source, self.destination, self.namespace_filter,
                             self.request.buildIndexes, self.store, self.counters,
                             migrate_views=not self.request.preExistingDestinationData,
-                            ddl_lock=self.ddl_lock)
+                            ddl_lock=self.ddl_lock, hot_documents=self.all_hot_documents)
+
+    def all_hot_documents(self) -> HotDocuments:
+        """The hot documents of every instance: with one instance per source shard, each
+        stores its own (--hotDocIDs) before it applies anything, so the store has them all by
+        the time a DDL event or the commit needs them."""
+        if not self.layout.multi:
+            return self.hot_documents
+        stored = self.store.load_global()
+        return self.hot_documents | HotDocuments.from_stored(
+            stored.hot_documents if stored is not None else [])
 
     def wait_for_instances(self, condition: Callable[[], bool]) -> None:
         """Until ``condition`` holds of the instances' shared records; Stopped on stop."""

@@ -34,6 +34,8 @@ BAD_OPTIONS = [
     (["--hotDocIDs", '{"db": "app"}'], "Invalid value for '--hotDocIDs': must be an object"),
     (["--hotDocIDs", HOT, "--hotDocIDs", '{"db": "a", "collection": "c", "ids": []}'],
      "ids must be a non-empty array"),
+    (["--hotDocIDs", '{"db": "a", "collection": "c", "ids": [{"_id": {"$oid": "zz"}}]}'],
+     "Invalid value for '--hotDocIDs'.*is not a valid extended JSON _id"),
     (["--logPath", ""], "Invalid value for '--logPath': must not be empty"),
     (["--logpath", "/tmp/x"], "No such option.*--logpath.*Did you mean '--logPath'"),
     (["--bogus"], "No such option.*--bogus"),

@@ -18,10 +18,13 @@ from pymongosync.store import METADATA_DATABASE
 from pymongosync.verifier.compare import compare_clusters
 from tests.process.processkit import MONGOSYNC, START, Mongosync, seed, slow_down, speed_up
 
-from .clusterkit import chunk_counts
+from .clusterkit import chunk_counts, wait_for
 from .test_migrations import FAST, ShardedSourceWriter
 
 SHARDS = ("shard01", "shard02", "shard03")
+
+
+HOT_OPTION = ("--hotDocIDs", '{"db": "shop", "collection": "hotspot", "ids": [{"_id": "hot"}]}')
 
 
 @pytest.fixture
@@ -119,7 +122,12 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
             start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
         three_shard_source(source)
         slow_down(destination, "insert", 150, namespace="bulk.items")
-        instances = [ready(instance(processes, tmp_path, source, destination, shard))
+        with pymongo.MongoClient(source.uri) as client:
+            client.shop.hotspot.insert_one({"_id": "hot", "n": 0})  # on shard02
+        # Only the coordinator is told of the hot document; shard02's instance, which applies
+        # its events, learns of it from the migration's store (and again after its restart).
+        instances = [ready(instance(processes, tmp_path, source, destination, shard,
+                                    *(HOT_OPTION if shard == "shard01" else ())))
                      for shard in SHARDS]
         writer = ItemsWriter(source)
         try:
@@ -156,6 +164,13 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
                 client.shop.scratch.insert_many([{"_id": i, "v": "before"} for i in range(50)])
                 client.shop.scratch.drop()
                 client.shop.scratch.insert_many([{"_id": i, "v": "after"} for i in range(5)])
+                for _ in range(20):
+                    client.shop.hotspot.update_one({"_id": "hot"}, {"$inc": {"n": 1}})
+                client.shop.hotspot.insert_one({"_id": "cold"})
+            with pymongo.MongoClient(destination.uri) as right:
+                wait_for(lambda: right.shop.hotspot.find_one({"_id": "cold"}), timeout=120,
+                         what="shard02's events applied")
+                assert right.shop.hotspot.find_one({"_id": "hot"})["n"] == 0  # skipped
         finally:
             writer.stop()
         assert not writer.errors, writer.errors[:3]
@@ -177,6 +192,7 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
             assert comparison.documents >= 9000
             assert "name_1" in right.app.users.index_information()
             assert sorted(d["v"] for d in right.shop.scratch.find()) == ["after"] * 5
+            assert right.shop.hotspot.find_one({"_id": "hot"})["n"] == 20  # taken at commit
             resumes = {d["_id"] for d in right[METADATA_DATABASE].resumeData.find()}
             assert resumes == {"coordinator", "shard02", "shard03"}
         verified = subprocess.run([str(MONGOSYNC), "verify", "--cluster0", source.uri,

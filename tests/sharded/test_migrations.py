@@ -16,6 +16,7 @@ from mongoemu.testing import ClusterProcess, EmulatorProcess, start_cluster, \
     start_secured_emulator
 from pymongosync.store import METADATA_DATABASE
 from pymongosync.verifier.compare import compare_clusters
+from tests.process.test_change_buffer_gauges import gauges
 from tests.process.processkit import START, Mongosync, Writer, seed, slow_down, speed_up
 
 from .clusterkit import chunk_counts, counts_per_shard, wait_for
@@ -100,6 +101,11 @@ def _migrate(process: Mongosync, writer: Writer | ShardedSourceWriter,
                      what="change events applied")
     writer.stop()
     assert not writer.errors, writer.errors[:3]
+    _commit(process)
+
+
+def _commit(process: Mongosync) -> None:
+    """/commit once it can, then COMMITTED."""
     process.wait_for(_unless_failed(lambda p: p["canCommit"]), timeout=120, what="canCommit")
     assert process.post("commit") == (200, {"success": True})
     process.wait_for(_unless_failed(lambda p: p["state"] == "COMMITTED"), timeout=120,
@@ -259,10 +265,7 @@ def test_a_copy_from_a_sharded_source_resumes_after_a_kill(
         process.kill()
         speed_up(destination)
         process = _mongosync(processes, tmp_path, source, destination)
-        process.wait_for(_unless_failed(lambda p: p["canCommit"]), timeout=120, what="canCommit")
-        assert process.post("commit") == (200, {"success": True})
-        process.wait_for(_unless_failed(lambda p: p["state"] == "COMMITTED"), timeout=120,
-                         what="COMMITTED")
+        _commit(process)
         with pymongo.MongoClient(source.uri) as left, pymongo.MongoClient(destination.uri) as right:
             comparison = compare_clusters(left, right)
         assert comparison.equal, comparison.summary()
@@ -312,3 +315,42 @@ def test_ids_repeated_across_shards_refuse_a_replica_set_destination(
         assert "[ids-unique-across-shards] bulk.items" in body["errorDescription"]
         assert "7 (2 documents)" in body["errorDescription"]
         assert process.progress()["state"] == "IDLE"
+
+
+def test_a_hot_document_whose_shard_key_changes_is_taken_from_the_source_at_commit(
+        tmp_path: Path, processes: list[Mongosync]) -> None:
+    """--hotDocIDs on the mongosync command line, sharded to sharded: the hot document's events
+    are skipped (the metric counts them), and at commit it is taken from the source, where a
+    replacement has moved it to the other shard's chunk."""
+    with start_cluster(shards=2, secured=True, extra_args=FAST) as source, \
+            start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
+        _sharded_source(source, chunks=2)
+        with pymongo.MongoClient(source.uri) as client:
+            client.admin.command("moveChunk", "bulk.items", find={"i": 2999}, to="shard02")
+            client.bulk.items.insert_one({"_id": "hot", "i": 10, "n": 0})
+        process = Mongosync(["--cluster0", source.uri, "--cluster1", destination.uri,
+                             "--port", "0", "--acceptDisclaimer", "--hotDocIDs",
+                             '{"db": "bulk", "collection": "items", "ids": [{"_id": "hot"}]}'],
+                            cwd=tmp_path)
+        processes.append(process)
+        process.wait_listening().wait_ready()
+        assert process.post("start", START) == (200, {"success": True})
+        process.wait_for(_unless_failed(lambda p: p["info"] == "change event application"),
+                         timeout=120, what="change event application")
+        with pymongo.MongoClient(source.application_uri) as application:
+            for _ in range(30):
+                application.bulk.items.update_one({"_id": "hot"}, {"$inc": {"n": 1}})
+            application.bulk.items.replace_one({"_id": "hot"}, {"i": 2990, "n": 100})
+            application.bulk.items.update_one({"i": 5}, {"$set": {"cold": True}})
+        with pymongo.MongoClient(destination.uri) as right:
+            wait_for(lambda: right.bulk.items.find_one({"i": 5, "cold": True}) is not None,
+                     timeout=60)
+            assert right.bulk.items.find_one({"_id": "hot"})["n"] == 0  # skipped so far
+        metrics = gauges(process.request("GET", "/metrics").text)
+        # 30 updates, and the move to the other shard (a delete and an insert, or a replace)
+        assert metrics.get("mongosync_cea_total_hot_doc_crud_events_skipped", 0) >= 31, metrics
+        _commit(process)
+        with pymongo.MongoClient(source.uri) as left, pymongo.MongoClient(destination.uri) as right:
+            comparison = compare_clusters(left, right)
+            assert comparison.equal, comparison.summary()
+            assert right.bulk.items.count_documents({"_id": "hot"}) == 1

@@ -1323,6 +1323,15 @@ class MemoryStore:
             if self.global_document is not None and self.global_document["_id"] == record.id:
                 self.global_document.update(_stored(record.stored_values(*fields)))
 
+    def add_hot_documents(self, documents: list[str]) -> list[str]:
+        self._enter("add_hot_documents")
+        with self._lock:
+            if self.global_document is None:
+                return list(documents)
+            stored = self.global_document.setdefault("hotDocuments", [])
+            stored.extend(document for document in documents if document not in stored)
+            return list(stored)
+
     def save_resume(self, record: ResumeData, *fields: str) -> None:
         self._enter("save_resume", ",".join(fields))
         record.updated_at = self.clock()

@@ -6,10 +6,12 @@ import uuid
 from typing import Any
 
 import bson
+import pytest
 from bson.binary import Binary
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
+from pymongosync.changes.hot_documents import HotDocument, HotDocuments, from_option
 from pymongosync.changes.translate import (
     CrudStep,
     DdlStep,
@@ -408,3 +410,49 @@ def test_a_rename_the_listing_saw_under_neither_name_copies_the_collection_whole
     assert both_before.ddl_action("src", at(3), "dst") == "apply"
     assert listing.ddl_action("src", at(3), "dst") == "copy-target"
     assert listing.ddl_action("src", at(3), None) == "seen"
+
+
+# -- hot documents (--hotDocIDs) ---------------------------------------------------------------
+
+
+def test_events_of_hot_documents_are_skipped_by_id_value_and_counted() -> None:
+    """--hotDocIDs names {_id: NumberLong(1)}: the events of _id 1 and 1.0 are skipped (one
+    document to the server), those of _id 2 and of _id 1 in another collection are not, and
+    the verifier is still told of every change."""
+    hot = HotDocuments(from_option('{"db": "shop", "collection": "orders", '
+                                   '"ids": [{"_id": {"$numberLong": "1"}}]}'))
+    events = [insert(1, {"_id": 1, "v": "a"}), update(2, 1.0, updated={"v": "b"}),
+              insert(3, {"_id": 2}), delete(4, 1), insert(5, {"_id": 1}, coll="other")]
+    translator = Translator(EVERYTHING, hot_documents=hot)
+    translation = translator.translate(events, note_changes=True)
+
+    assert translation.hot_skipped == 3
+    assert (translation.events, translation.crud_events) == (5, 2)
+    step = translation.steps[0]
+    assert isinstance(step, CrudStep)
+    assert writes_of(step) == [("upsert", {"_id": 2}, {"_id": 2})]
+    assert writes_of(step, "other") == [("upsert", {"_id": 1}, {"_id": 1})]
+    assert len(translation.changes) == 5
+
+
+def test_hot_document_ids_keep_their_types_when_stored() -> None:
+    documents = from_option('{"db": "d", "collection": "c", "ids": [{"_id": {"$numberLong": '
+                            '"7"}}, {"_id": 7}, {"_id": {"$oid": "6aa23c249cef3cd958e43785"}}, '
+                            '{"_id": {"k": [1, "x"]}}]}')
+    stored = [document.to_stored() for document in documents]
+    assert [HotDocument.from_stored(text) for text in stored] == documents
+    assert bson.decode(documents[0].id_document)["_id"].__class__.__name__ == "Int64"
+    assert len(HotDocuments(documents)) == 3  # NumberLong(7) and 7 are one document
+
+
+@pytest.mark.parametrize("value, problem", [
+    ('{"db": "d", "collection": "c", "ids": [{"_id": {"$oid": "zz"}}]}',
+     "is not a valid extended JSON _id"),
+    ('{"db": "d", "collection": "", "ids": [{"_id": 1}]}', "non-empty strings"),
+    ('{"db": "d", "collection": "c", "ids": [{"id": 1}]}', "ids must be a non-empty array"),
+    ('[1]', "must be an object with exactly db, collection and ids"),
+])
+def test_a_bad_hot_document_option_is_refused_with_what_is_wrong(value: str,
+                                                                  problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        from_option(value)

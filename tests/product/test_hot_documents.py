@@ -1,0 +1,105 @@
+"""--hotDocIDs (spec §2.2, §5.6): hot documents' change events are skipped while changes are
+applied, and each is taken as the source has it at commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson.int64 import Int64
+
+from mongoemu.testing import EmulatorProcess
+from pymongosync.changes.hot_documents import HotDocuments
+from pymongosync.clusters import Cluster
+from pymongosync.migration import EngineSettings, Migration
+from pymongosync.request import StartRequest
+from pymongosync.store import METADATA_DATABASE, MetadataStore
+from pymongosync.verifier.compare import compare_clusters
+
+from .conftest import user_client
+
+START = {"source": "cluster0", "destination": "cluster1"}
+COUNTERS = ('{"db": "app", "collection": "counters", "ids": [{"_id": {"$numberLong": "1"}}, '
+            '{"_id": 2.0}, {"_id": 3}]}')
+MOVING = '{"db": "app", "collection": "moving", "ids": [{"_id": "h"}]}'
+
+
+def settings(*values: str) -> EngineSettings:
+    return EngineSettings(hot_documents=HotDocuments.from_options(values))
+
+
+def destination_document(cluster: Cluster, coll: str, document_id: Any) -> Any:
+    return cluster.client.app[coll].find_one({"_id": document_id})
+
+
+def test_hot_documents_are_skipped_then_taken_from_the_source_at_commit(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """Their events are not applied while the migration runs (the destination keeps the
+    copied state), the others' are; at commit each is what the source has: updated, deleted,
+    or moved by a rename of its collection (whose earlier events were skipped under the old
+    name: without the writer taking it before the rename, the renamed copy kept the stale
+    document and the verifier failed the commit)."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.counters.insert_many([{"_id": 1, "n": 0}, {"_id": Int64(2), "n": 0},
+                                         {"_id": 3, "n": 0}, {"_id": "cold", "n": 0}])
+        client.app.moving.insert_many([{"_id": "h", "n": 0}, {"_id": "c", "n": 0}])
+    migration = Migration.open(cluster0, cluster1, load_level=1,
+                               settings=settings(COUNTERS, MOVING))
+    try:
+        migration.start(StartRequest.from_document(START))
+        migration.wait_for(lambda p: p["info"] == "change event application", timeout=120)
+        with user_client(source) as client:
+            for _ in range(40):
+                client.app.counters.update_one({"_id": 1}, {"$inc": {"n": 1}})
+                client.app.counters.update_one({"_id": 2}, {"$inc": {"n": 1}})
+                client.app.moving.update_one({"_id": "h"}, {"$inc": {"n": 1}})
+            client.app.counters.delete_one({"_id": 3})
+            client.app.counters.update_one({"_id": "cold"}, {"$set": {"n": 5}})
+            client.app.moving.rename("moved")
+            client.app.moved.update_one({"_id": "c"}, {"$set": {"n": 9}})
+            client.app.counters.insert_one({"_id": "last", "n": 0})
+        migration.wait_for(lambda p: destination_document(cluster1, "counters", "last")
+                           is not None, timeout=60)
+        # The cold document follows; the hot ones keep their copied state.
+        assert destination_document(cluster1, "counters", "cold")["n"] == 5
+        assert destination_document(cluster1, "counters", 1)["n"] == 0
+        assert destination_document(cluster1, "counters", 2)["n"] == 0
+        assert destination_document(cluster1, "counters", 3) is not None
+        assert destination_document(cluster1, "moved", "h")["n"] == 40  # taken at the rename
+        assert migration.context is not None
+        assert migration.context.counters.hot_events_skipped == 40 * 3 + 1
+        migration.wait_for(lambda p: p["canCommit"], timeout=120)
+        migration.commit()
+        final = migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+    finally:
+        migration.close()
+    assert final["state"] == "COMMITTED"
+    state = cluster1.client[METADATA_DATABASE].verifierState.find_one()
+    assert state["verdict"] == "equal"  # the embedded verifier compared them at commit
+    assert destination_document(cluster1, "counters", 1)["n"] == 40
+    assert destination_document(cluster1, "counters", 2)["n"] == 40
+    assert destination_document(cluster1, "counters", 3) is None
+    comparison = compare_clusters(cluster0.client, cluster1.client)
+    assert comparison.equal, comparison.summary()
+
+
+def test_hot_document_ids_are_kept_and_added_to_across_restarts(
+        source: EmulatorProcess, clusters: tuple[Cluster, Cluster]) -> None:
+    """As mongosync: IDs given on an earlier run stay; a restart can add more, none removed."""
+    cluster0, cluster1 = clusters
+    with user_client(source) as client:
+        client.app.counters.insert_one({"_id": 1})
+    first = Migration.open(cluster0, cluster1, settings=settings(COUNTERS))
+    first.start(StartRequest.from_document(START))
+    first.close()
+    again = Migration.open(cluster0, cluster1, settings=settings(MOVING, COUNTERS))
+    again.close()
+    plain = Migration.open(cluster0, cluster1)
+    try:
+        assert plain.context is not None
+        assert len(plain.context.hot_documents) == 4
+        assert ("app", "moving") in plain.context.hot_documents.namespaces
+    finally:
+        plain.close()
+    stored = MetadataStore(cluster1.client).load_global()
+    assert stored is not None and len(stored.hot_documents) == 4
