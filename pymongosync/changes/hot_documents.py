@@ -24,7 +24,7 @@ from typing import Any
 
 import bson
 from bson import json_util
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
 
@@ -33,8 +33,12 @@ from pymongosync.changes.events import id_identity
 Namespace = tuple[str, str]
 
 EXAMPLE = '{"db": "db1", "collection": "coll1", "ids": [{"_id": {"$oid": "..."}}]}'
-# Decoded as stored: a NumberLong stays one (json_util writes it back as $numberLong).
-_DECODED: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
+# Every value as it is: a NumberLong stays one (written back as $numberLong), and a date out
+# of Python's range stays a date.
+_DECODED: CodecOptions[dict[str, Any]] = CodecOptions(
+    tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+_JSON = json_util.CANONICAL_JSON_OPTIONS.with_options(
+    tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,11 @@ class HotDocument:
         """Canonical extended JSON: every BSON type kept, the same text for the same value."""
         value = bson.decode(self.id_document, _DECODED)["_id"]
         return json_util.dumps({"db": self.db, "collection": self.coll, "_id": value},
-                               json_options=json_util.CANONICAL_JSON_OPTIONS)
+                               json_options=_JSON)
 
     @classmethod
     def from_stored(cls, text: str) -> HotDocument:
-        document = json_util.loads(text)
+        document = json_util.loads(text, json_options=_JSON)
         return cls(document["db"], document["collection"], bson.encode({"_id": document["_id"]}))
 
 
@@ -87,7 +91,7 @@ def from_option(value: str) -> list[HotDocument]:
     for item in ids:
         try:
             # Extended JSON, canonical or relaxed: {"$oid": ...}, {"$numberLong": ...}, ...
-            id_document = bson.encode(json_util.loads(json.dumps(item)))
+            id_document = bson.encode(json_util.loads(json.dumps(item), json_options=_JSON))
         except (BSONError, ValueError, TypeError) as exc:
             raise ValueError(f"{json.dumps(item)} is not a valid extended JSON _id "
                              f"({exc})") from None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import os
 import random
@@ -35,7 +36,7 @@ from decimal import Decimal
 from typing import Any
 
 from bson import (Binary, Code, DBRef, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex,
-                  Timestamp)
+                  Timestamp, json_util)
 from bson.datetime_ms import DatetimeMS
 
 MIB = 1024 * 1024
@@ -49,6 +50,10 @@ AVOIDED: frozenset[str] = frozenset()
 # its plan (the suite's seeds were chosen by their plans); their draws use a random stream of
 # their own.
 SERVER_COPIES = os.environ.get("CAMPAIGN_SERVER_COPIES") == "1"
+# CAMPAIGN_HOT_DOCUMENTS=1: mongosync is started with --hotDocIDs naming a few documents the
+# plan writes by _id (their events are skipped; they are taken from the source at commit).
+# Off by default, drawn from a random stream of its own: every seed keeps the rest of its plan.
+HOT_DOCUMENTS = os.environ.get("CAMPAIGN_HOT_DOCUMENTS") == "1"
 # Errors after which PyMongo marks the server unknown and waits for its next heartbeat.
 STATE_CHANGE_CODES = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})
 # A document near the 16 MiB limit: below it by enough to stay a valid insert once encoded.
@@ -164,6 +169,8 @@ class Plan:
     # A namespace that is on the destination too at the first /start (which must refuse it);
     # dropped there before /start is sent again.
     conflict: str | None = None
+    # --hotDocIDs values (HOT_DOCUMENTS), given to every mongosync process of the seed.
+    hot_documents: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         def count(steps: list[Step], kind: type) -> int:
@@ -177,6 +184,7 @@ class Plan:
 
     def lines(self) -> list[str]:
         out = [self.summary()]
+        out += [f"  --hotDocIDs {value}" for value in self.hot_documents]
         for title, steps in (("setup", self.setup), ("destination", self.destination_setup),
                              ("copy", self.copy), ("cea", self.cea),
                              ("commit", self.commit_kills)):
@@ -1201,7 +1209,36 @@ def generate(seed: int, big: bool = False, long: bool = False) -> Plan:
                 slow_ms=rng.choice([20, 50, 100]), setup=setup, copy=copy, cea=cea,
                 commit_kills=commit_kills, start_body=start_body,
                 pace_ms=rng.choice([0, 0, 5, 20, 60]), namespace_filter=generator.filter,
-                destination_setup=destination_setup, conflict=conflict)
+                destination_setup=destination_setup, conflict=conflict,
+                hot_documents=choose_hot_documents(seed, copy + cea) if HOT_DOCUMENTS else [])
+
+
+def choose_hot_documents(seed: int, steps: list[Step]) -> list[str]:
+    """--hotDocIDs values naming up to three documents the timelines write by _id (in
+    transactions too), one value per collection; drawn from a random stream of their own."""
+    rng = random.Random(seed * 1_000_003 + 29)
+    written: dict[tuple[str, str, str], Any] = {}
+
+    def gather(ops: list[Any]) -> None:
+        for op in ops:
+            if not isinstance(op, Op):
+                continue
+            if op.kind == "transaction":
+                gather(op.args["ops"])
+            elif op.db and op.coll and isinstance(op.args.get("filter"), dict) and \
+                    "_id" in op.args["filter"]:
+                _id = op.args["filter"]["_id"]
+                key = json_util.dumps(_id, json_options=json_util.CANONICAL_JSON_OPTIONS)
+                written.setdefault((op.db, op.coll, key), _id)
+
+    gather(steps)
+    chosen = rng.sample(sorted(written), min(len(written), rng.randint(1, 3)))
+    by_namespace: dict[tuple[str, str], list[str]] = {}
+    for db, coll, key in chosen:
+        by_namespace.setdefault((db, coll), []).append(key)
+    return [f'{{"db": {json.dumps(db)}, "collection": {json.dumps(coll)}, "ids": ['
+            + ", ".join(f'{{"_id": {key}}}' for key in keys) + "]}"
+            for (db, coll), keys in sorted(by_namespace.items())]
 
 
 def generator_collections(setup: list[Op]) -> list[tuple[str, str, None]]:

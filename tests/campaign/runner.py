@@ -40,8 +40,8 @@ from pymongosync.request import StartRequest
 from pymongosync.verifier.compare import compare_clusters
 
 from . import check
-from .generator import (AVOIDED, SERVER_COPIES, Fault, Kill, Op, Pause, Plan, Reset, Step, generate,
-                        lazy_documents)
+from .generator import (AVOIDED, HOT_DOCUMENTS, SERVER_COPIES, Fault, Kill, Op, Pause, Plan,
+                        Reset, Step, generate, lazy_documents)
 
 ROOT = Path(__file__).resolve().parents[2]
 MONGOSYNC = Path(sys.executable).with_name("mongosync")
@@ -103,7 +103,8 @@ def root_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
 def reproduce_command(seed: int, big: bool = False, long: bool = False) -> str:
     flags = (" --big" if big else "") + (" --long" if long and not big else "")
     # The mode changes the seed's plan: without it, the command would run another plan.
-    mode = "CAMPAIGN_SERVER_COPIES=1 " if SERVER_COPIES else ""
+    mode = ("CAMPAIGN_SERVER_COPIES=1 " if SERVER_COPIES else "") + \
+        ("CAMPAIGN_HOT_DOCUMENTS=1 " if HOT_DOCUMENTS else "")
     return f"{mode}.venv/bin/python -m scripts.campaign --seed {seed}{flags}"
 
 
@@ -162,8 +163,11 @@ class Mongosync:
     """The real console script: one process at a time, restarted after each kill -9."""
 
     def __init__(self, source: EmulatorProcess, destination: EmulatorProcess, log_dir: Path,
-                 load_level: int) -> None:
+                 load_level: int, hot_documents: list[str] | None = None) -> None:
         self.source, self.destination = source, destination
+        # The same --hotDocIDs for every run (a restart with fewer would keep the stored ones).
+        self.hot_arguments = [argument for value in hot_documents or []
+                              for argument in ("--hotDocIDs", value)]
         self.log_dir = log_dir
         self.load_level = load_level
         self.process: subprocess.Popen[bytes] | None = None
@@ -183,7 +187,7 @@ class Mongosync:
                 [str(MONGOSYNC), "--cluster0", self.source.uri, "--cluster1",
                  self.destination.uri, "--port", str(self.port), "--acceptDisclaimer",
                  "--loadLevel", str(self.load_level), "--logPath", str(run_dir),
-                 "--disableMetricsLogging"],
+                 "--disableMetricsLogging", *self.hot_arguments],
                 cwd=run_dir, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             output.close()
             # The port was free a moment ago; another process may have taken it since.
@@ -489,7 +493,8 @@ class SeedRun:
         with start_secured_emulator("replset", extra_args=extra) as source, \
                 start_secured_emulator("replset", extra_args=extra) as destination:
             self.source, self.destination = source, destination
-            mongosync = Mongosync(source, destination, log_dir, plan.load_level)
+            mongosync = Mongosync(source, destination, log_dir, plan.load_level,
+                                  plan.hot_documents)
             self.mongosync = mongosync
             try:
                 with app_client(source) as application:

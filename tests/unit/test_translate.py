@@ -438,11 +438,12 @@ def test_events_of_hot_documents_are_skipped_by_id_value_and_counted() -> None:
 def test_hot_document_ids_keep_their_types_when_stored() -> None:
     documents = from_option('{"db": "d", "collection": "c", "ids": [{"_id": {"$numberLong": '
                             '"7"}}, {"_id": 7}, {"_id": {"$oid": "6aa23c249cef3cd958e43785"}}, '
-                            '{"_id": {"k": [1, "x"]}}]}')
+                            '{"_id": {"k": [1, "x"]}}, {"_id": {"$date": {"$numberLong": '
+                            '"-100000000000004"}}}]}')  # a date before year 1: kept
     stored = [document.to_stored() for document in documents]
     assert [HotDocument.from_stored(text) for text in stored] == documents
     assert bson.decode(documents[0].id_document)["_id"].__class__.__name__ == "Int64"
-    assert len(HotDocuments(documents)) == 3  # NumberLong(7) and 7 are one document
+    assert len(HotDocuments(documents)) == 4  # NumberLong(7) and 7 are one document
 
 
 @pytest.mark.parametrize("value, problem", [
