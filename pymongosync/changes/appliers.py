@@ -36,9 +36,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
 
 from pymongosync.changes.translate import CrudStep, LaneWrites, Namespace
 
@@ -149,3 +154,74 @@ class ApplierLanes:
                     self._changed.notify_all()
                 # A failed lane passes no marker again: no checkpoint goes past its failure.
                 return
+
+
+# -- how evenly the lanes share the work -----------------------------------------------------
+
+LOW_PARALLELISM_TEXT = "The level of CEA parallelization for this collection is low"
+
+
+class LaneBalance:
+    """Watches how the steps' writes spread over the lanes, and warns as mongosync does (spec
+    §5.3) when one lane does most of them because of a few documents: their writes go through
+    one lane in order, and the others wait for it at each checkpoint. ``--hotDocIDs`` names
+    such documents, so that their events are skipped and they are taken at commit.
+
+    Over each window of ``window_writes`` writes: when one lane had more than ``share`` of them,
+    the document with most writes in the steps where that lane led is named, at most once per
+    ``every_seconds`` per collection. Costs a sum per lane per step; the per-document count
+    runs only for a step one lane leads.
+    """
+
+    def __init__(self, lanes: int, window_writes: int = 5000, share: float = 0.5,
+                 every_seconds: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.lanes = lanes
+        self.window_writes = window_writes
+        self.share = share
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self._per_lane = [0] * lanes
+        self._documents: Counter[tuple[Namespace, bytes]] = Counter()
+        self._warned: dict[Namespace, float] = {}  # when each collection was last named
+
+    def add(self, step: CrudStep) -> None:
+        if self.lanes < 2:
+            return  # one lane: nothing runs beside it to wait
+        sizes = [sum(map(len, writes.values())) for writes in step.lanes]
+        total = sum(sizes)
+        if not total:
+            return
+        for number, size in enumerate(sizes):
+            self._per_lane[number] += size
+        busiest = max(range(self.lanes), key=sizes.__getitem__)
+        if sizes[busiest] > total * self.share:
+            for namespace, operations in step.lanes[busiest].items():
+                for operation in operations:
+                    key = operation.key
+                    raw = key.raw if isinstance(key, RawBSONDocument) else bson.encode(key)
+                    self._documents[(namespace, bytes(raw))] += 1
+        if sum(self._per_lane) >= self.window_writes:
+            self._conclude()
+
+    def _conclude(self) -> None:
+        total, busiest = sum(self._per_lane), max(self._per_lane)
+        documents = self._documents
+        self._per_lane, self._documents = [0] * self.lanes, Counter()
+        if busiest <= total * self.share or not documents:
+            return
+        (namespace, key), writes = documents.most_common(1)[0]
+        now = self.clock()
+        last = self._warned.get(namespace)
+        if last is not None and now - last < self.every_seconds:
+            return
+        self._warned[namespace] = now
+        document_key = bson.decode(key)
+        log.warning(f"{LOW_PARALLELISM_TEXT}: one of {self.lanes} applier lanes had "
+                    f"{busiest} of the last {total} writes, {writes} of them to one document "
+                    f"of {namespace[0]}.{namespace[1]} ({document_key}). If a few documents are "
+                    f"updated this often, name them with --hotDocIDs: their change events are "
+                    f"then skipped and each is taken from the source at commit",
+                    extra={"fields": {"namespace": f"{namespace[0]}.{namespace[1]}",
+                                      "documentKey": str(document_key), "writes": writes,
+                                      "busiestLaneWrites": busiest, "windowWrites": total}})

@@ -31,7 +31,7 @@ from typing import Any
 from bson.timestamp import Timestamp
 from pymongo.errors import PyMongoError
 
-from pymongosync.changes.appliers import ApplierLanes, Marker
+from pymongosync.changes.appliers import ApplierLanes, LaneBalance, Marker
 from pymongosync.changes.reader import (RESUME_AFTER_SECONDS, raise_unless_resumable, read_batches,
                                        token_time)
 from pymongosync.changes.translate import (
@@ -112,6 +112,7 @@ class ChangeApplier:
                                      lanes=self.lane_count, listing=context.listing(),
                                      hot_documents=context.hot_documents)
         self._lanes: ApplierLanes | None = None
+        self.balance = LaneBalance(self.lane_count)  # warns of documents that hold lanes back
         self._in_flight: deque[Marker] = deque()
         self._replayed_seq: int | None = None  # the last stored batch handed to the lanes
         self._stored_at = float("-inf")  # time.monotonic() of the last stored checkpoint
@@ -270,6 +271,7 @@ class ChangeApplier:
             if self.multi and not isinstance(step, CrudStep):
                 continue  # the coordinator applies DDL events, from the router's stream
             if isinstance(step, CrudStep):
+                self.balance.add(step)
                 if step.barrier:  # a transaction across lanes: alone
                     self._drain()
                     lanes.submit(step)

@@ -18,6 +18,7 @@ from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure
 
 from pymongosync.changes import reader
+from pymongosync.changes.appliers import LOW_PARALLELISM_TEXT, LaneBalance
 from pymongosync.changes.events import id_document, id_identity, key_identity
 from pymongosync.changes.translate import CrudStep, DdlStep, Operation, Translator
 from pymongosync.cluster_client import Delete, Update, Upsert, Write
@@ -27,7 +28,8 @@ from pymongosync.phases import apply as apply_phase
 from pymongosync.phases.apply import ChangeApplier
 from pymongosync.phases.context import PhaseContext
 from pymongosync.state import Phase, ResumeData
-from tests.unit.fakes import RAW, FakeCluster, MemoryStore, change_event, plain, token_position
+from tests.unit.fakes import (RAW, FakeCluster, MemoryStore, change_event, plain, token_position,
+                              update_description)
 from tests.unit.support import InstantEvent, make_context
 
 EVERYTHING = NamespaceFilter()
@@ -517,3 +519,49 @@ def test_ddl_steps_stay_in_place() -> None:
         event(1, "insert", 1), change_event("drop", "shop", "orders", at(2)),
         event(3, "insert", 1)]).steps
     assert [type(step) for step in steps] == [CrudStep, DdlStep, CrudStep]
+
+
+# -- lane balance: mongosync's low-parallelism warning -----------------------------------------
+
+
+def _updates_step(ids: Sequence[Any], lanes: int = 4) -> CrudStep:
+    events = [change_event("update", "shop", "orders", Timestamp(1_700_000_000, n + 1),
+                           document_key={"_id": _id},
+                           update_description=update_description(updated={"n": n}))
+              for n, _id in enumerate(ids)]
+    step = Translator(NamespaceFilter(), lanes=lanes).translate(events).steps[0]
+    assert isinstance(step, CrudStep)
+    return step
+
+
+def test_a_document_that_holds_one_lane_back_is_named_once_in_a_while(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    balance = LaneBalance(4, window_writes=1000, every_seconds=600, clock=lambda: now[0])
+    hot_and_some_others = ["hot"] * 7 + list(range(3))
+    with caplog.at_level("WARNING", logger="pymongosync.changes"):
+        for _ in range(100):
+            balance.add(_updates_step(hot_and_some_others))
+        warnings = [record.getMessage() for record in caplog.records]
+        assert len(warnings) == 1
+        assert warnings[0].startswith(LOW_PARALLELISM_TEXT)
+        assert "shop.orders ({'_id': 'hot'})" in warnings[0] and "--hotDocIDs" in warnings[0]
+
+        for _ in range(100):  # the next window, within every_seconds: not again
+            balance.add(_updates_step(hot_and_some_others))
+        assert len(caplog.records) == 1
+        now[0] = 601.0
+        for _ in range(100):
+            balance.add(_updates_step(hot_and_some_others))
+        assert len(caplog.records) == 2
+
+
+def test_writes_spread_over_the_lanes_or_one_lane_raise_no_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    spread = LaneBalance(4, window_writes=1000)
+    alone = LaneBalance(1, window_writes=1000)
+    with caplog.at_level("WARNING", logger="pymongosync.changes"):
+        for batch in range(20):
+            spread.add(_updates_step(range(batch * 100, batch * 100 + 100)))
+            alone.add(_updates_step(["hot"] * 100, lanes=1))
+    assert caplog.records == []
