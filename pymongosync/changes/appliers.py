@@ -45,6 +45,7 @@ from typing import Any
 import bson
 from bson.raw_bson import RawBSONDocument
 
+from pymongosync.changes.events import DECODED
 from pymongosync.changes.translate import CrudStep, LaneWrites, Namespace
 
 log = logging.getLogger("pymongosync.changes")
@@ -216,7 +217,7 @@ class LaneBalance:
         if last is not None and now - last < self.every_seconds:
             return
         self._warned[namespace] = now
-        document_key = bson.decode(key)
+        document_key = bson.decode(key, DECODED)  # a date before year 1 too
         log.warning(f"{LOW_PARALLELISM_TEXT}: one of {self.lanes} applier lanes had "
                     f"{busiest} of the last {total} writes, {writes} of them to one document "
                     f"of {namespace[0]}.{namespace[1]} ({document_key}). If a few documents are "

@@ -20,23 +20,21 @@ from __future__ import annotations
 import json
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import bson
 from bson import json_util
-from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.codec_options import DatetimeConversion
 from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
 
-from pymongosync.changes.events import id_identity
+from pymongosync.changes.events import DECODED, id_identity
+from pymongosync.received import RAW, RECEIVED
 
 Namespace = tuple[str, str]
 
 EXAMPLE = '{"db": "db1", "collection": "coll1", "ids": [{"_id": {"$oid": "..."}}]}'
-# Every value as it is: a NumberLong stays one (written back as $numberLong), and a date out
-# of Python's range stays a date.
-_DECODED: CodecOptions[dict[str, Any]] = CodecOptions(
-    tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+# Every value as it is (as DECODED reads them): a NumberLong stays one (written back as
+# $numberLong), and a date out of Python's range stays a date.
 _JSON = json_util.CANONICAL_JSON_OPTIONS.with_options(
     tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
@@ -53,8 +51,9 @@ class HotDocument:
 
     @property
     def key(self) -> RawBSONDocument:
-        """The filter that finds it: ``{_id: <value>}``."""
-        return RawBSONDocument(self.id_document)
+        """The filter that finds it: ``{_id: <value>}``, read as received documents are (a
+        date out of Python's range stays readable when a driver looks into the filter)."""
+        return RECEIVED(self.id_document, RAW)
 
     @property
     def identity(self) -> Hashable:
@@ -62,7 +61,7 @@ class HotDocument:
 
     def to_stored(self) -> str:
         """Canonical extended JSON: every BSON type kept, the same text for the same value."""
-        value = bson.decode(self.id_document, _DECODED)["_id"]
+        value = bson.decode(self.id_document, DECODED)["_id"]
         return json_util.dumps({"db": self.db, "collection": self.coll, "_id": value},
                                json_options=_JSON)
 

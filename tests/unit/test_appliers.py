@@ -534,18 +534,19 @@ def _updates_step(ids: Sequence[Any], lanes: int = 4) -> CrudStep:
     return step
 
 
+@pytest.mark.parametrize("hot", ["hot", DatetimeMS(-100_000_000_000_004)])  # before year 1
 def test_a_document_that_holds_one_lane_back_is_named_once_in_a_while(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, hot: Any) -> None:
     now = [0.0]
     balance = LaneBalance(4, window_writes=1000, every_seconds=600, clock=lambda: now[0])
-    hot_and_some_others = ["hot"] * 7 + list(range(3))
+    hot_and_some_others = [hot] * 7 + list(range(3))
     with caplog.at_level("WARNING", logger="pymongosync.changes"):
         for _ in range(100):
             balance.add(_updates_step(hot_and_some_others))
         warnings = [record.getMessage() for record in caplog.records]
         assert len(warnings) == 1
         assert warnings[0].startswith(LOW_PARALLELISM_TEXT)
-        assert "shop.orders ({'_id': 'hot'})" in warnings[0] and "--hotDocIDs" in warnings[0]
+        assert f"shop.orders ({{'_id': {hot!r}}})" in warnings[0] and "--hotDocIDs" in warnings[0]
 
         for _ in range(100):  # the next window, within every_seconds: not again
             balance.add(_updates_step(hot_and_some_others))
