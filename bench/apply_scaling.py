@@ -50,14 +50,19 @@ TARGET_EFFICIENCY = 0.7
 # -- the engine, in its own process ----------------------------------------------------------------
 
 
-def engine_main(source_uri: str, destination_uri: str, load_level: int) -> None:
+def engine_main(source_uri: str, destination_uri: str, load_level: int,
+                hot_documents: list[str] | None = None) -> None:
     """Run a migration up to canCommit, then answer commands on stdin (pause, resume, or
-    anything else: progress) with a JSON line of totalEventsApplied."""
+    anything else: progress) with a JSON line of totalEventsApplied. ``hot_documents``:
+    --hotDocIDs values."""
     from pymongosync import Cluster, Migration, StartRequest
+    from pymongosync.changes.hot_documents import HotDocuments
+    from pymongosync.migration import EngineSettings
 
     destination = Cluster.connect("cluster1", destination_uri)
+    settings = EngineSettings(hot_documents=HotDocuments.from_options(hot_documents or []))
     migration = Migration.open(Cluster.connect("cluster0", source_uri), destination,
-                               load_level=load_level)
+                               load_level=load_level, settings=settings)
     request: dict[str, Any] = {"source": "cluster0", "destination": "cluster1",
                                "verification": {"enabled": False}}
     if destination.is_sharded:  # mongosync's rule: a sharded destination needs "sharding"
@@ -76,10 +81,11 @@ def engine_main(source_uri: str, destination_uri: str, load_level: int) -> None:
 
 
 class Engine:
-    def __init__(self, source_uri: str, destination_uri: str, load_level: int) -> None:
+    def __init__(self, source_uri: str, destination_uri: str, load_level: int,
+                 hot_documents: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.apply_scaling", "--engine", source_uri,
-             destination_uri, str(load_level)],
+             destination_uri, str(load_level), *(hot_documents or [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.process.stdout is not None
         ready = self.process.stdout.readline()
@@ -243,12 +249,13 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="a 4-shard emulated cluster as the destination instead of the "
                              "--discard-writes sink")
-    parser.add_argument("--engine", nargs=3, metavar=("SOURCE", "DESTINATION", "LOAD_LEVEL"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--engine", nargs="+", help=argparse.SUPPRESS)  # SOURCE DESTINATION
+    # LOAD_LEVEL [--hotDocIDs values...]
     parser.add_argument("--raw-pipe", nargs=6, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.engine:
-        engine_main(arguments.engine[0], arguments.engine[1], int(arguments.engine[2]))
+        engine_main(arguments.engine[0], arguments.engine[1], int(arguments.engine[2]),
+                    arguments.engine[3:])
         return
     if arguments.raw_pipe:
         source_uri, destination_uri, *numbers = arguments.raw_pipe
