@@ -116,9 +116,6 @@ class HotDocuments:
     def from_stored(cls, texts: Iterable[str]) -> HotDocuments:
         return cls(map(HotDocument.from_stored, texts))
 
-    def to_stored(self) -> list[str]:
-        return [document.to_stored() for document in self]
-
     def __or__(self, other: HotDocuments) -> HotDocuments:
         return HotDocuments([*self, *other])
 
