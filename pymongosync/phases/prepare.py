@@ -9,9 +9,13 @@ Every step checks what is stored or present first, so running the phase again is
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 from bson.timestamp import Timestamp
 
 from pymongosync import catalog
+from pymongosync.changes.reader import CRUD, events_between
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.state import NamespaceKind, NamespaceRecord, Phase
 
@@ -54,7 +58,9 @@ class PrepareCollections(PhaseStep):
             return store.namespaces()
         started = context.source.cluster_time()
         listed_at: dict[str, Timestamp] = {}
-        entries = catalog.list_namespaces(context.source, context.namespace_filter, listed_at)
+        entries = catalog.list_namespaces(
+            context.source, context.namespace_filter, listed_at,
+            settled=lambda db, after, until: _settled(context, db, after, until))
         listed = {entry.id for entry in entries}
         for record in store.namespaces():
             if record.id not in listed:  # recorded by an interrupted listing, found no more
@@ -92,3 +98,22 @@ class PrepareCollections(PhaseStep):
                 catalog.create_indexes(destination, entry.db, entry.name, specs)
                 store.record_index_builds(entry, names, built=True)
 
+
+def _settled(context: PhaseContext, db: str, after: Timestamp, until: Timestamp) -> bool:
+    """No DDL event touched ``db`` after ``after`` and up to ``until``."""
+    touched = any(ddl_events_of(context, db, after, until))
+    context.check_stop()  # a stop cuts the read short: nothing is concluded from it
+    return not touched
+
+
+def ddl_events_of(context: PhaseContext, db: str, after: Timestamp,
+                  until: Timestamp) -> Iterator[Mapping[str, Any]]:
+    """The source's DDL events that touch ``db`` (a rename into it included) after ``after``
+    and up to ``until``."""
+    for event in events_between(context.source, context.stop, after=after, until=until):
+        if event["operationType"] in CRUD:
+            continue
+        ns = event.get("ns") or {}
+        target = (event.get("operationDescription") or {}).get("to") or {}
+        if ns.get("db") == db or target.get("db") == db:
+            yield event

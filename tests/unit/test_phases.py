@@ -828,3 +828,35 @@ def test_a_stopped_phase_ends_the_run_where_it_was() -> None:
     context.stop.set()
     runner.run_phases(context, {})  # stop set: nothing runs at all
     assert context.resume.phase == Phase.COPY
+
+
+def test_ddl_between_the_listing_time_and_the_listing_is_listed_again() -> None:
+    """A drop, a create and a rename over the new collection (dropTarget) while a database is
+    listed: the listing saw the renamed collection, but was recorded as made before the
+    create, so the create's inserts, applied by name after the copy, landed in the renamed
+    collection (campaign seed 9850: 4 documents too many, found by the verifier). The
+    database is now listed again until no DDL event touched it in between."""
+    source, destination, store, _ = pair()
+    source.insert("db0", "c0", {"_id": "old"})
+    source.insert("db0", "c2", *({"_id": n, "from": "c2"} for n in range(5)))
+    original = source.collection_infos
+    ddl_done = False
+
+    def listed_after_ddl(db: str, name: str | None = None) -> list[dict[str, Any]]:
+        nonlocal ddl_done
+        if db == "db0" and name is None and not ddl_done:  # once the time is taken
+            ddl_done = True
+            source.drop_collection("db0", "c0")
+            source.create_collection("db0", "c0", {})
+            source.insert("db0", "c0", *({"_id": n, "from": "created"} for n in (1, 7, 9, 11)))
+            source.rename_collection("db0.c2", "db0.c0", True)
+        return original(db, name)
+
+    source.collection_infos = listed_after_ddl  # type: ignore[method-assign]
+    context = make_context(source, destination, store)
+    context.commit_requested.set()
+    runner.run_phases(context)
+
+    assert ddl_done and context.resume.phase == Phase.DONE
+    assert destination.documents("db0", "c0") == source.documents("db0", "c0")
+    assert [d["from"] for d in destination.documents("db0", "c0")] == ["c2"] * 5
