@@ -32,6 +32,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pymongo
@@ -105,6 +106,23 @@ class Engine:
         ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def drain(self, write_backlog: Callable[[], int]) -> dict[str, float]:
+        """Pause, have ``write_backlog`` write a backlog (it returns how many events), resume;
+        the engine's CPU per event, events/s and seconds until it has applied them all. Closes
+        the engine."""
+        try:
+            before = self.send("pause")
+            events = write_backlog()
+            cpu, started = self.cpu_seconds(), time.perf_counter()
+            self.send("resume")
+            while self.send("progress") < before + events:
+                time.sleep(0.05)
+            seconds = time.perf_counter() - started
+            cpu = self.cpu_seconds() - cpu
+        finally:
+            self.close()
+        return {"cpu_us": cpu / events * 1e6, "rate": events / seconds, "seconds": seconds}
+
     def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
@@ -137,19 +155,12 @@ def measure_engine(destination_kind: str, lanes: int, documents: int) -> dict[st
         with pymongo.MongoClient(source.uri) as client:
             client.seed.items.insert_many([{"_id": n} for n in range(100)])
         engine = Engine(source.uri, sink.uri, LANES_AT_LOAD_LEVEL[lanes])
-        try:
-            before = engine.send("pause")
+
+        def backlog() -> int:
             write_backlog(source.uri, documents)
-            events = 2 * documents
-            cpu, started = engine.cpu_seconds(), time.perf_counter()
-            engine.send("resume")
-            while engine.send("progress") < before + events:
-                time.sleep(0.05)
-            seconds = time.perf_counter() - started
-            cpu = engine.cpu_seconds() - cpu
-        finally:
-            engine.close()
-    return {"cpu_us": cpu / events * 1e6, "rate": events / seconds}
+            return 2 * documents
+
+        return engine.drain(backlog)
 
 
 # -- the raw PyMongo pipe --------------------------------------------------------------------------

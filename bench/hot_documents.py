@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from typing import Any
 
 import pymongo
@@ -59,18 +58,7 @@ def measure(hot: int, updates: int, name_them: bool) -> dict[str, float]:
                 [{"_id": f"hot{h}", "n": 0} for h in range(hot)]
                 + [{"_id": n, "n": 0} for n in range(SPREAD_DOCUMENTS)])
         engine = Engine(source.uri, destination.uri, 3, [hot_option] if name_them else None)
-        try:
-            before = engine.send("pause")
-            events = write_backlog(source.uri, hot, updates)
-            cpu, started = engine.cpu_seconds(), time.perf_counter()
-            engine.send("resume")
-            while engine.send("progress") < before + events:
-                time.sleep(0.05)
-            seconds = time.perf_counter() - started
-            cpu = engine.cpu_seconds() - cpu
-        finally:
-            engine.close()
-    return {"cpu_us": cpu / events * 1e6, "rate": events / seconds, "seconds": seconds}
+        return engine.drain(lambda: write_backlog(source.uri, hot, updates))
 
 
 def main() -> None:
