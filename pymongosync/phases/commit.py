@@ -153,15 +153,16 @@ def take_hot_documents(context: PhaseContext) -> None:
         return
     writer = context.change_writer()
     taken = 0
-    for document in hot:
-        if not context.namespace_filter.includes(document.db, document.coll):
+    for db, coll in sorted(hot.namespaces):
+        if not context.namespace_filter.includes(db, coll):
             continue
         context.check_stop()
-        if not retrying(lambda: context.source.collection_infos(document.db, document.coll)):
+        if not retrying(lambda: context.source.collection_infos(db, coll)):
             # Dropped or renamed away on the source, and so here: the rename took it first.
             continue
-        writer.refetch(document.db, document.coll, document.key)
-        taken += 1
+        for document in hot.in_namespace(db, coll):
+            writer.refetch(db, coll, document.key)
+            taken += 1
     context.notify(f"took {taken} hot documents (--hotDocIDs) as the source has them")
 
 
