@@ -27,7 +27,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric, StateSetMetricFamily
+from prometheus_client.core import (
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    StateSetMetricFamily,
+)
 from prometheus_client.process_collector import ProcessCollector
 from pymongo.errors import PyMongoError
 from starlette.concurrency import run_in_threadpool
@@ -36,6 +41,7 @@ from starlette.exceptions import HTTPException
 from pymongosync import retry
 from pymongosync.clusters import redact
 from pymongosync.dashboard import PAGE
+from pymongosync.durations import OperationDurations, OperationKind
 from pymongosync.logs import MAX_VALUE_CHARS
 from pymongosync.errors import (
     ClusterUnavailable,
@@ -282,6 +288,14 @@ def namespace_families(namespaces: list[dict[str, Any]]) -> Iterator[Metric]:
         yield family
 
 
+def duration_families(durations: OperationDurations) -> Iterator[Metric]:
+    """One histogram per kind of operation, as mongosync names them (seconds)."""
+    for kind in OperationKind:
+        histogram = durations.histogram(kind)
+        yield HistogramMetricFamily(kind.metric, f"Seconds {kind.one} took",
+                                    buckets=histogram.cumulative(), sum_value=histogram.total)
+
+
 class MigrationCollector:
     """Prometheus figures read from /progress at scrape time, so both always agree.
 
@@ -383,6 +397,8 @@ class MigrationCollector:
             if value is not None:  # no sample rather than a made-up 0 (e.g. lag while paused)
                 yield GaugeMetricFamily(name, documentation, value=float(value))
         yield from namespace_families(details.get("namespaces") or [])
+        if migration is not None and migration.context is not None:
+            yield from duration_families(migration.context.counters.durations)
         if verification:
             hashed = GaugeMetricFamily("mongosync_verifier_hashed_docs_count",
                                        "Documents hashed by the verifier", labels=["side"])

@@ -776,7 +776,8 @@ class Migration:
 
     def _report(self) -> None:
         """mongosync's periodic lines, from memory (spec §5.3): ``Operation duration stats``
-        with the clusters' ping latency, and ``Replication progress`` while change events are
+        with the clusters' ping latency and the durations of the reads and writes since the
+        last one (pymongosync.durations), and ``Replication progress`` while change events are
         applied. MongoDB's Mongosync Insights plots them from the log."""
         context = self.context
         if context is None or self.standby is not None or self.error is not None:
@@ -787,7 +788,9 @@ class Migration:
                  if contact.ping_latency_ms is not None}
         if pings and self._is_due("Operation duration stats"):
             self._reported["Operation duration stats"] = (time.monotonic(), applied)
-            log.info("Operation duration stats", extra={"fields": pings})
+            # The copy's and change application's reads and writes since the last line.
+            stats = {**pings, **context.counters.durations.take_recent()}
+            log.info("Operation duration stats", extra={"fields": stats})
         resume = context.resume
         if resume.phase not in (Phase.APPLY_CHANGES, Phase.COMMIT) or resume.state not in (
                 MigrationState.RUNNING, MigrationState.COMMITTING) or resume.can_write or \

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from bson.timestamp import Timestamp
 
 from pymongosync import oplog_window
+from pymongosync.durations import OperationDurations
 from pymongosync.state import CopyTotals, GlobalState, MigrationState, Phase, ResumeData
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class Counters:
     last_ddl_event_time: Timestamp | None = None
     # Copy workers allowed to copy right now (the copy's adaptive pace; 0 outside the copy).
     copy_workers_active: int = 0
+    # How long the operations on the clusters take (/metrics, ``Operation duration stats``).
+    durations: OperationDurations = field(default_factory=OperationDurations)
 
 
 @dataclass

@@ -153,8 +153,8 @@ class ChangeBuffer:
         start_at = None if token is not None else context.global_state.change_stream_start_time
         last_stored = time.monotonic()
         with read_batches(context.source, self._stop, resume_after=token,
-                          start_at=start_at, shard=self.shard,
-                          poll_interval=POLL_SECONDS) as batches:
+                          start_at=start_at, shard=self.shard, poll_interval=POLL_SECONDS,
+                          durations=context.counters.durations) as batches:
             for batch in batches:
                 received = [event for event in batch.events
                             if event["operationType"] not in CRUD] if self.ddl_only \

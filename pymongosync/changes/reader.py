@@ -23,6 +23,7 @@ from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from pymongosync.cluster_client import ClusterClient
+from pymongosync.durations import OperationDurations, OperationKind
 from pymongosync.errors import ChangeStreamHistoryLost
 from pymongosync.namespaces import NamespaceFilter
 from pymongosync.retry import is_transient, retrying
@@ -67,13 +68,15 @@ def token_time(token: Mapping[str, Any] | None) -> Timestamp | None:
 def read_batches(source: ClusterClient, stop: threading.Event, *,
                  resume_after: Mapping[str, Any] | None, start_at: Timestamp | None,
                  max_await_ms: int = 250, shard: str | None = None,
-                 poll_interval: float = 0.0) -> Iterator[Iterator[EventBatch]]:
+                 poll_interval: float = 0.0,
+                 durations: OperationDurations | None = None) -> Iterator[Iterator[EventBatch]]:
     """Batches of events from the resume point; the reader thread ends with the context.
     ``shard``: one shard's stream of a sharded cluster (one instance per source shard).
     ``poll_interval``: while a batch gathers, how long to wait after reading all the server
     had before asking it again. A server answers a getMore as soon as it has one event, so
     under a trickle of writes each getMore brings one or two: for a reader that can wait
     (the change buffer), waiting lets them gather into fewer round trips.
+    ``durations``: where change application's reads are timed (one per round trip).
 
     An error of the stream (e.g. ChangeStreamHistoryLost) is raised from the iterator, after
     every batch read before it.
@@ -91,7 +94,11 @@ def read_batches(source: ClusterClient, stop: threading.Event, *,
             oldest = 0.0
             while not stop.is_set() and not finished.is_set():
                 # As many as the batch lacks: a server batch is taken in one call, not per event.
-                events = stream.next_events(BATCH_EVENTS - len(buffer))
+                if durations is not None and not stream.buffered:  # a round trip
+                    with durations.timing(OperationKind.CEA_SOURCE_READ):
+                        events = stream.next_events(BATCH_EVENTS - len(buffer))
+                else:
+                    events = stream.next_events(BATCH_EVENTS - len(buffer))
                 if events:
                     if not buffer:
                         oldest = time.monotonic()

@@ -23,6 +23,7 @@ from pymongosync import catalog
 from pymongosync.changes.hot_documents import HotDocuments
 from pymongosync.changes.translate import CrudStep, DdlStep, Operation, Refetch, Step
 from pymongosync.cluster_client import ClusterClient, Delete, RangeRead, Upsert, Write
+from pymongosync.durations import OperationKind
 from pymongosync.errors import UnsupportedSourceChange
 from pymongosync.namespaces import NamespaceFilter
 from pymongosync.progress import Counters
@@ -99,7 +100,7 @@ class ChangeWriter:
             end = kinds.index(Refetch) if Refetch in kinds else len(operations)
             chunk = cast(list[Write], operations[:end])
             try:
-                retrying(lambda: self.destination.write(db, coll, chunk))
+                retrying(lambda: self._timed_write(db, coll, chunk))
                 operations = operations[len(chunk):]
             except BulkWriteError as exc:
                 if not exc.details.get("writeErrors"):
@@ -110,20 +111,34 @@ class ChangeWriter:
                 self.refetch(db, coll, chunk[index].key, collection_uuid)
                 operations = operations[index + 1:]
 
+    def _timed_write(self, db: str, coll: str, writes: list[Write],
+                     operation: OperationKind = OperationKind.CEA_DESTINATION_WRITE) -> None:
+        with self.counters.durations.timing(operation):
+            self.destination.write(db, coll, writes)
+
     def refetch(self, db: str, coll: str, key: Mapping[str, Any],
-                collection_uuid: Any = None) -> None:
+                collection_uuid: Any = None, *, hot: bool = False) -> None:
         """Make the destination document what the source holds now. The source collection is
         found by UUID: renamed since the event, it is read under its new name (read under the
-        old one, the document would look deleted)."""
+        old one, the document would look deleted). ``hot``: a --hotDocIDs document taken at
+        commit (timed as such)."""
         with self._counting:
             self.counters.refetched += 1
         where = retrying(lambda: catalog.locate(self.source, db, coll, collection_uuid))
         if where is None:
             return  # dropped on the source since: its drop event follows and drops it here
-        current = retrying(lambda: self.source.find_by_id(where[0], where[1], key))
+
+        def read() -> RawBSONDocument | None:
+            if not hot:
+                return self.source.find_by_id(where[0], where[1], key)
+            with self.counters.durations.timing(OperationKind.HOT_DOC_REFETCH):
+                return self.source.find_by_id(where[0], where[1], key)
+
+        current = retrying(read)
         write: Write = Delete(key) if current is None else Upsert(key, current)
         self._ensure_collection(db, coll, collection_uuid)
-        retrying(lambda: self.destination.write(db, coll, [write]))
+        kind = OperationKind.HOT_DOC_APPLY if hot else OperationKind.CEA_DESTINATION_WRITE
+        retrying(lambda: self._timed_write(db, coll, [write], kind))
 
     def _ensure_collection(self, db: str, coll: str, collection_uuid: Any) -> None:
         """A write must not create its destination collection implicitly: that collection
@@ -364,7 +379,7 @@ class ChangeWriter:
                 for batch in self.source.read_batches(read):
                     writes: list[Write] = [Upsert({"_id": document["_id"]}, document)
                                            for document in batch]
-                    self.destination.write(db, coll, writes)
+                    self._timed_write(db, coll, writes)
                 return
             except OperationFailure as exc:
                 if collection_uuid is None or exc.code not in catalog.MOVED_WHILE_READING:

@@ -173,7 +173,8 @@ class ChangeApplier:
             start_at = None if info.resume_token is not None else \
                 context.global_state.change_stream_start_time
             with read_batches(context.source, context.stop, resume_after=info.resume_token,
-                              start_at=start_at, shard=context.layout.shard) as batches:
+                              start_at=start_at, shard=context.layout.shard,
+                              durations=context.counters.durations) as batches:
                 for batch in batches:
                     self._handle(batch.events, batch.resume_token, until)
                     if self._reached(until):

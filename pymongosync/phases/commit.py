@@ -22,6 +22,7 @@ from bson.timestamp import Timestamp
 
 from pymongosync import catalog
 from pymongosync.changes.reader import Change, changes_after, summarize_changes
+from pymongosync.durations import OperationKind
 from pymongosync.errors import SourceModifiedDuringCommit, Stopped
 from pymongosync.phases.apply import ChangeApplier, ddl_coordinator
 from pymongosync.phases.context import PhaseContext, PhaseStep
@@ -148,7 +149,8 @@ def take_hot_documents(context: PhaseContext) -> None:
     """Every hot document (of every instance), as the source has it now that every change up
     to the commit time is applied: their own events were skipped (changes/hot_documents.py).
     Safe to repeat."""
-    hot = context.all_hot_documents()
+    with context.counters.durations.timing(OperationKind.HOT_DOC_STATES_READ):
+        hot = context.all_hot_documents()
     if not hot:
         return
     writer = context.change_writer()
@@ -161,7 +163,7 @@ def take_hot_documents(context: PhaseContext) -> None:
             # Dropped or renamed away on the source, and so here: the rename took it first.
             continue
         for document in hot.in_namespace(db, coll):
-            writer.refetch(db, coll, document.key)
+            writer.refetch(db, coll, document.key, hot=True)
             taken += 1
     context.notify(f"took {taken} hot documents (--hotDocIDs) as the source has them")
 

@@ -41,6 +41,7 @@ from typing import Protocol
 
 from pymongo.errors import PyMongoError
 
+from pymongosync.durations import OperationKind
 from pymongosync.errors import CopyWorkerFailed, Stopped, error_from_record
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.phases.copy_worker import (
@@ -472,6 +473,9 @@ class CopyCoordinator:
     def _handle(self, slot: int, event: WorkerEvent) -> None:
         if isinstance(event, BatchCopied):
             self.pacer.observe(event.documents, event.insert_seconds, full=event.full)
+            durations = self.context.counters.durations
+            durations.record(OperationKind.COPY_SOURCE_READ, event.read_seconds)
+            durations.record(OperationKind.COPY_DESTINATION_WRITE, event.insert_seconds)
             if self.on_batch is not None and not self.pool.reports_batches:
                 self.on_batch(event.documents, event.size)
         elif isinstance(event, WorkerStarted):

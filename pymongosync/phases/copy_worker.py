@@ -92,6 +92,7 @@ class BatchCopied:
     size: int
     insert_seconds: float
     full: bool  # as large as a batch may be (by count or by bytes)
+    read_seconds: float = 0.0  # reading it from the source
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,13 @@ class PartitionCopier:
             store.finish_partition(self.partition_id)
             return Outcome.FINISHED
         read = range_read(partition, where, self.namespace.uuid, settings)
-        for batch in self.source.read_batches(read):
+        batches = iter(self.source.read_batches(read))
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            read_seconds = time.perf_counter() - started
             started = time.perf_counter()
             insert_ignoring_duplicates(self.destination, partition.namespace.db,
                                        partition.namespace.coll, batch)
@@ -331,7 +338,8 @@ class PartitionCopier:
                 return Outcome.LOST
             self.signals.emit(BatchCopied(
                 self.partition_id, len(batch), size, seconds,
-                full=len(batch) >= settings.batch_documents or size >= settings.batch_bytes))
+                full=len(batch) >= settings.batch_documents or size >= settings.batch_bytes,
+                read_seconds=read_seconds))
             if self.signals.stopping():
                 raise Stopped()
             if not self.signals.active():

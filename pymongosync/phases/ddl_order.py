@@ -173,8 +173,8 @@ class DdlCoordinator:
         info = resume.ddl_change_stream_resume_info
         token = None if info is None else info.resume_token
         start_at = None if token is not None else context.global_state.change_stream_start_time
-        with read_batches(context.source, self._stop, resume_after=token,
-                          start_at=start_at) as batches:
+        with read_batches(context.source, self._stop, resume_after=token, start_at=start_at,
+                          durations=context.counters.durations) as batches:
             for read in batches:
                 if self._stopped():
                     return

@@ -160,6 +160,12 @@ METADATA_FIELDS = (
 )
 
 
+# lib/logs_metrics.py extract_metrics(): the operations of ``Operation duration stats`` it
+# plots, each read as averageDurationMs, maximumDurationMs and numOperations.
+OPERATION_DURATION_KINDS = ("CollectionCopySourceRead", "CollectionCopyDestinationWrite",
+                            "CEASourceRead", "CEADestinationWrite")
+
+
 @dataclass(frozen=True)
 class LogLine:
     """A log line Insights picks by searching ``message`` (case-insensitive) for
@@ -183,9 +189,7 @@ LOG_LINES = (
     LogLine("Mongosync HiddenFlags", (), "lib/logs_metrics.py"),
     LogLine("Operation duration stats", ("time", "sourcePingLatencyMs",
                                          "destinationPingLatencyMs"),
-            "lib/logs_metrics.py",
-            optional=("CollectionCopySourceRead", "CollectionCopyDestinationWrite",
-                      "CEASourceRead", "CEADestinationWrite")),
+            "lib/logs_metrics.py", optional=OPERATION_DURATION_KINDS),
     # The /progress answers: body is a JSON string; progress.collectionCopy's two figures.
     LogLine("sent response", ("time", "body"), "lib/logs_metrics.py"),
     # The phase chart of a standalone mongosync: these messages, with their times.

@@ -61,10 +61,13 @@ def logged(lines: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
     return [line for line in lines if matcher.search(line.get("message", ""))]
 
 
-def wait_for_line(path: Path, pattern: str, timeout: float = 60.0) -> None:
+def wait_for_line(path: Path, pattern: str, timeout: float = 60.0,
+                  having: str | None = None) -> None:
+    """Until ``path`` has a line matching ``pattern`` (with the key ``having``)."""
     deadline = time.monotonic() + timeout
-    while not (path.exists() and logged(lines_of(path), pattern)):
-        assert time.monotonic() < deadline, f"no {pattern!r} line in {path}"
+    while not (path.exists() and any(having is None or having in line
+                                     for line in logged(lines_of(path), pattern))):
+        assert time.monotonic() < deadline, f"no {pattern!r} line ({having}) in {path}"
         time.sleep(0.2)
 
 
@@ -107,7 +110,9 @@ def test_a_finished_migration_shows_mongodb_tooling_everything_it_reads(
         assert applying["lag"]["crudLagSeconds"] is not None
         check_metrics_endpoint(process.request("GET", "/metrics").text)
         wait_for_line(log_file, "Replication progress")
-        wait_for_line(log_file, "Operation duration stats")
+        # The line's durations cover the time since the line before it: once one has change
+        # application's writes, the copy's (all before them) are in it or in an earlier one.
+        wait_for_line(log_file, "Operation duration stats", having="CEADestinationWrite")
     finally:
         writer.stop()
     assert process.post("commit") == (200, {"success": True})
@@ -227,11 +232,26 @@ def check_log(log_file: Path) -> None:
     sampled = logged(lines, "Creating initial partitions for non-capped collection")
     assert [line["collection"] for line in sampled] == ["blobs"]
     assert logged(lines, "Version info")[0]["os"]
+    stats = logged(lines, "Operation duration stats")
+    for kind in facts.OPERATION_DURATION_KINDS:
+        figures = [line[kind] for line in stats if kind in line]
+        assert figures, f"no Operation duration stats line has {kind}"
+        for figure in figures:
+            assert figure["numOperations"] > 0
+            assert 0 <= figure["averageDurationMs"] <= figure["maximumDurationMs"], figure
 
 
 def check_metrics_endpoint(text: str) -> None:
-    """/metrics has the new /progress figures: per-kind lag, per-namespace copy progress."""
+    """/metrics has the new /progress figures: per-kind lag, per-namespace copy progress;
+    and mongosync's histograms of the copy's and change application's reads and writes."""
     families = {family.name: family for family in text_string_to_metric_families(text)}
+    for name in ("mongosync_collection_copy_source_read_op_duration",
+                 "mongosync_collection_copy_destination_write_op_duration",
+                 "mongosync_cea_source_read_op_duration"):
+        assert families[name].type == "histogram", name
+        counts = {sample.name: sample.value for sample in families[name].samples
+                  if sample.name.endswith("_count")}
+        assert counts[f"{name}_count"] > 0, name
     for name in ("mongosync_crud_lag_time", "mongosync_ddl_lag_time"):
         (sample,) = families[name].samples
         assert sample.value >= 0, name

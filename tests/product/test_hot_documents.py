@@ -12,6 +12,7 @@ from bson.int64 import Int64
 from mongoemu.testing import EmulatorProcess
 from pymongosync.changes.hot_documents import HotDocuments
 from pymongosync.clusters import Cluster
+from pymongosync.durations import OperationKind
 from pymongosync.migration import EngineSettings, Migration
 from pymongosync.request import StartRequest
 from pymongosync.store import METADATA_DATABASE, MetadataStore
@@ -83,9 +84,18 @@ def test_hot_documents_are_skipped_then_taken_from_the_source_at_commit(
         migration.wait_for(lambda p: p["canCommit"], timeout=120)
         migration.commit()
         final = migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+        durations = migration.context.counters.durations
     finally:
         migration.close()
     assert final["state"] == "COMMITTED"
+    # mongosync's hot-document metrics: the stored IDs read once, then the four documents of
+    # app.counters each read from the source and written here (app.moving was renamed away).
+    assert durations.histogram(OperationKind.HOT_DOC_STATES_READ).count == 1
+    assert durations.histogram(OperationKind.HOT_DOC_REFETCH).count == 4
+    assert durations.histogram(OperationKind.HOT_DOC_APPLY).count == 4
+    for kind in (OperationKind.COPY_SOURCE_READ, OperationKind.COPY_DESTINATION_WRITE,
+                 OperationKind.CEA_SOURCE_READ, OperationKind.CEA_DESTINATION_WRITE):
+        assert durations.histogram(kind).count > 0, kind
     state = cluster1.client[METADATA_DATABASE].verifierState.find_one()
     assert state["verdict"] == "equal"  # the embedded verifier compared them at commit
     assert destination_document(cluster1, "counters", 1)["n"] == 40

@@ -350,6 +350,10 @@ def test_a_hot_document_whose_shard_key_changes_is_taken_from_the_source_at_comm
         # 30 updates, and the move to the other shard (a delete and an insert, or a replace)
         assert metrics.get("mongosync_cea_total_hot_doc_crud_events_skipped", 0) >= 31, metrics
         _commit(process)
+        metrics = gauges(process.request("GET", "/metrics").text)
+        # At commit: the stored IDs read, then the one hot document read and written.
+        for name in ("states_read", "refetch", "apply"):
+            assert metrics[f"mongosync_hot_doc_{name}_op_duration_count"] == 1, metrics
         with pymongo.MongoClient(source.uri) as left, pymongo.MongoClient(destination.uri) as right:
             comparison = compare_clusters(left, right)
             assert comparison.equal, comparison.summary()
