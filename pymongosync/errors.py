@@ -6,7 +6,8 @@
   with a stable ``name`` that the API envelope, ``/progress``, the logs and the metadata show;
 - :class:`InvalidInput`: a value an operator gave that pymongosync refuses before doing
   anything (a connection string, a ``/start`` body);
-- :class:`ResetError`: ``mongosync reset`` refused or failed;
+- :class:`ResetError`: ``mongosync reset`` refused or failed, and :class:`RepairError`:
+  ``mongosync repair`` did;
 - :class:`Stopped`: not a failure — a phase left early because the process is pausing or
   stopping; everything it did is saved.
 """
@@ -191,6 +192,10 @@ class InvalidStartRequest(InvalidInput):
 
 class ResetError(PymongosyncError):
     """Reset refused or failed; the message says what was (not) changed and what to do."""
+
+
+class RepairError(PymongosyncError):
+    """Repair refused or failed; the message says what was (not) changed and what to do."""
 
 
 class Stopped(PymongosyncError):

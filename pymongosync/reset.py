@@ -26,7 +26,7 @@ from typing import Literal
 from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 from pymongosync.clusters import Cluster, redact
-from pymongosync.errors import ResetError
+from pymongosync.errors import PymongosyncError, ResetError
 from pymongosync.lease import LEASE_SECONDS, Lease
 from pymongosync.leftovers import blocked_word, write_blocked
 from pymongosync.namespaces import SYSTEM_DATABASES
@@ -162,7 +162,7 @@ def plan_reset(cluster0: Cluster, cluster1: Cluster, *, all_user_databases: bool
         raise ResetError(f"--cluster0 and --cluster1 are the same cluster "
                          f"({', '.join(cluster0.hosts)}); give the source and the destination")
     states = {label: _inspect(cluster) for label, cluster in clusters.items()}
-    _refuse_if_live(clusters, states)
+    refuse_if_live(clusters, {label: state.record for label, state in states.items()})
     destination_label, record = _find_destination(states, destination)
     source_label = "cluster1" if destination_label == "cluster0" else "cluster0"
     plan = ResetPlan(states=states, destination=destination_label, source=source_label,
@@ -179,7 +179,7 @@ def plan_reset(cluster0: Cluster, cluster1: Cluster, *, all_user_databases: bool
 
 
 def _inspect(cluster: Cluster) -> ClusterState:
-    with _talking_to(cluster):
+    with talking_to(cluster):
         return ClusterState(cluster=cluster, sharded=cluster.is_sharded,
                             databases=sorted(cluster.client.list_database_names()),
                             write_blocked=write_blocked(cluster),
@@ -188,48 +188,51 @@ def _inspect(cluster: Cluster) -> ClusterState:
 
 
 @contextmanager
-def _talking_to(cluster: Cluster, outcome: str = "Nothing was changed") -> Iterator[None]:
-    """Turn driver errors into one clear sentence naming the cluster (never a password),
-    ending with ``outcome``: what the reset had changed by then."""
+def talking_to(cluster: Cluster, outcome: str = "Nothing was changed",
+               error: type[PymongosyncError] = ResetError) -> Iterator[None]:
+    """Turn driver errors into one clear ``error`` naming the cluster (never a password),
+    ending with ``outcome``: what the command had changed by then."""
     where = f"{cluster.label} ({', '.join(cluster.hosts)})"
     try:
         yield
     except ServerSelectionTimeoutError as exc:
         # The driver's text ends in timeouts and a topology dump; the first cause is enough.
         cause = re.split(r" \(configured timeouts|, Timeout:", redact(str(exc)))[0]
-        raise ResetError(f"cannot reach {where}: no server answered within "
+        raise error(f"cannot reach {where}: no server answered within "
                          f"{CONNECT_TIMEOUT_MS / 1000:g} s ({cause}); check the host, the port "
                          f"and that the cluster is up. {outcome}") from None
     except OperationFailure as exc:
         if exc.code == AUTH_FAILED:
-            raise ResetError(f"{where} refused the credentials of the connection string "
+            raise error(f"{where} refused the credentials of the connection string "
                              f"(authentication failed); check the user name, password and "
                              f"authSource. {outcome}") from None
-        raise ResetError(f"{where} refused a command: {redact(str(exc))}. {outcome}") from None
+        raise error(f"{where} refused a command: {redact(str(exc))}. {outcome}") from None
     except PyMongoError as exc:
-        raise ResetError(f"{where}: {redact(str(exc))}. {outcome}") from None
+        raise error(f"{where}: {redact(str(exc))}. {outcome}") from None
 
 
 def _migration_id(record: StoredMigration | None) -> str | None:
     return None if record is None else record.global_state.migration_id
 
 
-def _refuse_if_live(clusters: dict[str, Cluster], states: dict[str, ClusterState]) -> None:
+def refuse_if_live(clusters: dict[str, Cluster], stored: dict[str, StoredMigration | None],
+                   command: str = "reset",
+                   error: type[PymongosyncError] = ResetError) -> None:
     """Refuse while a process owns a stored migration: its lease is live by the server's clock
     (and, for a process on this host, its PID still exists)."""
-    for label, state in states.items():
-        if state.record is None:
+    for label, record in stored.items():
+        if record is None:
             continue
-        with _talking_to(clusters[label]):
+        with talking_to(clusters[label], error=error):
             holder = Lease(clusters[label].metadata_store()).holder()
         if holder is not None and holder.live:
-            raise ResetError(
+            raise error(
                 f"a mongosync process ({holder.describe()}) is still working on the migration "
                 f"stored on {label}: it holds the migration's lease. Stop it first: press "
                 f"Ctrl-C where it runs (or POST /api/v1/pause, e.g. `curl -X POST "
                 f"localhost:27182/api/v1/pause -d '{{}}'`, then stop the process); if it was "
                 f"killed on another host, wait {LEASE_SECONDS:.0f} seconds for its lease to "
-                f"expire. Then run reset again. Nothing was changed")
+                f"expire. Then run {command} again. Nothing was changed")
 
 
 def _find_destination(states: dict[str, ClusterState], named: str | None
@@ -362,7 +365,7 @@ def _plan_user_drops(plan: ResetPlan, all_user_databases: bool) -> None:
 def _plan_created_drops(plan: ResetPlan, user: list[str]) -> None:
     destination = plan.states[plan.destination]
     store = destination.cluster.metadata_store()
-    with _talking_to(destination.cluster):
+    with talking_to(destination.cluster):
         created_databases = set(store.created_databases())
         created_collections = set(store.created_namespaces())
         unconfirmed = store.unconfirmed_namespaces()
@@ -383,7 +386,7 @@ def _plan_created_drops(plan: ResetPlan, user: list[str]) -> None:
         if not ours and not created_here:
             not_created.append(name)
             continue
-        with _talking_to(destination.cluster):
+        with talking_to(destination.cluster):
             collections = [c for c in destination.cluster.client[name].list_collection_names()
                            if not c.startswith("system.")]
         foreign = [c for c in collections if f"{name}.{c}" not in created_collections]
@@ -467,9 +470,9 @@ def apply_reset(plan: ResetPlan) -> ResetReport:
     clusters = {label: state.cluster for label, state in plan.states.items()}
     records: dict[str, StoredMigration | None] = {}
     for label, cluster in clusters.items():
-        with _talking_to(cluster):
+        with talking_to(cluster):
             records[label] = cluster.metadata_store().load()
-    _refuse_if_live(clusters, plan.states)
+    refuse_if_live(clusters, records)
     now_ids = {label: _migration_id(record) for label, record in records.items()}
     if now_ids != plan.record_ids:
         raise ResetError("the migration metadata changed since the plan was made (a mongosync "
@@ -479,7 +482,7 @@ def apply_reset(plan: ResetPlan) -> ResetReport:
     # was interrupted, must refuse this migration rather than resume a half-dropped one.
     for label, record in records.items():
         if record is not None and plan.actions:
-            with _talking_to(clusters[label]):
+            with talking_to(clusters[label]):
                 clusters[label].metadata_store().mark_reset_started()
     done: list[str] = []
     for action in plan.actions:
@@ -492,7 +495,7 @@ def apply_reset(plan: ResetPlan) -> ResetReport:
                              f"that: {so_far}. Reset is safe to run again") from None
         done.append(action.describe())
     destination = clusters[plan.destination]
-    with _talking_to(destination, outcome="Every step of the plan was done"):
+    with talking_to(destination, outcome="Every step of the plan was done"):
         remaining = sorted(destination.client.list_database_names())
     return ResetReport(done=done, remaining=remaining, destination=plan.destination)
 

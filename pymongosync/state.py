@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from bson.timestamp import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
@@ -569,6 +569,10 @@ class MismatchKind(StrEnum):
     COLLECTION = "collection"  # a whole collection missing or extra
 
 
+# Differences of documents, not of metadata: what ``mongosync repair`` can take from the source.
+DOCUMENT_KINDS = frozenset({MismatchKind.MISSING, MismatchKind.EXTRA, MismatchKind.DIFFERENT})
+
+
 class VerifierState(Record):
     """The verifier of one migration: where it stands, what it has seen."""
 
@@ -628,4 +632,14 @@ class Mismatch(Record):
     kind: MismatchKind
     document_id: CopiedId | None = None
     detail: str = ""
+    at: datetime.datetime | None = None
+
+
+class Repair(Record):
+    """A document ``mongosync repair`` took from the source after the verifier found it
+    different (stored under the document's recheck key: repairing it again rewrites it)."""
+
+    key: RecheckKey = Field(alias="_id")
+    kind: MismatchKind  # what the verifier had found
+    action: Literal["replaced", "deleted"]  # what the destination's document became
     at: datetime.datetime | None = None

@@ -1,8 +1,11 @@
-"""The two clusters of a command-line tool (``check``, ``reset``, ``verify``): --cluster0 and
---cluster1 or the same keys in mongosync's YAML configuration file, read and checked by the
-process's own option table, and connected with a short timeout."""
+"""The two clusters of a command-line tool (``check``, ``reset``, ``repair``, ``verify``):
+--cluster0 and --cluster1 or the same keys in mongosync's YAML configuration file, read and
+checked by the process's own option table, and connected with a short timeout; and the
+confirmation a command that changes them asks for."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -41,3 +44,18 @@ def connect(uris: dict[str, str]) -> dict[str, Cluster]:
             cluster.close()
         raise click.UsageError(f"--{label}: {exc}") from None
     return clusters
+
+
+def confirm_plan(yes: bool) -> None:
+    """Go on with a plan just shown: ``--yes``, or an operator at a terminal who says so;
+    refused otherwise (a script without --yes changes nothing)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.ClickException(
+            "not applying the plan: standard input is not a terminal, so there is no one to "
+            "confirm it. Review the plan above and run again with --yes to apply it. Nothing "
+            "was changed")
+    if not click.confirm("Apply this plan?", default=False):
+        raise click.ClickException("not confirmed. Nothing was changed")
+

@@ -18,6 +18,7 @@ from pymongosync.clusters import check_connection_string
 from pymongosync.process import VERSION, MongosyncProcess, Options
 from pymongosync.cli.check import check_command
 from pymongosync.cli.options import BY_NAME, SETTINGS, Setting, convert, read_config
+from pymongosync.cli.repair import repair_command
 from pymongosync.cli.reset import reset_command
 from pymongosync.cli.status import status_command
 from pymongosync.cli.verify import verify_command
@@ -115,4 +116,5 @@ def main(ctx: click.Context, /, **values: Any) -> None:
 main.add_command(check_command, "check")
 main.add_command(status_command, "status")
 main.add_command(reset_command, "reset")
+main.add_command(repair_command, "repair")
 main.add_command(verify_command, "verify")

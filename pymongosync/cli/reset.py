@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from pymongosync.errors import ResetError
 from pymongosync.leftovers import LABELS
-from pymongosync.cli.clusters import cluster_uris, connect
+from pymongosync.cli.clusters import cluster_uris, confirm_plan, connect
 from pymongosync.reset import apply_reset, plan_reset
-
-
-def _stdin_is_interactive() -> bool:
-    return sys.stdin.isatty()
 
 
 @click.command("reset", help="""Remove what a failed or abandoned migration left, so a new one
@@ -60,14 +54,7 @@ def reset_command(cluster0: str | None, cluster1: str | None, config: str | None
             click.echo(f"Dry run: nothing was changed. Databases on {plan.destination}: "
                        f"{databases}")
             return
-        if not yes:
-            if not _stdin_is_interactive():
-                raise click.ClickException(
-                    "not applying the plan: standard input is not a terminal, so there is no "
-                    "one to confirm it. Review the plan above and run again with --yes to "
-                    "apply it. Nothing was changed")
-            if not click.confirm("Apply this plan?", default=False):
-                raise click.ClickException("not confirmed. Nothing was changed")
+        confirm_plan(yes)
         report = apply_reset(plan)
         click.echo(report.describe())
         click.echo("Start mongosync again and call /api/v1/start for a new migration.")

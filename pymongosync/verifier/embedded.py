@@ -59,6 +59,7 @@ from pymongosync.phases.copy import PARALLELISM_BY_LOAD_LEVEL
 from pymongosync.phases.context import PhaseContext
 from pymongosync.retry import is_transient
 from pymongosync.state import (
+    DOCUMENT_KINDS,
     IndexRef,
     Mismatch,
     NamespaceRecord,
@@ -121,6 +122,8 @@ class EmbeddedVerifier:
         self.pending_rechecks = 0
         self.mismatch_count = 0
         self.first_mismatches: list[Mismatch] = []
+        # Documents `mongosync repair` took from the source after an earlier final verification.
+        self.repaired = store.repair_count()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -385,6 +388,7 @@ class EmbeddedVerifier:
                     "rehashedDocuments": self.state.rehashed_documents,
                     "mismatches": self.mismatch_count,
                     "firstMismatches": [describe(m) for m in self.first_mismatches],
+                    "repairedDocuments": self.repaired,
                     "verdict": self.state.verdict}
 
     def committable(self, latest_source: Timestamp | None, limit: int) -> bool:
@@ -591,9 +595,16 @@ class EmbeddedVerifier:
             self.store.save_state(self.state, "phase", "verdict")
             shown = "; ".join(describe(mismatch) for mismatch in
                               self.first_mismatches[:SHOWN_MISMATCHES])
+            # Documents only (with the source write-blocked at commit): they can be taken from
+            # the source instead of migrating again.
+            repairable = not final and all(mismatch.kind in DOCUMENT_KINDS
+                                           for mismatch in mismatches)
+            remedy = (" To take these documents from the source and finish the commit: stop "
+                      "mongosync, run `mongosync repair --cluster0 <URI> --cluster1 <URI>`, "
+                      "then start mongosync again with the same flags" if repairable else "")
             raise VerificationFailed(
                 f"{MISMATCHES_TEXT}: {self.mismatch_count} found, the first: {shown}. The full "
-                f"list: `mongosync verify --cluster0 <URI> --cluster1 <URI> --report`")
+                f"list: `mongosync verify --cluster0 <URI> --cluster1 <URI> --report`.{remedy}")
         if final:
             self.state.phase, self.state.verdict = VerificationPhase.PASSED, "equal"
             self.store.save_state(self.state, "phase", "verdict")

@@ -22,6 +22,7 @@ from pymongosync.state import (
     Mismatch,
     Recheck,
     RecheckKey,
+    Repair,
     TaskStatus,
     VerificationTask,
     VerifierState,
@@ -66,6 +67,7 @@ class VerifierStore(TaskStore, Protocol):
     def postpone_recheck(self, key: RecheckKey, due: Timestamp) -> None: ...
     def recheck_count(self) -> int: ...
     def oldest_due(self) -> Timestamp | None: ...
+    def repair_count(self) -> int: ...
 
 
 def summarize(tasks: Iterable[VerificationTask]) -> TaskSummary:
@@ -92,11 +94,13 @@ class MetadataVerifierStore:
         self.tasks: Collection[Any] = db["verifierTasks"]
         self.rechecks: Collection[Any] = db["verifierRechecks"]
         self.mismatch_records: Collection[Any] = db["verifierMismatches"]
+        self.repairs: Collection[Any] = db["verifierRepairs"]
 
     # Every method is one idempotent read or write, retried on transient errors.
     def clear(self) -> None:
         """Forget an earlier verification (of the other direction of a reversed migration)."""
-        for collection in (self.states, self.tasks, self.rechecks, self.mismatch_records):
+        for collection in (self.states, self.tasks, self.rechecks, self.mismatch_records,
+                           self.repairs):
             retrying(collection.drop)
 
     def load_state(self) -> VerifierState | None:
@@ -209,3 +213,20 @@ class MetadataVerifierStore:
 
     def mismatch_count(self) -> int:
         return int(retrying(lambda: self.mismatch_records.count_documents({})))
+
+    def clear_mismatches(self) -> None:
+        """Forget the report once every document in it is repaired (``mongosync repair``)."""
+        retrying(lambda: self.mismatch_records.delete_many({}))
+
+    # -- repairs ---------------------------------------------------------------------------------
+    def add_repairs(self, repairs: list[Repair]) -> None:
+        writes = [UpdateOne({"_id": repair.key.to_document()},
+                            {"$set": {k: v for k, v in repair.to_document().items()
+                                      if k != "_id"}}, upsert=True)
+                  for repair in repairs]
+        if writes:
+            retrying(lambda: self.repairs.bulk_write(writes, ordered=False))
+
+    def repair_count(self) -> int:
+        return int(retrying(lambda: self.repairs.count_documents({})))
+

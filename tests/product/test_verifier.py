@@ -44,9 +44,11 @@ def seed(emulator: EmulatorProcess, collections: int = 3, documents: int = 400) 
 
 def run_until_commit_fails(cluster0: Cluster, cluster1: Cluster,
                            tamper: Callable[[pymongo.MongoClient[Any]], None],
-                           when: str) -> VerificationFailed:
+                           when: str, while_failed: Callable[[], None] | None = None
+                           ) -> VerificationFailed:
     """A migration whose destination is changed at ``when`` ("copy" or "stream hashing");
-    commit must fail with the verifier's error."""
+    commit must fail with the verifier's error. ``while_failed`` runs before the failed
+    migration is closed."""
     migration = Migration.open(cluster0, cluster1, load_level=1)
     migration.start(StartRequest.from_document(START))
     try:
@@ -64,6 +66,8 @@ def run_until_commit_fails(cluster0: Cluster, cluster1: Cluster,
         progress = migration.progress()
         assert progress["canWrite"] is False and progress["error"]["name"] == \
             "VerificationFailed"
+        if while_failed is not None:
+            while_failed()
         return failed.value
     finally:
         migration.close()
