@@ -30,7 +30,8 @@ commits only if the clusters are then equal. Nothing else is trusted to the repa
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +47,14 @@ from pymongosync.reset import refuse_if_live, talking_to
 from pymongosync.state import (
     DOCUMENT_KINDS,
     Mismatch,
+    MismatchKind,
     Recheck,
     RecheckKey,
     Repair,
     VerificationPhase,
 )
 from pymongosync.store import StoredMigration, now
+from pymongosync.verifier.store import MetadataVerifierStore
 
 BATCH = 500  # documents read from the source at a time
 SHOWN = 10  # documents the plan names
@@ -64,7 +67,8 @@ class RepairPlan:
     source: Cluster
     destination: Cluster
     record: StoredMigration
-    mismatches: list[Mismatch]
+    tally: dict[tuple[str, str], int]  # (namespace, kind) → documents, from the report
+    first: list[Mismatch]  # the report's first documents, to show
     source_write_blocked: bool | None
     notes: list[str] = field(default_factory=list)
 
@@ -74,12 +78,13 @@ class RepairPlan:
         assert commit_time is not None  # checked by plan_repair
         return commit_time
 
-    def by_namespace(self) -> dict[str, list[Any]]:
-        ids: dict[str, list[Any]] = defaultdict(list)
-        for mismatch in self.mismatches:
-            assert mismatch.document_id is not None  # document kinds carry one
-            ids[mismatch.namespace].append(mismatch.document_id.id)
-        return dict(ids)
+    @property
+    def documents(self) -> int:
+        return sum(self.tally.values())
+
+    @property
+    def namespaces(self) -> list[str]:
+        return sorted({namespace for namespace, _ in self.tally})
 
     def describe(self) -> str:
         stored = self.record.global_state
@@ -87,22 +92,21 @@ class RepairPlan:
                  f"{stored.destination_label}, failed during commit: "
                  f"{stored.error.name if stored.error else 'no error'}",
                  f"Source {self.source.label}: writes {blocked_word(self.source_write_blocked)}"]
-        if not self.mismatches:
+        if not self.tally:
             lines.append("The verifier's report is empty (an earlier repair took every document "
                          "in it).")
         else:
-            kinds = Counter((mismatch.namespace, mismatch.kind.value)
-                            for mismatch in self.mismatches)
-            lines.append(f"The verifier found {len(self.mismatches)} document(s) that differ:")
-            for namespace in sorted({namespace for namespace, _ in kinds}):
-                counts = ", ".join(f"{kinds[(namespace, kind)]} {kind}"
-                                   for kind in sorted(k for ns, k in kinds if ns == namespace))
+            lines.append(f"The verifier found {self.documents} document(s) that differ:")
+            for namespace in self.namespaces:
+                counts = ", ".join(f"{self.tally[(namespace, kind)]} {kind}" for kind in
+                                   sorted(k for ns, k in self.tally if ns == namespace))
                 lines.append(f"  {namespace}: {counts}")
-            for mismatch in self.mismatches[:SHOWN]:
+            for mismatch in self.first:
                 assert mismatch.document_id is not None
-                lines.append(f"    _id {mismatch.document_id.id!r}: {mismatch.kind.value}")
-            if len(self.mismatches) > SHOWN:
-                lines.append(f"    ... and {len(self.mismatches) - SHOWN} more")
+                lines.append(f"    {mismatch.namespace} _id {mismatch.document_id.id!r}: "
+                             f"{mismatch.kind.value}")
+            if self.documents > len(self.first):
+                lines.append(f"    ... and {self.documents - len(self.first)} more")
         lines += [
             "Plan:",
             f"  1. take each of these documents from {self.source.label} as it is now (as of "
@@ -161,10 +165,12 @@ def plan_repair(cluster0: Cluster, cluster1: Cluster) -> RepairPlan:
     source, destination = clusters[stored.source_label], clusters[label]
     _check_failed_verification(record, destination)
     with talking_to(destination, error=RepairError):
-        mismatches = destination.verifier_store().mismatches()
-    _check_documents_only(mismatches)
-    plan = RepairPlan(source=source, destination=destination, record=record,
-                      mismatches=mismatches, source_write_blocked=write_blocked(source))
+        store = destination.verifier_store()
+        tally = store.mismatch_tally()
+        _check_documents_only(tally, store)
+        first = store.mismatches(SHOWN)
+    plan = RepairPlan(source=source, destination=destination, record=record, tally=tally,
+                      first=first, source_write_blocked=write_blocked(source))
     _check_collections(plan)
     if plan.source_write_blocked is not True:
         plan.notes.append(
@@ -204,15 +210,16 @@ def _check_failed_verification(record: StoredMigration, destination: Cluster) ->
             f"Nothing was changed")
 
 
-def _check_documents_only(mismatches: list[Mismatch]) -> None:
-    others = [mismatch for mismatch in mismatches if mismatch.kind not in DOCUMENT_KINDS
-              or mismatch.document_id is None]
+def _check_documents_only(tally: dict[tuple[str, str], int],
+                          store: MetadataVerifierStore) -> None:
+    others = sum(count for (_, kind), count in tally.items() if kind not in DOCUMENT_KINDS)
     if others:
         shown = "; ".join(f"{mismatch.namespace}: {mismatch.kind.value}"
                           f"{f' ({mismatch.detail})' if mismatch.detail else ''}"
-                          for mismatch in others[:SHOWN])
+                          for mismatch in store.mismatches()
+                          if mismatch.kind not in DOCUMENT_KINDS)  # few: metadata, not data
         raise RepairError(
-            f"the verifier found {len(others)} difference(s) in metadata, which repair does not "
+            f"the verifier found {others} difference(s) in metadata, which repair does not "
             f"change (it takes documents only): {shown}. Run `mongosync reset` and migrate "
             f"again. Nothing was changed")
 
@@ -220,7 +227,7 @@ def _check_documents_only(mismatches: list[Mismatch]) -> None:
 def _check_collections(plan: RepairPlan) -> None:
     """Each reported document's collection exists on both clusters: a write into a missing
     one would create it without the source's options and indexes."""
-    for namespace in sorted(plan.by_namespace()):
+    for namespace in plan.namespaces:
         db, coll = namespace.split(".", 1)
         for cluster in (plan.source, plan.destination):
             with talking_to(cluster, error=RepairError):
@@ -245,15 +252,16 @@ def apply_repair(plan: RepairPlan) -> RepairReport:
                           "process started?); run repair again to see the new plan. Nothing was "
                           "changed")
     report = RepairReport(replaced=0, deleted=0)
-    done = 0
+    store = plan.destination.verifier_store()
     try:
-        for namespace, ids in sorted(plan.by_namespace().items()):
-            for start in range(0, len(ids), BATCH):
-                replaced, deleted = _repair_batch(plan, namespace, ids[start:start + BATCH])
+        for batch in store.mismatch_batches(BATCH):
+            by_namespace: dict[str, list[Mismatch]] = defaultdict(list)
+            for mismatch in batch:
+                by_namespace[mismatch.namespace].append(mismatch)
+            for namespace, mismatches in by_namespace.items():
+                replaced, deleted = _repair_batch(plan, namespace, mismatches)
                 report.replaced += replaced
                 report.deleted += deleted
-                done += replaced + deleted
-        store = plan.destination.verifier_store()
         store.clear_mismatches()
         state = store.load_state()
         if state is not None:
@@ -261,29 +269,36 @@ def apply_repair(plan: RepairPlan) -> RepairReport:
             store.save_state(state, "phase", "verdict")
         plan.destination.metadata_store().clear_error()
     except PyMongoError as exc:
-        raise RepairError(f"repair failed: {redact(str(exc))}. {done} document(s) were repaired "
-                          f"before that; repair is safe to run again") from None
+        raise RepairError(f"repair failed: {redact(str(exc))}. "
+                          f"{report.replaced + report.deleted} document(s) were repaired before "
+                          f"that; repair is safe to run again") from None
     return report
 
 
-def _repair_batch(plan: RepairPlan, namespace: str, ids: list[Any]) -> tuple[int, int]:
+def _repair_batch(plan: RepairPlan, namespace: str,
+                  mismatches: list[Mismatch]) -> tuple[int, int]:
     """One batch of a namespace's reported documents: written, queued, recorded."""
     db, coll = namespace.split(".", 1)
+    kinds: dict[Hashable, MismatchKind] = {}
+    ids: list[Any] = []
+    for mismatch in mismatches:
+        assert mismatch.document_id is not None  # document kinds carry one (checked)
+        value = id_key(mismatch.document_id.id)
+        if value not in kinds:  # reported twice (a final verification run again): once
+            kinds[value] = mismatch.kind
+            ids.append(mismatch.document_id.id)
     current = {id_key(document["_id"]): document
                for document in plan.source.find_by_ids(db, coll, ids)}
-    kinds = {id_key(mismatch.document_id.id): mismatch.kind for mismatch in plan.mismatches
-             if mismatch.namespace == namespace and mismatch.document_id is not None}
     writes: list[Write] = []
     repairs: list[Repair] = []
     at = now()
     for document_id in ids:
-        key = {"_id": document_id}
         # Deleted first: a replacement keeps the destination's _id, which may be equal by
         # value but not by type (1.0 for 1); the source's document then goes in as it is.
-        writes.append(Delete(key))
+        writes.append(Delete({"_id": document_id}))
         document = current.get(id_key(document_id))
         if document is not None:
-            writes.append(Upsert(key, document))
+            writes.append(Upsert({"_id": document_id}, document))
         repairs.append(Repair(key=RecheckKey(ns=namespace, id=document_id),
                               kind=kinds[id_key(document_id)],
                               action="deleted" if document is None else "replaced", at=at))

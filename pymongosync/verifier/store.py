@@ -8,7 +8,7 @@ how much changes, not how much there is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -213,6 +213,35 @@ class MetadataVerifierStore:
 
     def mismatch_count(self) -> int:
         return int(retrying(lambda: self.mismatch_records.count_documents({})))
+
+    def mismatch_tally(self) -> dict[tuple[str, str], int]:
+        """How many mismatches of each kind in each namespace: ``{(namespace, kind): n}``,
+        each one counted once however often it was reported (a document by its ``_id``
+        value, as the server groups them)."""
+        groups = retrying(lambda: list(self.mismatch_records.aggregate([
+            # Metadata differences have no document: their details tell them apart.
+            {"$group": {"_id": {"namespace": "$namespace", "kind": "$kind",
+                                "document": "$documentId",
+                                "detail": {"$cond": [{"$eq": ["$documentId", None]},
+                                                     "$detail", None]}}}},
+            {"$group": {"_id": {"namespace": "$_id.namespace", "kind": "$_id.kind"},
+                        "count": {"$sum": 1}}}])))
+        return {(group["_id"]["namespace"], group["_id"]["kind"]): int(group["count"])
+                for group in groups}
+
+    def mismatch_batches(self, size: int) -> Iterator[list[Mismatch]]:
+        """Every mismatch, ``size`` at a time, by namespace (one cursor: memory follows the
+        batch, not the report)."""
+        cursor = self.mismatch_records.find({}, {"_id": 0}).sort(
+            [("namespace", ASCENDING), ("_id", ASCENDING)]).batch_size(size)
+        batch: list[Mismatch] = []
+        for document in cursor:
+            batch.append(Mismatch.from_document(document))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def clear_mismatches(self) -> None:
         """Forget the report once every document in it is repaired (``mongosync repair``)."""

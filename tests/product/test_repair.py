@@ -114,6 +114,9 @@ def test_the_command_shows_the_plan_and_asks_before_changing_anything(
     seed(source)
     run_until_commit_fails(cluster0, cluster1,
                            lambda client: client.app.c2.delete_one({"_id": 7}), "copy")
+    metadata = cluster1.client[METADATA_DATABASE]
+    (reported,) = metadata.verifierMismatches.find({}, {"_id": 0})
+    metadata.verifierMismatches.insert_one(reported)  # reported again (a verification rerun)
     arguments = ["repair", "--cluster0", cluster0.uri, "--cluster1", cluster1.uri]
     runner = CliRunner()
     dry = runner.invoke(main, [*arguments, "--dry-run"])
@@ -121,8 +124,7 @@ def test_the_command_shows_the_plan_and_asks_before_changing_anything(
     assert "app.c2: 1 missing" in dry.output and "Dry run: nothing was changed" in dry.output
     unasked = runner.invoke(main, arguments)  # no terminal to confirm it
     assert unasked.exit_code == 1 and "run again with --yes" in unasked.output
-    metadata = cluster1.client[METADATA_DATABASE]
-    assert metadata.verifierMismatches.count_documents({}) == 1
+    assert metadata.verifierMismatches.count_documents({}) == 2
     done = runner.invoke(main, [*arguments, "--yes"])
     assert done.exit_code == 0, done.output
     assert "Repaired 1 document(s): 1 replaced" in done.output
