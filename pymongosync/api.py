@@ -373,6 +373,9 @@ class MigrationCollector:
              checks.get("recheckedDocuments")),
             ("mongosync_verifier_mismatches_count", "Mismatches the verifier found",
              checks.get("mismatches")),
+            ("mongosync_verifier_repaired_docs_count",
+             "Documents `mongosync repair` took from the source after a failed verification",
+             checks.get("repairedDocuments")),
         ]
         lag_parts = progress.get("lag") or {}
         figures += [

@@ -8,8 +8,11 @@ from typing import Any
 import pymongo
 import pytest
 from click.testing import CliRunner
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mongoemu.testing import EmulatorProcess
+from pymongosync.api import Service
 from pymongosync.cli.main import main
 from pymongosync.clusters import Cluster
 from pymongosync.errors import RepairError, VerificationFailed
@@ -66,8 +69,13 @@ def test_documents_the_verifier_found_different_are_repaired_and_the_commit_fini
     again = Migration.open(cluster0, cluster1, load_level=1)  # the same flags: it goes on
     try:
         final = again.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+        service = Service("coordinator")
+        service.migration = again
+        metrics = {sample.name: sample.value for family in text_string_to_metric_families(
+            generate_latest(service.registry).decode()) for sample in family.samples}
     finally:
         again.close()
+    assert metrics["mongosync_verifier_repaired_docs_count"] == 5
     assert final["canWrite"] is True
     assert final["verificationDetails"]["repairedDocuments"] == 5
     assert final["verificationDetails"]["mismatches"] == 0
