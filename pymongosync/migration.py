@@ -48,12 +48,13 @@ from pymongosync.instances import (
 from pymongosync.leftovers import reset_command_line
 from pymongosync.namespaces import SYSTEM_DATABASES
 from pymongosync.phases.context import ConnectionStrings, PhaseContext
-from pymongosync.phases.indexes import IndexFigures, builds_after_copy
+from pymongosync.phases.indexes import builds_after_copy
 from pymongosync.phases.runner import run_phases
 from pymongosync.preflight import check_before_start
 from pymongosync.progress import (
     CAN_COMMIT_LAG_SECONDS,
     ClusterContact,
+    IndexFigures,
     ProgressView,
     StandbyInfo,
     empty_progress,

@@ -11,18 +11,20 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bson.timestamp import Timestamp
 
 from pymongosync import oplog_window
 from pymongosync.durations import OperationDurations
-from pymongosync.state import CopyTotals, GlobalState, MigrationState, Phase, ResumeData
-
-if TYPE_CHECKING:
-    from pymongosync.changes.buffer import BufferFigures
-    from pymongosync.phases.indexes import IndexFigures
-    from pymongosync.verifier.embedded import SideStatus
+from pymongosync.state import (
+    CopyTotals,
+    GlobalState,
+    MigrationState,
+    Phase,
+    ResumeData,
+    VerificationPhase,
+)
 
 CAN_COMMIT_LAG_SECONDS = 30
 UNANSWERED_WARNING_SECONDS = 10
@@ -39,6 +41,57 @@ def empty_progress(state: str) -> dict[str, Any]:
             "lagTimeSeconds": None, "lag": None, "totalEventsApplied": None,
             "collectionCopy": None, "directionMapping": None, "mongosyncID": None,
             "coordinatorID": None}
+
+
+# -- what the migration's helpers show of themselves ------------------------------------------
+@dataclass
+class BufferFigures:
+    """What /progress and /metrics show of the buffer."""
+
+    events: int = 0
+    size: int = 0
+    limit: int = 0  # bytes (the buffer's limit, set by the buffer)
+    stored_up_to: Timestamp | None = None
+    receiving: bool = False
+
+
+@dataclass
+class IndexFigures:
+    """``indexBuilding`` of /progress."""
+
+    indexes_built: int = 0
+    indexes_total: int = 0
+    collections_finished: int = 0
+    collections_total: int = 0
+    done: bool = False
+
+    def document(self) -> dict[str, int]:
+        return {"indexesBuilt": self.indexes_built, "totalIndexesToBuild": self.indexes_total,
+                "collectionsFinished": self.collections_finished,
+                "collectionsTotal": self.collections_total}
+
+
+@dataclass
+class SideStatus:
+    """``verification.source`` or ``verification.destination`` of /progress."""
+
+    estimated_documents: int
+    hashed_documents: int
+    lag_seconds: int | None
+    collections: int
+    collections_scanned: int
+    phase: VerificationPhase
+
+    def document(self) -> dict[str, Any]:
+        phase = self.phase
+        if phase in (VerificationPhase.PASSED, VerificationPhase.FAILED):
+            phase = VerificationPhase.STREAM_HASHING  # mongosync has no phase past this one
+        return {"estimatedDocumentCount": self.estimated_documents,
+                "hashedDocumentCount": self.hashed_documents,
+                "lagTimeSeconds": self.lag_seconds,
+                "totalCollectionCount": self.collections,
+                "scannedCollectionCount": self.collections_scanned,
+                "phase": phase.value}
 
 
 @dataclass

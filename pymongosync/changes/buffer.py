@@ -26,10 +26,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from bson.raw_bson import RawBSONDocument
-from bson.timestamp import Timestamp
 from pymongo.errors import PyMongoError
 
 from pymongosync.changes.reader import (CRUD, RESUME_AFTER_SECONDS, raise_unless_resumable,
@@ -40,6 +38,7 @@ from pymongosync.errors import (
     MigrationError,
 )
 from pymongosync.phases.context import PhaseContext
+from pymongosync.progress import BufferFigures
 from pymongosync.state import BufferedBatch
 from pymongosync.store import MAIN_STREAM
 
@@ -58,33 +57,27 @@ POLL_SECONDS = 0.1
 DEFAULT_LIMIT_BYTES = 10 * 1024 * 1024 * 1024
 
 
-@dataclass
-class BufferFigures:
-    """What /progress and /metrics show of the buffer."""
-
-    events: int = 0
-    size: int = 0
-    limit: int = DEFAULT_LIMIT_BYTES
-    stored_up_to: Timestamp | None = None
-    receiving: bool = False
-
-
 def split(events: list[RawBSONDocument]) -> list[list[RawBSONDocument]]:
-    """Events in stored batches: each within the size of a batch, and each DDL event the
-    last of its batch (so the checkpoint after a batch is the one after that DDL event)."""
+    """Events in stored batches: each within the size of a batch, and each DDL event alone in
+    its batch. The checkpoint after the batch before a DDL event is then the one just before
+    it, and the one after its batch the one just after it: a restart between the two applies
+    the DDL event again, alone, never the writes before it (phases/apply.py)."""
     batches: list[list[RawBSONDocument]] = []
     current: list[RawBSONDocument] = []
     size = 0
     for event in events:
         length = len(event.raw)
+        if event["operationType"] not in CRUD:
+            if current:
+                batches.append(current)
+            batches.append([event])
+            current, size = [], 0
+            continue
         if current and size + length > BATCH_BYTES:
             batches.append(current)
             current, size = [], 0
         current.append(event)
         size += length
-        if event["operationType"] not in CRUD:
-            batches.append(current)
-            current, size = [], 0
     if current:
         batches.append(current)
     return batches
@@ -174,7 +167,7 @@ class ChangeBuffer:
                             f"and it goes on from here")
                     last = events[-1] if events else None
                     # Only the last group ends where the stream's token is; an earlier one
-                    # ends at its last event (a DDL event, whose own token is its _id).
+                    # ends at its last event, whose own token is its _id.
                     resume = batch.resume_token if number == len(groups) - 1 else \
                         (None if last is None else last["_id"])
                     seq += 1

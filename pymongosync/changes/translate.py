@@ -85,6 +85,8 @@ class DdlStep:
     # A rename the listing saw under neither name (see Listing.ddl_action): the collection
     # was never copied, so it is copied whole under its new name instead of being renamed.
     copy_target: bool = False
+    # Just before it: the event before it in its batch (None: it is the batch's first).
+    before: Position | None = None
 
 
 Step = CrudStep | DdlStep
@@ -259,7 +261,7 @@ class Translator:
                 run_id, run_continues, before_run = None, False, previous
             else:
                 transaction = None
-            previous = top
+            prior, previous = previous, top
             if top["operationType"] not in CRUD:
                 action: DdlAction = "apply" if listing is None or "ns" not in top else \
                     listing.ddl_action(parse.part_fields(top["ns"])["db"], top["clusterTime"],
@@ -268,8 +270,11 @@ class Translator:
                     continue  # the listing saw it
                 end_run(continues_after=False)
                 flush()
-                steps.append(DdlStep(event, in_transaction=transaction is not None,
-                                     copy_target=action == "copy-target"))
+                steps.append(DdlStep(
+                    event, in_transaction=transaction is not None,
+                    copy_target=action == "copy-target",
+                    before=None if prior is None else
+                    Position(parse.decoded(prior["_id"]), prior["clusterTime"])))
                 continue
             namespace, included = namespace_of(top["ns"])
             if listing is not None and listing.before(namespace[0], top["clusterTime"]):

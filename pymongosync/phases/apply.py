@@ -268,6 +268,7 @@ class ChangeApplier:
         translation = self.translator.translate(
             events, note_changes=verifier is not None and verifier.notes_source_changes)
         self.context.counters.hot_events_skipped += translation.hot_skipped
+        changes = translation.changes  # for the verifier, once this batch is applied
         for step in translation.steps:
             if self.multi and not isinstance(step, CrudStep):
                 continue  # the coordinator applies DDL events, from the router's stream
@@ -281,11 +282,23 @@ class ChangeApplier:
                     lanes.submit(step)
                 continue
             self._drain()
+            if buffer_seq is None and not step.in_transaction and step.before is not None:
+                # Every event before it is applied: the checkpoint moves to just before it
+                # first. A restart after it is applied then applies it again alone, never
+                # the writes before it, which would land in a collection it has renamed or
+                # dropped since: re-created there, partial, and put in the target's place by
+                # the rename with dropTarget applied again (campaign seed 10278: a whole
+                # collection lost). (In the change buffer a DDL event is alone in its stored
+                # batch, and the drain has stored the checkpoint of the batch before it.)
+                if verifier is not None and changes:
+                    verifier.note_source_changes(changes)  # before the checkpoint passes them
+                    changes = []
+                self._checkpoint(step.before, None, store=True)
             self.writer.apply_ddl(step)
             if buffer_seq is None and not step.in_transaction:
                 # Right after a DDL event: a restart resumes past it, never applying it twice.
-                # (A DDL event ends its stored batch in the change buffer: there, the batch's
-                # own checkpoint, with its place in the buffer, is the one after it.)
+                # (A DDL event is alone in its stored batch in the change buffer: there, the
+                # batch's own checkpoint, with its place in the buffer, is the one after it.)
                 self._checkpoint(Position(step.event["_id"], step.event["clusterTime"]), None,
                                  store=True)
         last_time = translation.last_time or stored_last_time
@@ -299,7 +312,7 @@ class ChangeApplier:
             crud_events=translation.crud_events,
             last_crud_time=next((step.last_time for step in reversed(crud_steps)
                                  if step.last_time is not None), None),
-            changes=translation.changes,
+            changes=changes,
             applied_before=self._applied_before(translation, resume_token),
             has_ddl=len(crud_steps) < len(translation.steps))))
         if until is not None and last_time is not None and last_time >= until:

@@ -3,26 +3,66 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, Protocol
+
+from bson.timestamp import Timestamp
 
 from pymongosync.changes.hot_documents import HotDocuments
-from pymongosync.changes.translate import Listing
+from pymongosync.changes.translate import Listing, SourceChange
 from pymongosync.changes.writer import ChangeWriter
 from pymongosync.cluster_client import ClusterClient
-from pymongosync.errors import Stopped
+from pymongosync.errors import MigrationError, Stopped
 from pymongosync.instances import InstanceGroup, InstanceLayout
 from pymongosync.namespaces import NamespaceFilter
-from pymongosync.progress import Counters
+from pymongosync.progress import BufferFigures, Counters, IndexFigures, SideStatus
 from pymongosync.request import StartRequest
-from pymongosync.state import GlobalState, MigrationState, Phase, ResumeData
+from pymongosync.state import GlobalState, IndexRef, MigrationState, Phase, ResumeData
 from pymongosync.store import MigrationStore
 
-if TYPE_CHECKING:
-    from pymongosync.changes.buffer import ChangeBuffer
-    from pymongosync.phases.indexes import IndexBuilder
-    from pymongosync.verifier.embedded import EmbeddedVerifier
+
+# -- the helpers that work beside the phases, as the phases and /progress see them ---------------
+# (Narrow interfaces: the modules that implement them build on this one.)
+class HelperThread(Protocol):
+    """A helper with a thread of its own (the change buffer, the index builds), started and
+    stopped by the phases; its failure is kept in ``error`` and stops them."""
+
+    error: MigrationError | None
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float | None = None) -> bool: ...
+
+
+class ChangeBuffering(HelperThread, Protocol):
+    """The change buffer (``changes/buffer.py``)."""
+
+    figures: BufferFigures
+
+
+class IndexBuilds(HelperThread, Protocol):
+    """The index builds beside change application (``phases/indexes.py``)."""
+
+    figures: IndexFigures
+
+
+class Verification(Protocol):
+    """The embedded verifier (``verifier/embedded.py``)."""
+
+    @property
+    def started(self) -> bool: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def notes_source_changes(self) -> bool: ...
+    def ensure_started(self) -> None: ...
+    def stop(self, timeout: float | None = None) -> bool: ...
+    def note_source_changes(self, changes: Iterable[SourceChange]) -> None: ...
+    def details(self) -> dict[str, Any]: ...
+    def committable(self, latest_source: Timestamp | None, limit: int) -> bool: ...
+    def sides(self, latest_source: Timestamp | None) -> tuple[SideStatus, SideStatus]: ...
+    def final_documents(self, commit_time: Timestamp) -> None: ...
+    def final_metadata(self, pending_unique: list[IndexRef], commit_time: Timestamp) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -61,18 +101,18 @@ class PhaseContext:
     counters: Counters = field(default_factory=Counters)
     notify: Callable[[str], None] = lambda message: None
     # The embedded verifier, when verification is on (set by the migration).
-    verifier: EmbeddedVerifier | None = None
+    verifier: Verification | None = None
     # --hotDocIDs, as stored with the migration (set by the migration).
     hot_documents: HotDocuments = field(default_factory=HotDocuments)
     # The change buffer while it receives (set by the runner), and its size limit.
-    change_buffer: ChangeBuffer | None = None
+    change_buffer: ChangeBuffering | None = None
     # One instance per source shard: the coordinator's buffer of the router's DDL events.
-    ddl_buffer: ChangeBuffer | None = None
+    ddl_buffer: ChangeBuffering | None = None
     change_buffer_limit: int = 10 * 1024 * 1024 * 1024
     # Indexes per createIndexes command (--createIndexesBatchSize; None: one at a time).
     create_indexes_batch_size: int | None = None
     # The index builds that run beside change application (set by that phase).
-    index_builder: IndexBuilder | None = None
+    index_builder: IndexBuilds | None = None
     # Held while a DDL event is applied, and while the index builder checks a namespace and
     # builds its indexes (changes/writer.py).
     ddl_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from pymongo.errors import PyMongoError
@@ -24,26 +23,11 @@ from pymongo.errors import PyMongoError
 from pymongosync import catalog
 from pymongosync.errors import InternalError, MigrationError, Stopped
 from pymongosync.phases.context import PhaseContext, PhaseStep
+from pymongosync.progress import IndexFigures
 from pymongosync.retry import is_transient
 from pymongosync.state import NamespaceRecord, Phase
 
 log = logging.getLogger("pymongosync.indexes")
-
-
-@dataclass
-class IndexFigures:
-    """``indexBuilding`` of /progress."""
-
-    indexes_built: int = 0
-    indexes_total: int = 0
-    collections_finished: int = 0
-    collections_total: int = 0
-    done: bool = False
-
-    def document(self) -> dict[str, int]:
-        return {"indexesBuilt": self.indexes_built, "totalIndexesToBuild": self.indexes_total,
-                "collectionsFinished": self.collections_finished,
-                "collectionsTotal": self.collections_total}
 
 
 def builds_after_copy(context: PhaseContext) -> bool:

@@ -32,7 +32,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import bson
@@ -57,6 +56,7 @@ from pymongosync.identity import id_key
 from pymongosync.phases.commit import refuse_late_source_writes
 from pymongosync.phases.copy import PARALLELISM_BY_LOAD_LEVEL
 from pymongosync.phases.context import PhaseContext
+from pymongosync.progress import SideStatus
 from pymongosync.retry import is_transient
 from pymongosync.state import (
     DOCUMENT_KINDS,
@@ -85,29 +85,6 @@ RECHECK_BATCH = 500
 ROUND_SECONDS = 0.5
 SHOWN_MISMATCHES = 5
 MISMATCHES_TEXT = "the verifier found one or more mismatches"
-
-
-@dataclass
-class SideStatus:
-    """``verification.source`` or ``verification.destination`` of /progress."""
-
-    estimated_documents: int
-    hashed_documents: int
-    lag_seconds: int | None
-    collections: int
-    collections_scanned: int
-    phase: VerificationPhase
-
-    def document(self) -> dict[str, Any]:
-        phase = self.phase
-        if phase in (VerificationPhase.PASSED, VerificationPhase.FAILED):
-            phase = VerificationPhase.STREAM_HASHING  # mongosync has no phase past this one
-        return {"estimatedDocumentCount": self.estimated_documents,
-                "hashedDocumentCount": self.hashed_documents,
-                "lagTimeSeconds": self.lag_seconds,
-                "totalCollectionCount": self.collections,
-                "scannedCollectionCount": self.collections_scanned,
-                "phase": phase.value}
 
 
 class EmbeddedVerifier:

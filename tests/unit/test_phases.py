@@ -28,6 +28,7 @@ from pymongosync.phases.indexes import BuildIndexes, IndexBuilder
 from pymongosync.phases.plan import PlanPartitions
 from pymongosync.phases.prepare import PrepareCollections
 from pymongosync.state import (
+    BufferedBatch,
     CopiedId,
     MigrationState,
     NamespaceRef,
@@ -552,6 +553,103 @@ def test_checkpoints_between_batches_are_stored_at_intervals_and_at_every_ddl_an
     assert ChangeApplier(resumed).run(until=source.cluster_time()) is True
     assert destination.documents("shop", "live") == source.documents("shop", "live")
     assert destination.collection("shop", "other") is not None
+
+
+def test_a_kill_right_after_a_rename_never_replays_the_writes_before_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Campaign seed 10278: an insert into db1.c0, then db1.c0 renamed over db1.c1
+    (dropTarget), in one batch; the process was killed after the rename was applied, before
+    the batch's checkpoint. The restart replayed the insert into db1.c0, gone from the
+    destination: re-created there with that one document, then put in db1.c1's place by the
+    rename applied again, and the verifier found 20 documents missing. The checkpoint now
+    moves to just before a DDL event before it is applied: the restart applies the rename
+    alone (its source is gone: nothing to do)."""
+    from pymongosync.changes.writer import ChangeWriter
+
+    source, destination, store, context = applying()
+    source.insert("db1", "c0", *({"_id": n} for n in range(20)))
+    source.insert("db1", "c1", *({"_id": n, "capped": True} for n in range(5)))
+    assert ChangeApplier(context).run(until=source.cluster_time()) is True  # checkpointed
+
+    source.insert("db1", "c0", {"_id": 20})
+    source.rename_collection("db1.c0", "db1.c1", True)
+    original = ChangeWriter.apply_ddl
+
+    def killed_after_a_rename(writer: ChangeWriter, step: Any) -> None:
+        original(writer, step)
+        if step.event["operationType"] == "rename":
+            raise KilledHere()
+
+    monkeypatch.setattr(ChangeWriter, "apply_ddl", killed_after_a_rename)
+    stored = store.load()
+    assert stored is not None
+    running = PhaseContext.build(source, destination, store, stored.global_state, stored.resume)
+    running.stop = InstantEvent()
+    with pytest.raises(KilledHere):
+        ChangeApplier(running).run(until=source.cluster_time())
+    monkeypatch.setattr(ChangeWriter, "apply_ddl", original)
+
+    crashed = store.load()  # what the kill left
+    assert crashed is not None
+    resumed = PhaseContext.build(source, destination, store, crashed.global_state,
+                                 crashed.resume)
+    resumed.stop = InstantEvent()
+    assert ChangeApplier(resumed).run(until=source.cluster_time()) is True
+    assert destination.collection("db1", "c0") is None
+    assert destination.documents("db1", "c1") == source.documents("db1", "c1")
+    assert len(destination.documents("db1", "c1")) == 21
+
+
+def test_a_kill_right_after_a_buffered_rename_never_replays_the_writes_before_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same kill, with the events replayed from the change buffer: a DDL event ended its
+    stored batch, so the batch's writes before it were replayed with it. It is now alone in
+    its stored batch, after the checkpoint of the batch before it."""
+    from pymongosync.changes.buffer import split
+    from pymongosync.changes.writer import ChangeWriter
+
+    source, destination, store, context = applying()
+    source.insert("db1", "c0", *({"_id": n} for n in range(20)))
+    source.insert("db1", "c1", *({"_id": n, "capped": True} for n in range(5)))
+    assert ChangeApplier(context).run(until=source.cluster_time()) is True
+    checkpoint = context.resume.crud_change_stream_resume_info.resume_token
+
+    source.insert("db1", "c0", {"_id": 20})
+    source.rename_collection("db1.c0", "db1.c1", True)
+    stream = source.watch(resume_after=checkpoint)
+    events: list[Any] = []  # what the change buffer received during the copy
+    while received := stream.next_events(100):
+        events += received
+    assert [event["operationType"] for event in events] == ["insert", "rename"]
+    for seq, batch in enumerate(split(events), start=1):
+        store.append_buffer(BufferedBatch(seq=seq, resume_token=dict(batch[-1]["_id"]),
+                                          last_event_ts=batch[-1]["clusterTime"],
+                                          events=batch))
+    original = ChangeWriter.apply_ddl
+
+    def killed_after_a_rename(writer: ChangeWriter, step: Any) -> None:
+        original(writer, step)
+        if step.event["operationType"] == "rename":
+            raise KilledHere()
+
+    monkeypatch.setattr(ChangeWriter, "apply_ddl", killed_after_a_rename)
+    stored = store.load()
+    assert stored is not None and stored.global_state.change_buffering
+    running = PhaseContext.build(source, destination, store, stored.global_state, stored.resume)
+    running.stop = InstantEvent()
+    with pytest.raises(KilledHere):
+        ChangeApplier(running).run(until=source.cluster_time())
+    monkeypatch.setattr(ChangeWriter, "apply_ddl", original)
+
+    crashed = store.load()
+    assert crashed is not None
+    resumed = PhaseContext.build(source, destination, store, crashed.global_state,
+                                 crashed.resume)
+    resumed.stop = InstantEvent()
+    assert ChangeApplier(resumed).run(until=source.cluster_time()) is True
+    assert destination.collection("db1", "c0") is None
+    assert len(destination.documents("db1", "c1")) == 21
+    assert destination.documents("db1", "c1") == source.documents("db1", "c1")
 
 
 def test_apply_changes_resumes_from_the_saved_token() -> None:
