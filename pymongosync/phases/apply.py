@@ -46,7 +46,7 @@ from pymongosync.changes.translate import (
 from pymongosync.phases.context import PhaseContext, PhaseStep
 from pymongosync.phases.ddl_order import DdlCoordinator, DdlGate
 from pymongosync.phases.indexes import IndexBuilder, builds_after_copy
-from pymongosync.state import MigrationState, Phase, ResumeInfo
+from pymongosync.state import BufferedBatch, MigrationState, Phase, ResumeInfo
 
 log = logging.getLogger("pymongosync.changes")
 
@@ -210,6 +210,10 @@ class ChangeApplier:
                                                    stream=context.layout.stream)
             if not batches:
                 return False
+            last_seq, batches = batches[-1].seq, self._skip_applied(batches)
+            if not batches:
+                after = last_seq
+                continue
             for batch in batches:
                 self._handle(batch.events, batch.resume_token, until, buffer_seq=batch.seq,
                              stored_last_time=batch.last_event_ts)
@@ -219,6 +223,29 @@ class ChangeApplier:
                 if context.stop.is_set():
                     return False
         return False
+
+    def _skip_applied(self, batches: list[BufferedBatch]) -> list[BufferedBatch]:
+        """The stored batches not applied yet. Those whose last event is older than the last
+        applied one were applied, the live stream having gone past them (a batch that ended
+        inside a transaction is covered only once the live stream has read the rest): applied
+        again, their writes would land in collections that DDL events applied since then
+        have renamed or dropped, and the checkpoint would move back to before those DDL
+        events, which the stream would then apply again (campaign seed 10278, a whole
+        collection lost). They are marked applied and dropped instead."""
+        reached = self.context.resume.crud_change_stream_resume_info.last_event_ts
+        applied = [batch for batch in batches if reached is not None and
+                   batch.last_event_ts is not None and batch.last_event_ts < reached]
+        if not applied:
+            return batches
+        resume = self.context.resume
+        if applied[-1].seq > resume.buffer_applied_seq:
+            log.info("change buffer: %d stored batch(es) through %d were applied already",
+                     len(applied), applied[-1].seq)
+            resume.buffer_applied_seq = applied[-1].seq
+            self.context.save_resume("buffer_applied_seq")
+            self.context.store.drop_buffer_through(applied[-1].seq,
+                                                   stream=self.context.layout.stream)
+        return [batch for batch in batches if batch.seq > applied[-1].seq]
 
     # -- one batch -----------------------------------------------------------------------------
     def _handle(self, events: list[Any], resume_token: Mapping[str, Any] | None,
@@ -293,14 +320,14 @@ class ChangeApplier:
                 if verifier is not None and changes:
                     verifier.note_source_changes(changes)  # before the checkpoint passes them
                     changes = []
-                self._checkpoint(step.before, None, store=True)
+                self._checkpoint(step.before, self._replayed_seq, store=True)
             self.writer.apply_ddl(step)
             if buffer_seq is None and not step.in_transaction:
                 # Right after a DDL event: a restart resumes past it, never applying it twice.
                 # (A DDL event is alone in its stored batch in the change buffer: there, the
                 # batch's own checkpoint, with its place in the buffer, is the one after it.)
-                self._checkpoint(Position(step.event["_id"], step.event["clusterTime"]), None,
-                                 store=True)
+                self._checkpoint(Position(step.event["_id"], step.event["clusterTime"]),
+                                 self._replayed_seq, store=True)
         last_time = translation.last_time or stored_last_time
         position, covered_seq = self._position_after(translation, resume_token, last_time,
                                                      buffer_seq)
@@ -410,7 +437,10 @@ class ChangeApplier:
             if candidate is not None and (info.last_event_ts is None
                                           or candidate > info.last_event_ts):
                 info.last_event_ts = candidate
-        info.resume_token = dict(position.token)
+        moved_to, stored_at = token_time(position.token), token_time(info.resume_token)
+        if moved_to is None or stored_at is None or moved_to >= stored_at:
+            # Never back: the stream read from an older token applies again what it applied.
+            info.resume_token = dict(position.token)
         context.resume.events_applied = context.counters.events_applied
         fields = ["crud_change_stream_resume_info", "events_applied"]
         if context.counters.last_ddl_event_time is not None and not self.multi:

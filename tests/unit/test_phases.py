@@ -9,8 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import bson
+from bson.binary import Binary
+from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
 
@@ -650,6 +654,77 @@ def test_a_kill_right_after_a_buffered_rename_never_replays_the_writes_before_it
     assert destination.collection("db1", "c0") is None
     assert len(destination.documents("db1", "c1")) == 21
     assert destination.documents("db1", "c1") == source.documents("db1", "c1")
+
+
+def in_a_transaction(cluster: FakeCluster, count: int) -> None:
+    """The last ``count`` events of ``cluster`` made one transaction (as a server logs it)."""
+    session = {"id": Binary(b"\x01" * 16, 4)}
+    for index in range(len(cluster.event_log) - count, len(cluster.event_log)):
+        event = bson.decode(cluster.event_log[index].raw)
+        event.update(lsid=session, txnNumber=Int64(7))
+        cluster.event_log[index] = RawBSONDocument(bson.encode(event))
+
+
+def test_a_stored_batch_the_live_stream_went_past_is_never_applied_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Campaign seed 10278 (VerificationFailed, 20 documents missing): the change buffer's
+    last stored batch ended inside a transaction, so it was never marked applied; the live
+    stream read the transaction again, then applied a rename of db1.c0 over db1.c1
+    (dropTarget). After each restart the stored batch was applied again, which moved the
+    checkpoint back to before the transaction: the stream applied again the insert into
+    db1.c0 (gone: re-created with that document alone) and the rename, which put that copy
+    in db1.c1's place. Now the checkpoints of the live stream cover the stored batches
+    before it, a stored batch older than the last applied event is skipped, and a
+    checkpoint never moves back."""
+    from pymongosync.changes.buffer import split
+    from pymongosync.changes.writer import ChangeWriter
+
+    source, destination, store, context = applying()
+    source.insert("db1", "c0", *({"_id": n} for n in range(20)))
+    source.insert("db1", "c1", *({"_id": n, "capped": True} for n in range(5)))
+    source.insert("db1", "t", {"_id": 0})
+    assert ChangeApplier(context).run(until=source.cluster_time()) is True
+    checkpoint = context.resume.crud_change_stream_resume_info.resume_token
+
+    source.insert("db1", "t", {"_id": 1})
+    source.insert("db1", "t", {"_id": 2})
+    source.insert("db1", "t", {"_id": 3})
+    in_a_transaction(source, 2)
+    stream = source.watch(resume_after=checkpoint)
+    buffered = [stream.next_events(1)[0] for _ in range(2)]  # ends inside the transaction
+    for seq, batch in enumerate(split(buffered), start=1):
+        store.append_buffer(BufferedBatch(seq=seq, resume_token=dict(batch[-1]["_id"]),
+                                          last_event_ts=batch[-1]["clusterTime"],
+                                          events=batch))
+    source.insert("db1", "c0", {"_id": 20})
+    source.rename_collection("db1.c0", "db1.c1", True)
+    source.insert("db1", "t", {"_id": 4})
+    original = ChangeWriter.apply_ddl
+
+    def killed_after_a_rename(writer: ChangeWriter, step: Any) -> None:
+        original(writer, step)
+        if step.event["operationType"] == "rename":
+            raise KilledHere()
+
+    for restart in range(3):  # killed right after the rename, then after all of it, twice
+        if restart == 0:
+            monkeypatch.setattr(ChangeWriter, "apply_ddl", killed_after_a_rename)
+        stored = store.load()
+        assert stored is not None
+        running = PhaseContext.build(source, destination, store, stored.global_state,
+                                     stored.resume)
+        running.stop = InstantEvent()
+        if restart == 0:
+            with pytest.raises(KilledHere):
+                ChangeApplier(running).run(until=source.cluster_time())
+            monkeypatch.setattr(ChangeWriter, "apply_ddl", original)
+        else:
+            assert ChangeApplier(running).run(until=source.cluster_time()) is True
+        assert destination.collection("db1", "c0") is None, restart
+        assert len(destination.documents("db1", "c1")) == 21, restart
+    assert destination.documents("db1", "c1") == source.documents("db1", "c1")
+    assert destination.documents("db1", "t") == source.documents("db1", "t")
+    assert store.buffer_totals().batches == 0  # marked applied and dropped
 
 
 def test_apply_changes_resumes_from_the_saved_token() -> None:
