@@ -340,7 +340,8 @@ def restore_final_options(source: ClusterClient, destination: ClusterClient,
                 destination.modify_collection(entry.db, entry.name, {"index": {
                     "name": name, "prepareUnique": True}})
             if wants_unique and not current.get("unique"):
-                pending_unique.append(IndexRef(db=entry.db, coll=entry.name, name=name))
+                pending_unique.append(IndexRef(db=entry.db, coll=entry.name, name=name,
+                                               prepare_unique=bool(spec.get("prepareUnique"))))
     return pending_unique
 
 
@@ -348,3 +349,6 @@ def enforce_unique(destination: ClusterClient, pending: list[IndexRef]) -> None:
     for index in pending:
         destination.modify_collection(index.db, index.coll,
                                       {"index": {"name": index.name, "unique": True}})
+        if index.prepare_unique:  # the conversion cleared it, as it does on MongoDB
+            destination.modify_collection(index.db, index.coll,
+                                          {"index": {"name": index.name, "prepareUnique": True}})

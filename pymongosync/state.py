@@ -255,6 +255,9 @@ class IndexRef(Record):
     db: str
     coll: str
     name: str
+    # The source's unique index also has prepareUnique (set on it after its conversion):
+    # converting the destination's clears it, so it is set again.
+    prepare_unique: bool = False
 
 
 class ResumeData(Record):

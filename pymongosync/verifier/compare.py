@@ -274,7 +274,7 @@ def compare_metadata(source: list[NamespaceRecord], destination: list[NamespaceR
     for name in sorted(set(right) - set(left)):
         mismatches.append(Mismatch(namespace=name, kind=MismatchKind.COLLECTION,
                                    detail=f"{right[name].kind.value} only on the destination"))
-    waiting = {(index.db, index.coll, index.name) for index in pending_unique}
+    waiting = {(index.db, index.coll, index.name): index for index in pending_unique}
     for name in sorted(set(left) & set(right)):
         mine, theirs = left[name], right[name]
         if mine.kind != theirs.kind:
@@ -300,7 +300,7 @@ def compare_metadata(source: list[NamespaceRecord], destination: list[NamespaceR
 
 
 def _compare_indexes(source: NamespaceRecord, destination: NamespaceRecord,
-                     waiting: set[tuple[str, str, str]],
+                     waiting: Mapping[tuple[str, str, str], IndexRef],
                      shard_key: Mapping[str, Any] | None) -> list[Mismatch]:
     mismatches: list[Mismatch] = []
     left = {spec["name"]: normalized_index(spec) for spec in source.indexes}
@@ -316,9 +316,11 @@ def _compare_indexes(source: NamespaceRecord, destination: NamespaceRecord,
                                    detail=f"index {name} only on the destination"))
     for name in sorted(set(left) & set(right)):
         mine, theirs = dict(left[name]), dict(right[name])
-        if (source.db, source.name, name) in waiting and mine.get("unique") and \
-                theirs.pop("prepareUnique", False):
+        pending = waiting.get((source.db, source.name, name))
+        if pending is not None and mine.get("unique") and theirs.pop("prepareUnique", False):
             theirs["unique"] = True  # converted once writes are allowed (spec §6)
+            if pending.prepare_unique:  # and set again after the conversion
+                theirs["prepareUnique"] = True
         if mine != theirs:
             mismatches.append(Mismatch(namespace=source.id, kind=MismatchKind.INDEX,
                                        detail=f"index {name}: {mine} != {theirs}"))

@@ -200,3 +200,19 @@ def test_prepare_unique_of_a_non_unique_index_is_restored() -> None:
     pending = catalog.restore_final_options(source, destination, EVERYTHING, "afterDataCopy")
     catalog.enforce_unique(destination, pending)
     assert shapes(destination) == shapes(source)
+
+
+def test_prepare_unique_set_again_on_a_unique_index_is_restored() -> None:
+    """Campaign seed 10375: prepareUnique set on an index already unique (which MongoDB
+    allows and keeps), and the commit's conversion to unique, which clears prepareUnique, left
+    the destination's without it: the verifier failed the commit on that index."""
+    source, destination = synced_pair()
+    source.modify_collection("shop", "orders", {"index": {"name": "a_1",
+                                                          "prepareUnique": True}})
+    pending = catalog.restore_final_options(source, destination, EVERYTHING, "afterDataCopy")
+    assert IndexRef(db="shop", coll="orders", name="a_1", prepare_unique=True) in pending
+    catalog.enforce_unique(destination, pending)
+    specs = {spec["name"]: spec for spec in destination.index_specs("shop", "orders")}
+    assert specs["a_1"].get("unique") is True and specs["a_1"].get("prepareUnique") is True
+    assert shapes(destination) == shapes(source)
+
