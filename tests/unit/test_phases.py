@@ -41,6 +41,7 @@ from pymongosync.state import (
     Phase,
     ResumeData,
 )
+from pymongosync.store import MigrationStore
 from tests.unit.fakes import FakeCluster, MemoryStore
 from tests.unit.support import InstantEvent, make_context, pair
 
@@ -559,6 +560,49 @@ def test_checkpoints_between_batches_are_stored_at_intervals_and_at_every_ddl_an
     assert destination.collection("shop", "other") is not None
 
 
+def from_the_store(source: FakeCluster, destination: FakeCluster,
+                   store: MigrationStore) -> PhaseContext:
+    """The migration as the next process finds it in ``store``."""
+    stored = store.load()
+    assert stored is not None
+    context = PhaseContext.build(source, destination, store, stored.global_state, stored.resume)
+    context.stop = InstantEvent()
+    return context
+
+
+def killed_right_after_a_rename(monkeypatch: pytest.MonkeyPatch, source: FakeCluster,
+                                destination: FakeCluster, store: MigrationStore) -> None:
+    """Change application from the stored checkpoint, killed right after it applies a rename
+    (before anything records that it did)."""
+    from pymongosync.changes.writer import ChangeWriter
+
+    original = ChangeWriter.apply_ddl
+
+    def killed_after_a_rename(writer: ChangeWriter, step: Any) -> None:
+        original(writer, step)
+        if step.event["operationType"] == "rename":
+            raise KilledHere()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ChangeWriter, "apply_ddl", killed_after_a_rename)
+        with pytest.raises(KilledHere):
+            ChangeApplier(from_the_store(source, destination, store)).run(
+                until=source.cluster_time())
+
+
+def renamed_over(source: FakeCluster, context: PhaseContext) -> None:
+    """db1.c0 (20 documents) and db1.c1 (5) applied and checkpointed."""
+    source.insert("db1", "c0", *({"_id": n} for n in range(20)))
+    source.insert("db1", "c1", *({"_id": n, "capped": True} for n in range(5)))
+    assert ChangeApplier(context).run(until=source.cluster_time()) is True
+
+
+def assert_renamed_whole(source: FakeCluster, destination: FakeCluster) -> None:
+    assert destination.collection("db1", "c0") is None
+    assert len(destination.documents("db1", "c1")) == 21
+    assert destination.documents("db1", "c1") == source.documents("db1", "c1")
+
+
 def test_a_kill_right_after_a_rename_never_replays_the_writes_before_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Campaign seed 10278: an insert into db1.c0, then db1.c0 renamed over db1.c1
@@ -568,40 +612,27 @@ def test_a_kill_right_after_a_rename_never_replays_the_writes_before_it(
     rename applied again, and the verifier found 20 documents missing. The checkpoint now
     moves to just before a DDL event before it is applied: the restart applies the rename
     alone (its source is gone: nothing to do)."""
-    from pymongosync.changes.writer import ChangeWriter
-
     source, destination, store, context = applying()
-    source.insert("db1", "c0", *({"_id": n} for n in range(20)))
-    source.insert("db1", "c1", *({"_id": n, "capped": True} for n in range(5)))
-    assert ChangeApplier(context).run(until=source.cluster_time()) is True  # checkpointed
-
+    renamed_over(source, context)
     source.insert("db1", "c0", {"_id": 20})
     source.rename_collection("db1.c0", "db1.c1", True)
-    original = ChangeWriter.apply_ddl
+    killed_right_after_a_rename(monkeypatch, source, destination, store)
 
-    def killed_after_a_rename(writer: ChangeWriter, step: Any) -> None:
-        original(writer, step)
-        if step.event["operationType"] == "rename":
-            raise KilledHere()
+    assert ChangeApplier(from_the_store(source, destination, store)).run(
+        until=source.cluster_time()) is True
+    assert_renamed_whole(source, destination)
 
-    monkeypatch.setattr(ChangeWriter, "apply_ddl", killed_after_a_rename)
-    stored = store.load()
-    assert stored is not None
-    running = PhaseContext.build(source, destination, store, stored.global_state, stored.resume)
-    running.stop = InstantEvent()
-    with pytest.raises(KilledHere):
-        ChangeApplier(running).run(until=source.cluster_time())
-    monkeypatch.setattr(ChangeWriter, "apply_ddl", original)
 
-    crashed = store.load()  # what the kill left
-    assert crashed is not None
-    resumed = PhaseContext.build(source, destination, store, crashed.global_state,
-                                 crashed.resume)
-    resumed.stop = InstantEvent()
-    assert ChangeApplier(resumed).run(until=source.cluster_time()) is True
-    assert destination.collection("db1", "c0") is None
-    assert destination.documents("db1", "c1") == source.documents("db1", "c1")
-    assert len(destination.documents("db1", "c1")) == 21
+def buffered(source: FakeCluster, store: MigrationStore, checkpoint: Any, count: int) -> None:
+    """The next ``count`` events after ``checkpoint`` as the change buffer stores them."""
+    from pymongosync.changes.buffer import split
+
+    stream = source.watch(resume_after=checkpoint)
+    events = [stream.next_events(1)[0] for _ in range(count)]
+    for seq, batch in enumerate(split(events), start=1):
+        store.append_buffer(BufferedBatch(seq=seq, resume_token=dict(batch[-1]["_id"]),
+                                          last_event_ts=batch[-1]["clusterTime"],
+                                          events=batch))
 
 
 def test_a_kill_right_after_a_buffered_rename_never_replays_the_writes_before_it(
@@ -609,51 +640,17 @@ def test_a_kill_right_after_a_buffered_rename_never_replays_the_writes_before_it
     """The same kill, with the events replayed from the change buffer: a DDL event ended its
     stored batch, so the batch's writes before it were replayed with it. It is now alone in
     its stored batch, after the checkpoint of the batch before it."""
-    from pymongosync.changes.buffer import split
-    from pymongosync.changes.writer import ChangeWriter
-
     source, destination, store, context = applying()
-    source.insert("db1", "c0", *({"_id": n} for n in range(20)))
-    source.insert("db1", "c1", *({"_id": n, "capped": True} for n in range(5)))
-    assert ChangeApplier(context).run(until=source.cluster_time()) is True
+    renamed_over(source, context)
     checkpoint = context.resume.crud_change_stream_resume_info.resume_token
-
     source.insert("db1", "c0", {"_id": 20})
     source.rename_collection("db1.c0", "db1.c1", True)
-    stream = source.watch(resume_after=checkpoint)
-    events: list[Any] = []  # what the change buffer received during the copy
-    while received := stream.next_events(100):
-        events += received
-    assert [event["operationType"] for event in events] == ["insert", "rename"]
-    for seq, batch in enumerate(split(events), start=1):
-        store.append_buffer(BufferedBatch(seq=seq, resume_token=dict(batch[-1]["_id"]),
-                                          last_event_ts=batch[-1]["clusterTime"],
-                                          events=batch))
-    original = ChangeWriter.apply_ddl
+    buffered(source, store, checkpoint, 2)  # what the change buffer received during the copy
+    killed_right_after_a_rename(monkeypatch, source, destination, store)
 
-    def killed_after_a_rename(writer: ChangeWriter, step: Any) -> None:
-        original(writer, step)
-        if step.event["operationType"] == "rename":
-            raise KilledHere()
-
-    monkeypatch.setattr(ChangeWriter, "apply_ddl", killed_after_a_rename)
-    stored = store.load()
-    assert stored is not None and stored.global_state.change_buffering
-    running = PhaseContext.build(source, destination, store, stored.global_state, stored.resume)
-    running.stop = InstantEvent()
-    with pytest.raises(KilledHere):
-        ChangeApplier(running).run(until=source.cluster_time())
-    monkeypatch.setattr(ChangeWriter, "apply_ddl", original)
-
-    crashed = store.load()
-    assert crashed is not None
-    resumed = PhaseContext.build(source, destination, store, crashed.global_state,
-                                 crashed.resume)
-    resumed.stop = InstantEvent()
-    assert ChangeApplier(resumed).run(until=source.cluster_time()) is True
-    assert destination.collection("db1", "c0") is None
-    assert len(destination.documents("db1", "c1")) == 21
-    assert destination.documents("db1", "c1") == source.documents("db1", "c1")
+    assert ChangeApplier(from_the_store(source, destination, store)).run(
+        until=source.cluster_time()) is True
+    assert_renamed_whole(source, destination)
 
 
 def in_a_transaction(cluster: FakeCluster, count: int) -> None:
@@ -676,53 +673,25 @@ def test_a_stored_batch_the_live_stream_went_past_is_never_applied_again(
     in db1.c1's place. Now the checkpoints of the live stream cover the stored batches
     before it, a stored batch older than the last applied event is skipped, and a
     checkpoint never moves back."""
-    from pymongosync.changes.buffer import split
-    from pymongosync.changes.writer import ChangeWriter
-
     source, destination, store, context = applying()
-    source.insert("db1", "c0", *({"_id": n} for n in range(20)))
-    source.insert("db1", "c1", *({"_id": n, "capped": True} for n in range(5)))
     source.insert("db1", "t", {"_id": 0})
-    assert ChangeApplier(context).run(until=source.cluster_time()) is True
+    renamed_over(source, context)
     checkpoint = context.resume.crud_change_stream_resume_info.resume_token
-
     source.insert("db1", "t", {"_id": 1})
     source.insert("db1", "t", {"_id": 2})
     source.insert("db1", "t", {"_id": 3})
     in_a_transaction(source, 2)
-    stream = source.watch(resume_after=checkpoint)
-    buffered = [stream.next_events(1)[0] for _ in range(2)]  # ends inside the transaction
-    for seq, batch in enumerate(split(buffered), start=1):
-        store.append_buffer(BufferedBatch(seq=seq, resume_token=dict(batch[-1]["_id"]),
-                                          last_event_ts=batch[-1]["clusterTime"],
-                                          events=batch))
+    buffered(source, store, checkpoint, 2)  # ends inside the transaction
     source.insert("db1", "c0", {"_id": 20})
     source.rename_collection("db1.c0", "db1.c1", True)
     source.insert("db1", "t", {"_id": 4})
-    original = ChangeWriter.apply_ddl
+    killed_right_after_a_rename(monkeypatch, source, destination, store)
+    assert_renamed_whole(source, destination)
 
-    def killed_after_a_rename(writer: ChangeWriter, step: Any) -> None:
-        original(writer, step)
-        if step.event["operationType"] == "rename":
-            raise KilledHere()
-
-    for restart in range(3):  # killed right after the rename, then after all of it, twice
-        if restart == 0:
-            monkeypatch.setattr(ChangeWriter, "apply_ddl", killed_after_a_rename)
-        stored = store.load()
-        assert stored is not None
-        running = PhaseContext.build(source, destination, store, stored.global_state,
-                                     stored.resume)
-        running.stop = InstantEvent()
-        if restart == 0:
-            with pytest.raises(KilledHere):
-                ChangeApplier(running).run(until=source.cluster_time())
-            monkeypatch.setattr(ChangeWriter, "apply_ddl", original)
-        else:
-            assert ChangeApplier(running).run(until=source.cluster_time()) is True
-        assert destination.collection("db1", "c0") is None, restart
-        assert len(destination.documents("db1", "c1")) == 21, restart
-    assert destination.documents("db1", "c1") == source.documents("db1", "c1")
+    for _ in range(2):  # restarted, and restarted again once it has applied everything
+        assert ChangeApplier(from_the_store(source, destination, store)).run(
+            until=source.cluster_time()) is True
+        assert_renamed_whole(source, destination)
     assert destination.documents("db1", "t") == source.documents("db1", "t")
     assert store.buffer_totals().batches == 0  # marked applied and dropped
 
