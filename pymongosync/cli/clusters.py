@@ -6,6 +6,9 @@ confirmation a command that changes them asks for."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import click
 
@@ -13,6 +16,23 @@ from pymongosync import reset as reset_logic
 from pymongosync.clusters import Cluster
 from pymongosync.cli.options import BY_NAME, convert, read_config
 from pymongosync.errors import InvalidConnectionString
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def cluster_options(command: Command) -> Command:
+    """--cluster0, --cluster1 and --config, as every command around the process takes them."""
+    for option in reversed((
+            click.option("--cluster0", metavar="URI",
+                         help="First cluster, as given to mongosync."),
+            click.option("--cluster1", metavar="URI",
+                         help="Second cluster, as given to mongosync."),
+            click.option("--config", type=click.Path(dir_okay=False), metavar="FILE",
+                         help="mongosync's YAML configuration file (its cluster0/cluster1 keys "
+                              "are used; --cluster0/--cluster1 win)."))):
+        command = option(command)
+    return command
 
 
 def cluster_uris(config: str | None, cluster0: str | None, cluster1: str | None
@@ -58,4 +78,19 @@ def confirm_plan(yes: bool) -> None:
             "was changed")
     if not click.confirm("Apply this plan?", default=False):
         raise click.ClickException("not confirmed. Nothing was changed")
+
+
+@contextmanager
+def clusters_of_a_command(config: str | None, cluster0: str | None, cluster1: str | None,
+                          refusal: type[Exception]) -> Iterator[dict[str, Cluster]]:
+    """Both clusters connected for a command, closed after it; its ``refusal`` (which says
+    what was changed and what to do) becomes the command's error message."""
+    clusters = connect(cluster_uris(config, cluster0, cluster1))
+    try:
+        yield clusters
+    except refusal as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        for cluster in clusters.values():
+            cluster.close()
 

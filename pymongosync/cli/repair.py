@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pymongosync.cli.clusters import cluster_uris, confirm_plan, connect
+from pymongosync.cli.clusters import cluster_options, clusters_of_a_command, confirm_plan
 from pymongosync.errors import RepairError
 from pymongosync.repair import apply_repair, plan_repair
 
@@ -20,17 +20,12 @@ again with the same flags: it continues the commit and commits only if the clust
 Refuses while a mongosync process still works on the migration, and for any difference that is
 not a document's (indexes, options, collections). Shows the plan and asks before changing
 anything.""")
-@click.option("--cluster0", metavar="URI", help="First cluster, as given to mongosync.")
-@click.option("--cluster1", metavar="URI", help="Second cluster, as given to mongosync.")
-@click.option("--config", type=click.Path(dir_okay=False), metavar="FILE",
-              help="mongosync's YAML configuration file (its cluster0/cluster1 keys are used; "
-                   "--cluster0/--cluster1 win).")
+@cluster_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Apply the plan without asking.")
 def repair_command(cluster0: str | None, cluster1: str | None, config: str | None,
                    dry_run: bool, yes: bool) -> None:
-    clusters = connect(cluster_uris(config, cluster0, cluster1))
-    try:
+    with clusters_of_a_command(config, cluster0, cluster1, RepairError) as clusters:
         plan = plan_repair(clusters["cluster0"], clusters["cluster1"])
         click.echo(plan.describe())
         if dry_run:
@@ -38,11 +33,6 @@ def repair_command(cluster0: str | None, cluster1: str | None, config: str | Non
             return
         confirm_plan(yes)
         click.echo(apply_repair(plan).describe())
-    except RepairError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        for cluster in clusters.values():
-            cluster.close()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import click
 
 from pymongosync.errors import ResetError
 from pymongosync.leftovers import LABELS
-from pymongosync.cli.clusters import cluster_uris, confirm_plan, connect
+from pymongosync.cli.clusters import cluster_options, clusters_of_a_command, confirm_plan
 from pymongosync.reset import apply_reset, plan_reset
 
 
@@ -18,11 +18,7 @@ then: disables write blocking on the destination (and on the source when the mig
 it), drops the databases the migration created and its metadata database (never admin, local or
 config), and optionally turns the balancers back on. Shows the plan and asks before changing
 anything.""")
-@click.option("--cluster0", metavar="URI", help="First cluster, as given to mongosync.")
-@click.option("--cluster1", metavar="URI", help="Second cluster, as given to mongosync.")
-@click.option("--config", type=click.Path(dir_okay=False), metavar="FILE",
-              help="mongosync's YAML configuration file (its cluster0/cluster1 keys are used; "
-                   "--cluster0/--cluster1 win).")
+@cluster_options
 @click.option("--all-user-databases", is_flag=True,
               help="Drop every user database on the destination, not only those the "
                    "migration created (the documented procedure).")
@@ -39,8 +35,7 @@ anything.""")
 def reset_command(cluster0: str | None, cluster1: str | None, config: str | None,
                   all_user_databases: bool, enable_balancer: bool, force_balancer: bool,
                   destination: str | None, dry_run: bool, yes: bool) -> None:
-    clusters = connect(cluster_uris(config, cluster0, cluster1))
-    try:
+    with clusters_of_a_command(config, cluster0, cluster1, ResetError) as clusters:
         plan = plan_reset(clusters["cluster0"], clusters["cluster1"],
                           all_user_databases=all_user_databases,
                           enable_balancer=enable_balancer, force_balancer=force_balancer,
@@ -58,11 +53,6 @@ def reset_command(cluster0: str | None, cluster1: str | None, config: str | None
         report = apply_reset(plan)
         click.echo(report.describe())
         click.echo("Start mongosync again and call /api/v1/start for a new migration.")
-    except ResetError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        for cluster in clusters.values():
-            cluster.close()
 
 
 if __name__ == "__main__":

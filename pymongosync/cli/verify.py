@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pymongosync.cli.clusters import cluster_uris, connect
+from pymongosync.cli.clusters import cluster_options, cluster_uris, connect
 from pymongosync.clusters import Cluster, redact
 from pymongosync.errors import PymongosyncError
 from pymongosync.leftovers import LABELS
@@ -26,10 +26,7 @@ stopped. Exit status 0 when the clusters are equal, 1 when they differ, 2 on an 
 
 With --report, list instead every mismatch the embedded verifier of the migration stored on
 these clusters found.""")
-@click.option("--cluster0", metavar="URI", help="First cluster, as given to mongosync.")
-@click.option("--cluster1", metavar="URI", help="Second cluster, as given to mongosync.")
-@click.option("--config", type=click.Path(dir_okay=False), metavar="FILE",
-              help="mongosync's YAML configuration file (its cluster0/cluster1 keys).")
+@cluster_options
 @click.option("--source", type=click.Choice(LABELS), default="cluster0", show_default=True,
               help="Which cluster is the source (the other is the destination).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=DEFAULT_STATE,
