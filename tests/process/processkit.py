@@ -74,9 +74,11 @@ class Mongosync:
                                         text=True)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        for stream, sink in ((self.process.stdout, self.stdout),
-                             (self.process.stderr, self.stderr)):
-            threading.Thread(target=_drain, args=(stream, sink), daemon=True).start()
+        self._readers = [threading.Thread(target=_drain, args=(stream, sink), daemon=True)
+                         for stream, sink in ((self.process.stdout, self.stdout),
+                                              (self.process.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
         self.port: int | None = None
         self.http = httpx.Client(timeout=30)
 
@@ -149,11 +151,17 @@ class Mongosync:
         self.process.send_signal(number)
 
     def wait_exit(self, timeout: float = 30.0) -> int:
+        """The exit code, once what the process wrote last has been read: its last lines
+        may still be in the pipes when it has exited (seen under load: a test then found
+        no "second signal" line)."""
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"mongosync did not exit within {timeout} s:\n"
                                  f"{self.output()}") from None
+        for reader in self._readers:  # until end of file (a worker left behind may hold it)
+            reader.join(5.0)
+        return code
 
     def kill(self) -> None:
         if self.process.poll() is None:
