@@ -259,7 +259,7 @@ def apply_repair(plan: RepairPlan) -> RepairReport:
             for mismatch in batch:
                 by_namespace[mismatch.namespace].append(mismatch)
             for namespace, mismatches in by_namespace.items():
-                replaced, deleted = _repair_batch(plan, namespace, mismatches)
+                replaced, deleted = _repair_batch(plan, store, namespace, mismatches)
                 report.replaced += replaced
                 report.deleted += deleted
         store.clear_mismatches()
@@ -275,7 +275,7 @@ def apply_repair(plan: RepairPlan) -> RepairReport:
     return report
 
 
-def _repair_batch(plan: RepairPlan, namespace: str,
+def _repair_batch(plan: RepairPlan, store: MetadataVerifierStore, namespace: str,
                   mismatches: list[Mismatch]) -> tuple[int, int]:
     """One batch of a namespace's reported documents: written, queued, recorded."""
     db, coll = namespace.split(".", 1)
@@ -303,7 +303,6 @@ def _repair_batch(plan: RepairPlan, namespace: str,
                               kind=kinds[id_key(document_id)],
                               action="deleted" if document is None else "replaced", at=at))
     plan.destination.write(db, coll, writes)
-    store = plan.destination.verifier_store()
     store.add_rechecks([Recheck(key=repair.key, due=plan.commit_time) for repair in repairs])
     store.add_repairs(repairs)
     replaced = sum(repair.action == "replaced" for repair in repairs)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,11 +93,10 @@ def read_batches(source: ClusterClient, stop: threading.Event, *,
             buffer: list[RawBSONDocument] = []
             oldest = 0.0
             while not stop.is_set() and not finished.is_set():
-                # As many as the batch lacks: a server batch is taken in one call, not per event.
-                if durations is not None and not stream.buffered:  # a round trip
-                    with durations.timing(OperationKind.CEA_SOURCE_READ):
-                        events = stream.next_events(BATCH_EVENTS - len(buffer))
-                else:
+                # As many as the batch lacks: a server batch is taken in one call, not per event;
+                # timed when it is a round trip (nothing received is left to hand out).
+                with durations.timing(OperationKind.CEA_SOURCE_READ) \
+                        if durations is not None and not stream.buffered else nullcontext():
                     events = stream.next_events(BATCH_EVENTS - len(buffer))
                 if events:
                     if not buffer:

@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any, cast
 
 from bson.raw_bson import RawBSONDocument
@@ -129,9 +130,8 @@ class ChangeWriter:
             return  # dropped on the source since: its drop event follows and drops it here
 
         def read() -> RawBSONDocument | None:
-            if not hot:
-                return self.source.find_by_id(where[0], where[1], key)
-            with self.counters.durations.timing(OperationKind.HOT_DOC_REFETCH):
+            with self.counters.durations.timing(OperationKind.HOT_DOC_REFETCH) if hot \
+                    else nullcontext():
                 return self.source.find_by_id(where[0], where[1], key)
 
         current = retrying(read)

@@ -93,4 +93,3 @@ def clusters_of_a_command(config: str | None, cluster0: str | None, cluster1: st
     finally:
         for cluster in clusters.values():
             cluster.close()
-
