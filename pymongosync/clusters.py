@@ -153,6 +153,10 @@ class RawChangeStream:
     def _open(self, resume_after: Mapping[str, Any] | None, start_at: Timestamp | None) -> None:
         # showRawUpdateDescription: updates as their oplog delta, the one description that
         # tells a field moved to the end of its document from one updated in place.
+        # No $changeStreamSplitLargeEvent: without images or looked-up documents, an event holds
+        # at most one document or one oplog delta, within the 16 MiB + 16 KiB a server's event
+        # may take, unless the _id and shard key take kilobytes; and then the stage fails too,
+        # as each fragment repeats the token, which holds them.
         spec: dict[str, Any] = {"allChangesForCluster": True, "showExpandedEvents": True,
                                 "showRawUpdateDescription": True}
         if resume_after is not None:

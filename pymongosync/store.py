@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from bson.binary import Binary
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
@@ -25,7 +26,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 from pymongo.mongo_client import MongoClient
 
-from pymongosync.errors import MetadataTooNew
+from pymongosync.errors import InternalError, MetadataTooNew
 from pymongosync.lease import LeaseStore
 from pymongosync.retry import retrying
 from pymongosync.state import (
@@ -60,6 +61,12 @@ MAIN_STREAM = "main"
 # Names of other mongosync releases' metadata, recognised as leftovers.
 LEGACY_METADATA_PREFIXES = ("__mdb_internal_mongosync", "mongosync_reserved_for_verification_")
 V1_MIGRATION_COLLECTION = "migration"
+# A stored batch whose events are larger than this keeps them in pieces beside it: the change
+# event of a document of 16 MiB (the largest) is larger than a document of the destination may
+# be. The buffer's batches are 8 MiB at most otherwise (changes/buffer.py), so only a batch of
+# one large event is stored in pieces.
+BUFFER_INLINE_BYTES = 15 * 2**20
+BUFFER_PIECE_BYTES = 8 * 2**20
 V1_MIGRATION_ID = "migration"
 
 _RAW: CodecOptions[RawBSONDocument] = CodecOptions(
@@ -490,13 +497,32 @@ class MetadataStore:
             return self.change_buffer
         return self.db.get_collection(f"changeBuffer.{stream}", codec_options=_RAW)
 
+    def _buffer_pieces(self, stream: str) -> Collection[Any]:
+        """Where the events of a batch too large for one document are kept, in pieces."""
+        name = "changeBufferPieces" if stream == MAIN_STREAM else f"changeBufferPieces.{stream}"
+        return self.db[name]
+
     def append_buffer(self, batch: BufferedBatch, stream: str = MAIN_STREAM) -> None:
         """One batch of source events, stored with the resume token right after them (one
-        write: events and position are stored together)."""
-        self._buffer(stream).replace_one({"_id": Int64(batch.seq)}, {
+        write: events and position are stored together). Events too large for that document
+        are written in pieces first, each addressed by (seq, number): the batch's document,
+        written last, makes them part of the buffer, and a restart before it writes them
+        again at the same addresses."""
+        record: dict[str, Any] = {
             "_id": Int64(batch.seq), "resumeToken": batch.resume_token,
-            "lastEventTs": batch.last_event_ts, "events": batch.events, "size": batch.size},
-            upsert=True)
+            "lastEventTs": batch.last_event_ts, "events": batch.events, "size": batch.size}
+        if batch.size > BUFFER_INLINE_BYTES:
+            data = b"".join(event.raw for event in batch.events)
+            pieces = self._buffer_pieces(stream)
+            count = 0
+            for start in range(0, len(data), BUFFER_PIECE_BYTES):
+                key = {"seq": Int64(batch.seq), "n": count}
+                pieces.replace_one({"_id": key}, {
+                    "_id": key, "data": Binary(data[start:start + BUFFER_PIECE_BYTES])},
+                    upsert=True)
+                count += 1
+            record.update(events=[], pieces=count, eventCount=len(batch.events))
+        self._buffer(stream).replace_one({"_id": Int64(batch.seq)}, record, upsert=True)
 
     @_retried
     def buffer_batches(self, after_seq: int, limit: int,
@@ -506,18 +532,40 @@ class MetadataStore:
         return [BufferedBatch(seq=int(document["_id"]),
                               resume_token=_plain_token(document["resumeToken"]),
                               last_event_ts=document["lastEventTs"],
-                              events=list(document["events"]), size=int(document["size"]))
+                              events=self._buffered_events(document, stream),
+                              size=int(document["size"]))
                 for document in documents]
+
+    def _buffered_events(self, document: RawBSONDocument, stream: str) -> list[Any]:
+        count = document.get("pieces")
+        if count is None:
+            return list(document["events"])
+        seq = document["_id"]
+        pieces = list(self._buffer_pieces(stream).find(
+            {"_id.seq": seq, "_id.n": {"$lt": count}}).sort("_id.n", ASCENDING))
+        if [piece["_id"]["n"] for piece in pieces] != list(range(count)):
+            raise InternalError(f"stored batch {seq} of the change buffer lacks pieces of its "
+                                f"events ({len(pieces)} of {count} found)")
+        data = b"".join(bytes(piece["data"]) for piece in pieces)
+        events: list[Any] = []
+        position = 0
+        while position < len(data):
+            length = int.from_bytes(data[position:position + 4], "little")
+            events.append(RawBSONDocument(data[position:position + length], _RAW))
+            position += length
+        return events
 
     @_retried
     def drop_buffer_through(self, seq: int, stream: str = MAIN_STREAM) -> None:
         self._buffer(stream).delete_many({"_id": {"$lte": seq}})
+        self._buffer_pieces(stream).delete_many({"_id.seq": {"$lte": seq}})
 
     @_retried
     def buffer_totals(self, stream: str = MAIN_STREAM) -> BufferTotals:
         totals = BufferTotals()
         for row in self._buffer(stream).aggregate([{"$group": {
-                "_id": None, "batches": {"$sum": 1}, "events": {"$sum": {"$size": "$events"}},
+                "_id": None, "batches": {"$sum": 1},
+                "events": {"$sum": {"$ifNull": ["$eventCount", {"$size": "$events"}]}},
                 "size": {"$sum": "$size"}}}]):
             totals.batches, totals.events = int(row["batches"]), int(row["events"])
             totals.size = int(row["size"])

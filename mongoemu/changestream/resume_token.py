@@ -407,7 +407,8 @@ def _sort_key(cluster_time: Timestamp, token_type: int, txn_op_index: int, from_
 
 
 def _build(cluster_time: Timestamp, token_type: int, txn_op_index: int, from_invalidate: bool,
-           collection_uuid: uuid.UUID | None, event_identifier: Mapping[str, Any] | None) -> Token:
+           collection_uuid: uuid.UUID | None, event_identifier: Mapping[str, Any] | None,
+           fragment_num: int | None = None) -> Token:
     encoder = _Encoder()
     encoder.value(cluster_time)
     encoder.value(TOKEN_VERSION)
@@ -419,9 +420,13 @@ def _build(cluster_time: Timestamp, token_type: int, txn_op_index: int, from_inv
     event_start = len(encoder.out)
     if event_identifier is not None:
         encoder.value(event_identifier)
+    fragment_start = len(encoder.out)
+    if fragment_num is not None:
+        encoder.value(fragment_num)
     out = encoder.out
     key = _sort_key(cluster_time, token_type, txn_op_index, from_invalidate,
-                    bytes(out[uuid_start:event_start]), bytes(out[event_start:]), b"")
+                    bytes(out[uuid_start:event_start]), bytes(out[event_start:fragment_start]),
+                    bytes(out[fragment_start:]))
     out.append(_END)
     document: dict[str, Any] = {"_data": out.hex().upper()}
     type_bits = encoder.type_bits.serialize()
@@ -432,9 +437,10 @@ def _build(cluster_time: Timestamp, token_type: int, txn_op_index: int, from_inv
 
 def build_event_token(cluster_time: Timestamp, txn_op_index: int,
                       collection_uuid: uuid.UUID | None, event_identifier: Mapping[str, Any],
-                      from_invalidate: bool = False) -> Token:
+                      from_invalidate: bool = False, fragment_num: int | None = None) -> Token:
+    """``fragment_num``: the token of one fragment of a split event (0 for the first)."""
     return _build(cluster_time, EVENT_TOKEN, txn_op_index, from_invalidate, collection_uuid,
-                  event_identifier)
+                  event_identifier, fragment_num)
 
 
 def build_high_water_mark(cluster_time: Timestamp) -> Token:

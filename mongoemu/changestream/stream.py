@@ -22,7 +22,8 @@ from mongoemu.bsonvalues import deep_copy, encode, type_name
 from mongoemu.changestream.events import (BEFORE_CHANGE_MODES, FULL_DOCUMENT_MODES,
                                           ChangeEvent, StreamOptions, StreamScope,
                                           events_for_entry)
-from mongoemu.changestream.resume_token import Token, build_high_water_mark, decode_token
+from mongoemu.changestream.resume_token import (Token, build_event_token, build_high_water_mark,
+                                                decode_token)
 from mongoemu.cursors import DEFAULT_FIRST_BATCH, MAX_BATCH_BYTES
 from mongoemu.errors import RETRIABLE_CODES, CommandError, checked_max_time_ms
 
@@ -31,7 +32,13 @@ if TYPE_CHECKING:
     from mongoemu.server import Server
 
 DEFAULT_AWAIT_MS = 1000
-MAX_EVENT_BYTES = 16 * 1024 * 1024
+# An event is a BSON object of the server's internal limit (16 MiB + 16 KiB, what an oplog entry
+# may take); a larger one fails the stream with BSONObjectTooLarge.
+MAX_EVENT_BYTES = 16 * 1024 * 1024 + 16 * 1024
+# $changeStreamSplitLargeEvent splits events over this (8 KiB under that limit, kept for the
+# reply's envelope: the server's kBSONObjMaxChangeEventSize).
+SPLIT_EVENT_BYTES = MAX_EVENT_BYTES - 8 * 1024
+SPLIT_STAGE = "$changeStreamSplitLargeEvent"
 
 # Stages a user may append to $changeStream.
 ALLOWED_STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot",
@@ -120,6 +127,7 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
 
     scope, ns = _scope(ctx, spec, all_changes)
     tail = _tail_stages(rest_pipeline)
+    splits = any(SPLIT_STAGE in stage for stage in tail)
     server = ctx.server
     options = StreamOptions(scope=scope, full_document=full_document,
                             full_document_before_change=before_change,
@@ -135,6 +143,9 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
     if "resumeAfter" in spec or "startAfter" in spec:
         token_document = spec.get("resumeAfter", spec.get("startAfter"))
         resume_token = decode_token(token_document)
+        if resume_token.fragment_num is not None and not splits:
+            raise CommandError(280, "To resume from a split event, the $changeStream pipeline "
+                                    "must include a $changeStreamSplitLargeEvent stage")
         if "resumeAfter" in spec and resume_token.from_invalidate:
             raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is "
                                     "not allowed from an invalidate notification.")
@@ -161,7 +172,7 @@ def _open(ctx: "Context", spec: Any, rest_pipeline: list[dict[str, Any]],
     cursor = ChangeStreamCursor(
         cursor_id=server.cursors.new_id(), ns=ns, session_id=session_id, server=server,
         options=options, tail_stages=tail, position=oplog.position_at_or_after(start),
-        initial_token=initial, resume_key=resume_key,
+        initial_token=initial, resume_key=resume_key, split_large_events=splits,
         # A shard answering the router only holds part of the cluster's events: the token's
         # event may be on another shard, so passing its position is no error here.
         token_may_be_elsewhere=ctx.body.get("fromMongos") is True)
@@ -249,7 +260,7 @@ def _tail_stages(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _transforming(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The stages that look at event documents (the split stage only matters for huge ones)."""
-    return [stage for stage in stages if "$changeStreamSplitLargeEvent" not in stage]
+    return [stage for stage in stages if SPLIT_STAGE not in stage]
 
 
 def _batch_size(cursor_options: dict[str, Any]) -> int:
@@ -274,6 +285,42 @@ def _encode_event(document: dict[str, Any]) -> bytes:
     return wrapper[6:-1]
 
 
+def split_event(document: dict[str, Any], event: ChangeEvent,
+                max_fragment_bytes: int) -> list[tuple[bytes, Token]]:
+    """An event cut into fragments of at most ``max_fragment_bytes``, as the server's
+    ``$changeStreamSplitLargeEvent`` cuts it: top-level fields only, smallest first (ties by
+    name) so that the first fragment holds as many as it can; each fragment has its own token
+    (the event's, plus the fragment's index) and ``splitEvent: {fragment, of}``."""
+    fields = sorted((len(encode({name: value})) - 5, name)
+                    for name, value in document.items() if name != "_id")
+    if not fields:
+        raise CommandError(7182502, "Cannot split an empty event or an event containing solely "
+                                    "'_id' field")
+    built: list[tuple[dict[str, Any], Token]] = []
+    position = 0
+    while position < len(fields):
+        token = build_event_token(event.cluster_time, event.txn_op_index, event.collection_uuid,
+                                  event.identifier, fragment_num=len(built))
+        fragment: dict[str, Any] = {"_id": token.document,
+                                    "splitEvent": {"fragment": len(built) + 1, "of": 0}}
+        size = len(encode(fragment))
+        while True:  # at least one field in each fragment
+            field_size, name = fields[position]
+            fragment[name] = document[name]
+            size += field_size
+            position += 1
+            if position == len(fields) or size + fields[position][0] > max_fragment_bytes:
+                break
+        if size > max_fragment_bytes:
+            raise CommandError(7182500, f"Splitting change event failed: fragment size {size} is "
+                                        f"greater than maximum allowed fragment size "
+                                        f"{max_fragment_bytes}")
+        built.append((fragment, token))
+    for fragment, _ in built:
+        fragment["splitEvent"]["of"] = len(built)
+    return [(_encode_event(fragment), token) for fragment, token in built]
+
+
 # -- the cursor ------------------------------------------------------------------------------
 
 
@@ -285,7 +332,7 @@ class ChangeStreamCursor:
     def __init__(self, cursor_id: int, ns: str, session_id: bytes | None, server: "Server",
                  options: StreamOptions, tail_stages: list[dict[str, Any]], position: int,
                  initial_token: Token, resume_key: tuple | None,
-                 token_may_be_elsewhere: bool = False) -> None:
+                 token_may_be_elsewhere: bool = False, split_large_events: bool = False) -> None:
         self.id = cursor_id
         self.ns = ns
         self.session_id = session_id
@@ -295,8 +342,14 @@ class ChangeStreamCursor:
         self.stages = _transforming(tail_stages)
         self.position = position  # next oplog position to scan
         self.pending: collections.deque[ChangeEvent] = collections.deque()
+        # Events rendered and not returned yet (the rest of a split event): bytes, token.
+        self.ready: collections.deque[tuple[bytes, Token]] = collections.deque()
         # Sort key of the client's event token until the stream has met it.
         self.resume_key = resume_key
+        self.split_large_events = split_large_events
+        # The fragment the client's token names, once its event is met: those up to it are
+        # not returned again.
+        self._resume_fragment: int | None = None
         self._token_may_be_elsewhere = token_may_be_elsewhere
         self._client_token = initial_token.document
         self.post_batch_token = initial_token.document
@@ -339,7 +392,18 @@ class ChangeStreamCursor:
         batch: list[RawBSONDocument] = []
         size = 0
         last_returned: Token | None = None
-        while not self.exhausted and (limit is None or len(batch) < limit):
+        while limit is None or len(batch) < limit:
+            if self.ready:
+                raw, token = self.ready[0]
+                if batch and size + len(raw) > MAX_BATCH_BYTES:
+                    break
+                self.ready.popleft()
+                batch.append(RawBSONDocument(raw))
+                size += len(raw)
+                last_returned = token
+                continue
+            if self.exhausted:
+                break
             if not self.pending:
                 if self.position < oplog.start_position:
                     raise _history_lost(self._scanned_ts or Timestamp(0, 0))
@@ -355,22 +419,31 @@ class ChangeStreamCursor:
             if self.resume_key is not None:
                 self._skip_until_resume_point(event)
                 continue
-            raw = self._output(event)
-            if raw is not None and batch and size + len(raw) > MAX_BATCH_BYTES:
+            rendered = self._output(event)
+            if len(rendered) == 1 and batch and size + len(rendered[0][0]) > MAX_BATCH_BYTES:
                 break  # stays pending; rendered again for the next batch
             self.pending.popleft()
             if event.is_invalidate:
-                self.exhausted = True
-            if raw is None:
-                continue
-            batch.append(RawBSONDocument(raw))
-            size += len(raw)
-            last_returned = event.token
+                self.exhausted = True  # an invalidate is never split: it is returned now
+            if len(rendered) == 1:
+                raw, token = rendered[0]
+                batch.append(RawBSONDocument(raw))
+                size += len(raw)
+                last_returned = token
+            else:
+                self.ready.extend(rendered)
         self._advance_post_batch_token(last_returned)
         return batch
 
     def _skip_until_resume_point(self, event: ChangeEvent) -> None:
         assert self.resume_key is not None
+        resume_key = self.resume_key
+        if resume_key[-1] and event.token.sort_key[:-1] == resume_key[:-1]:
+            # The client's token names a fragment of this event: it is split again and the
+            # fragments after that one are returned.
+            self.resume_key = None
+            self._resume_fragment = decode_token(self._client_token).fragment_num
+            return
         if event.token.sort_key > self.resume_key:
             if self._token_may_be_elsewhere:
                 self.resume_key = None  # past the resume point: this event is reported
@@ -381,14 +454,16 @@ class ChangeStreamCursor:
             self.resume_key = None
         self.pending.popleft()
 
-    def _output(self, event: ChangeEvent) -> bytes | None:
-        """The encoded event after the tail stages, or None when they filter it out."""
+    def _output(self, event: ChangeEvent) -> list[tuple[bytes, Token]]:
+        """The encoded event after the tail stages (none when they filter it out), or the
+        fragments of an event too large to return whole (``$changeStreamSplitLargeEvent``)."""
+        resume_fragment, self._resume_fragment = self._resume_fragment, None
         document = event.render(self.options, self.server.catalog)
         if self.stages:
             from mongoemu.query.aggregate import run_pipeline
             results = list(run_pipeline([deep_copy(document)], self.stages, None))
             if not results:
-                return None
+                return []
             document = results[0]
             if document.get("_id") != event.token.document:
                 raise CommandError(280, "Encountered an event whose _id field, which contains "
@@ -398,11 +473,26 @@ class ChangeStreamCursor:
                                         "transformations that retain the unmodified _id field "
                                         "are allowed.")
         raw = _encode_event(document)
-        if len(raw) > MAX_EVENT_BYTES:
+        if len(raw) <= (SPLIT_EVENT_BYTES if self.split_large_events else MAX_EVENT_BYTES):
+            if resume_fragment is not None:
+                raise CommandError(280, "Attempted to resume from a split event fragment, but "
+                                        "the event in the resumed stream was not large enough "
+                                        "to be split")
+            return [(raw, event.token)]
+        if not self.split_large_events:
             raise CommandError(10334, f"BSONObj size: {len(raw)} (0x{len(raw):X}) is invalid. "
                                       f"Size must be between 0 and 16793600(16MB) First element: "
                                       f"_id: {event.token.document}")
-        return raw
+        # Room is left for the postBatchResumeToken of the reply.
+        fragments = split_event(document, event,
+                                SPLIT_EVENT_BYTES - len(encode(event.token.document)))
+        if resume_fragment is None:
+            return fragments
+        if resume_fragment >= len(fragments):
+            raise CommandError(280, "Attempted to resume from a split event, but the resumed "
+                                    "stream produced a different split. Ensure that the pipeline "
+                                    "used to resume is the same as the original")
+        return fragments[resume_fragment + 1:]
 
     def _advance_post_batch_token(self, last_returned: Token | None) -> None:
         """PBRT: the last event's token if nothing was scanned after it, else a high-water

@@ -123,7 +123,7 @@ class RouterChangeStream:
             batch.append(event)
             size += length
             last = (data, event)
-            if event["operationType"] == "invalidate":
+            if event.get("operationType") == "invalidate":  # a later fragment has none
                 self.exhausted = True
         self._advance(last)
         return batch

@@ -474,3 +474,76 @@ def test_internal_apply_oplog_update_checks_its_argument(db) -> None:
     db.c.update_one({"_id": 1}, [{"$_internalApplyOplogUpdate": {"oplogUpdate": {
         "$v": 2, "diff": {"d": {"a": False}, "i": {"c": 1}}}}}])
     assert db.c.find_one({"_id": 1}) == {"_id": 1, "b": 3, "c": 1}
+
+
+
+# A document of exactly 16 MiB, the largest MongoDB stores: its insert event is a little larger,
+# within the 16 MiB + 16 KiB of the server's internal objects (what an oplog entry may take).
+LARGEST = {"_id": 1, "big": "x" * (16 * 1024 * 1024 - 24)}
+SPLIT = [{"$changeStreamSplitLargeEvent": {}}]
+MIB = 1024 * 1024
+
+
+def fragments_of(stream: pymongo.change_stream.ChangeStream, count: int) -> list[dict]:
+    return [next_change(stream, timeout=20.0) for _ in range(count)]
+
+
+def large_update(db) -> None:
+    """An update event of 22 MiB when the post-image is looked up (7 MiB set, 15 MiB after)."""
+    db.c.update_one({"_id": 1}, {"$set": {"b": "b" * (7 * MIB)}})
+
+
+def test_an_event_of_a_16_mib_document_is_returned_whole(db) -> None:
+    for pipeline in ([], SPLIT):
+        with db.c.watch(pipeline, max_await_time_ms=AWAIT_MS) as stream:
+            db.c.insert_one(LARGEST)
+            change = next_change(stream, timeout=20.0)
+            db.c.delete_many({})
+        assert change["fullDocument"] == LARGEST and "splitEvent" not in change
+
+
+def test_an_event_over_16_mib_and_16_kib_fails_without_the_split_stage(db) -> None:
+    db.c.insert_one({"_id": 1, "a": "a" * (8 * MIB)})
+    with db.c.watch(full_document="updateLookup", max_await_time_ms=AWAIT_MS) as stream:
+        large_update(db)
+        with pytest.raises(OperationFailure) as failure:
+            next_change(stream, timeout=20.0)
+    assert failure.value.code == 10334  # BSONObjectTooLarge
+
+
+def test_large_events_are_split_into_fragments_that_resume(db) -> None:
+    db.c.insert_one({"_id": 1, "a": "a" * (8 * MIB)})
+    with db.c.watch(SPLIT, full_document="updateLookup", max_await_time_ms=AWAIT_MS) as stream:
+        large_update(db)
+        db.c.insert_one({"_id": 2})
+        first, second, after = fragments_of(stream, 3)
+    assert first["splitEvent"] == {"fragment": 1, "of": 2}
+    assert second["splitEvent"] == {"fragment": 2, "of": 2}
+    # Smallest fields first: the first fragment holds all but the looked-up document.
+    assert list(first)[:2] == ["_id", "splitEvent"] and "fullDocument" not in first
+    assert first["operationType"] == "update" and first["documentKey"] == {"_id": 1}
+    assert first["updateDescription"]["updatedFields"] == {"b": "b" * (7 * MIB)}
+    assert list(second) == ["_id", "splitEvent", "fullDocument"]
+    assert second["fullDocument"] == db.c.find_one({"_id": 1})
+    tokens = [decode_token(change["_id"]) for change in (first, second, after)]
+    assert [token.fragment_num for token in tokens] == [0, 1, None]
+    assert tokens[0].sort_key < tokens[1].sort_key < tokens[2].sort_key
+    assert after["operationType"] == "insert" and after["documentKey"] == {"_id": 2}
+
+    # From a fragment's token: the fragments after it, then the next event.
+    with db.c.watch(SPLIT, full_document="updateLookup", resume_after=first["_id"],
+                    max_await_time_ms=AWAIT_MS) as stream:
+        again, following = fragments_of(stream, 2)
+    assert again["_id"] == second["_id"] and again["splitEvent"] == {"fragment": 2, "of": 2}
+    assert following["_id"] == after["_id"]
+    with db.c.watch(SPLIT, full_document="updateLookup", resume_after=second["_id"],
+                    max_await_time_ms=AWAIT_MS) as stream:
+        assert next_change(stream)["_id"] == after["_id"]
+    # A fragment's token needs the stage, and an event that is split again.
+    with pytest.raises(OperationFailure) as failure:
+        db.c.watch(resume_after=first["_id"], max_await_time_ms=AWAIT_MS)
+    assert failure.value.code == 280
+    with pytest.raises(OperationFailure) as failure:  # the aggregate meets it at once
+        with db.c.watch(SPLIT, resume_after=first["_id"], max_await_time_ms=AWAIT_MS) as stream:
+            next_change(stream)
+    assert failure.value.code == 280 and "not large enough" in str(failure.value)

@@ -13,14 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bson
 import pymongo
 import pytest
+from bson.raw_bson import RawBSONDocument
 
 from mongoemu.testing import EmulatorProcess
 from pymongosync.clusters import APP_NAME, Cluster
 from pymongosync.errors import ChangeBufferFull, ChangeStreamHistoryLost, PreflightFailed
 from pymongosync.migration import EngineSettings, Migration
 from pymongosync.request import StartRequest
+from pymongosync.state import BufferedBatch
 from pymongosync.store import METADATA_DATABASE, MetadataStore
 from pymongosync.verifier.compare import compare_clusters
 
@@ -346,3 +349,76 @@ def test_start_refuses_a_copy_the_oplog_cannot_hold_without_the_buffer(
             buffering.close()
             cluster0.close()
             cluster1.close()
+
+
+def largest(number: int, letter: str) -> dict[str, Any]:
+    """A document of exactly 16 MiB, the largest MongoDB stores: its change event is larger."""
+    return {"_id": number, "big": letter * (16 * 2**20 - 24)}
+
+
+def test_documents_of_16_mib_are_buffered_and_applied(source: EmulatorProcess,
+                                                      destination: EmulatorProcess) -> None:
+    """A change event of a 16 MiB document is over 16 MiB: the change buffer stores it in
+    pieces (a document of the destination holds 16 MiB), and it is applied whole."""
+    seed(source)
+    cluster0, cluster1 = clusters_of(source, destination)
+    migration = Migration.open(cluster0, cluster1, load_level=1)
+    try:
+        migration.start(StartRequest.from_document(START))
+        slow_copy(source, 1000)
+        try:
+            migration.wait_for(lambda p: p["copyDetails"]["phase"] == "collection copy",
+                               timeout=60)
+            with user_client(source) as client:
+                client.app.large.insert_one(largest(1, "a"))
+                client.app.large.insert_one({"_id": 2})
+                client.app.large.replace_one({"_id": 2}, largest(2, "b"))
+                client.app.large.update_one({"_id": 1}, {"$set": {"big": "c" * (16 * 2**20
+                                                                                 - 24)}})
+            migration.wait_for(lambda p: p.get("changeBuffer", {}).get("events", 0) >= 4,
+                               timeout=60)
+        finally:
+            speed_up(source)
+        migration.wait_for(lambda p: p["canCommit"], timeout=180)
+        with user_client(source) as client:  # and while changes are applied from the stream
+            client.app.large.insert_one(largest(3, "d"))
+            client.app.large.update_one({"_id": 2}, {"$set": {"big": "e" * (16 * 2**20 - 24)}})
+        final = commit(migration)
+    finally:
+        migration.close()
+        cluster0.close()
+        cluster1.close()
+    assert final["state"] == "COMMITTED"
+    with pymongo.MongoClient(source.uri) as left, pymongo.MongoClient(destination.uri) as right:
+        comparison = compare_clusters(left, right)
+        assert comparison.equal, comparison.summary()
+        assert right.app.large.count_documents({}) == 3
+
+
+def test_a_batch_stored_in_pieces_is_whole_or_absent(destination: EmulatorProcess) -> None:
+    """The pieces of a large batch are written before the batch that names them: a batch that
+    failed half-way is absent (its pieces are written again, or dropped with what precedes)."""
+    big = RawBSONDocument(bson.encode({"_id": {"k": 1}, "operationType": "insert",
+                                       "fullDocument": largest(1, "p")}))
+    small = RawBSONDocument(bson.encode({"_id": {"k": 2}, "operationType": "delete"}))
+    with pymongo.MongoClient(destination.uri) as client:
+        store = MetadataStore(client)
+        pieces = client[METADATA_DATABASE].changeBufferPieces
+        client.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
+            "failCommands": ["update"], "errorCode": 2,
+            "namespace": f"{METADATA_DATABASE}.changeBuffer"})
+        with pytest.raises(pymongo.errors.OperationFailure):
+            store.append_buffer(BufferedBatch(seq=1, events=[big], size=len(big.raw)))
+        assert pieces.count_documents({}) == 3  # written, and not part of the buffer
+        assert store.buffer_batches(0, 10) == [] and store.buffer_totals().events == 0
+        store.append_buffer(BufferedBatch(seq=1, events=[big, small],
+                                          size=len(big.raw) + len(small.raw)))
+        store.append_buffer(BufferedBatch(seq=2, events=[small], size=len(small.raw)))
+        [first, second] = store.buffer_batches(0, 10)
+        assert [event.raw for event in first.events] == [big.raw, small.raw]
+        assert [event.raw for event in second.events] == [small.raw]
+        totals = store.buffer_totals()
+        assert (totals.batches, totals.events, totals.last_seq) == (2, 3, 2)
+        store.drop_buffer_through(1)
+        assert pieces.count_documents({}) == 0
+        assert [batch.seq for batch in store.buffer_batches(0, 10)] == [2]

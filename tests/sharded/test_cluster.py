@@ -423,6 +423,33 @@ def test_a_router_stream_resumes_across_shards_after_a_router_restart(
         assert client.config.collections.find_one({"_id": "rs.items"})["key"] == {"k": "hashed"}
 
 
+def test_a_router_stream_splits_large_events_and_resumes_from_a_fragment(
+        cluster: ClusterProcess) -> None:
+    """$changeStreamSplitLargeEvent through the router: the shard splits, the router merges the
+    fragments in token order with the other shards' events."""
+    split = [{"$changeStreamSplitLargeEvent": {}}]
+    mib = 1024 * 1024
+    with router(cluster) as client:
+        client.admin.command("shardCollection", "sp.items", key={"_id": "hashed"})
+        client.sp.items.insert_many([{"_id": i, "a": "a" * (8 * mib) if i == 0 else i}
+                                     for i in range(6)])
+        with client.sp.items.watch(split, full_document="updateLookup") as stream:
+            # An update event of 22 MiB with its post-image (7 MiB set, 15 MiB after).
+            client.sp.items.update_one({"_id": 0}, {"$set": {"b": "b" * (7 * mib)}})
+            client.sp.items.update_many({"_id": {"$gt": 0}}, {"$set": {"seen": True}})
+            events = _read(stream, 7)
+        assert [e.get("splitEvent") for e in events[:2]] == [{"fragment": 1, "of": 2},
+                                                             {"fragment": 2, "of": 2}]
+        assert events[1]["fullDocument"]["b"] == "b" * (7 * mib)
+        assert sorted(e["documentKey"]["_id"] for e in events[2:]) == [1, 2, 3, 4, 5]
+        tokens = [e["_id"]["_data"] for e in events]
+        assert tokens == sorted(tokens)
+        with client.sp.items.watch(split, full_document="updateLookup",
+                                   resume_after=events[0]["_id"]) as stream:
+            resumed = _read(stream, 6)
+        assert [e["_id"] for e in resumed] == [e["_id"] for e in events[1:]]
+
+
 def test_history_lost_on_one_shard_fails_the_router_stream(cluster: ClusterProcess) -> None:
     with router(cluster) as client:
         client.admin.command("shardCollection", "hl.items", key={"k": "hashed"})
