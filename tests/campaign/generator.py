@@ -58,6 +58,9 @@ HOT_DOCUMENTS = os.environ.get("CAMPAIGN_HOT_DOCUMENTS") == "1"
 STATE_CHANGE_CODES = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})
 # A document near the 16 MiB limit: below it by enough to stay a valid insert once encoded.
 BIG_DOCUMENT_BYTES = 16 * MIB - 4096
+# The largest documents: up to 2,000 bytes under 16 MiB once encoded (the runner fills them up
+# to their size). Their change events are over 16 MiB.
+LARGEST_DOCUMENT_BYTES = 16 * MIB
 
 
 # -- the plan ----------------------------------------------------------------------------------
@@ -499,7 +502,7 @@ class Generator:
 
     def big_document(self, coll: Coll, _id: Any) -> dict[str, Any]:
         document = self.document(coll, _id, extra=1)
-        document["blob"] = {"$big": BIG_DOCUMENT_BYTES - self.rng.randint(0, 200_000)}
+        document["blob"] = {"$fill": LARGEST_DOCUMENT_BYTES - self.rng.randint(0, 200_000) // 100}
         return document
 
     # -- setup -----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bson
 import httpx
 import pymongo
 from bson.codec_options import DatetimeConversion
@@ -317,11 +318,17 @@ class Mongosync:
 
 
 def expand(document: Any) -> Any:
-    """``{"$big": n}`` placeholders become strings of ``n`` bytes (kept small in plans)."""
+    """``{"$big": n}`` placeholders become strings of ``n`` bytes, and a field ``{"$fill": n}``
+    the string that makes its document ``n`` bytes once encoded (kept small in plans)."""
     if isinstance(document, dict):
         if set(document) == {"$big"}:
             return "B" * int(document["$big"])
-        return {key: expand(item) for key, item in document.items()}
+        expanded = {key: expand(item) for key, item in document.items()}
+        for key, item in expanded.items():
+            if isinstance(item, dict) and set(item) == {"$fill"}:
+                expanded[key] = ""
+                expanded[key] = "F" * max(0, int(item["$fill"]) - len(bson.encode(expanded)))
+        return expanded
     if isinstance(document, list):
         return [expand(item) for item in document]
     return document
