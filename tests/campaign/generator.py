@@ -174,6 +174,7 @@ class Plan:
     conflict: str | None = None
     # --hotDocIDs values (HOT_DOCUMENTS), given to every mongosync process of the seed.
     hot_documents: list[str] = field(default_factory=list)
+    server_copies: bool = False  # drawn with the server's own copies (SERVER_COPIES)
 
     def summary(self) -> str:
         def count(steps: list[Step], kind: type) -> int:
@@ -443,7 +444,7 @@ class NsFilter:
 
 
 class Generator:
-    def __init__(self, seed: int, big: bool, long: bool) -> None:
+    def __init__(self, seed: int, big: bool, long: bool, server_copies: bool = False) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.big = big
@@ -452,7 +453,7 @@ class Generator:
         self.name_counter = 0
         self.filter: NsFilter | None = None
         self.phase = "setup"
-        self.copies_rng = random.Random(seed * 1_000_003 + 17) if SERVER_COPIES else None
+        self.copies_rng = random.Random(seed * 1_000_003 + 17) if server_copies else None
 
     # -- documents -------------------------------------------------------------------------------
     def document(self, coll: Coll, _id: Any, extra: int | None = None) -> dict[str, Any]:
@@ -1152,10 +1153,11 @@ def lazy_documents(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [generator.document(coll, _id, spec["extra"]) for _id in spec["ids"]]
 
 
-def generate(seed: int, big: bool = False, long: bool = False) -> Plan:
+def generate(seed: int, big: bool = False, long: bool = False, *,
+             server_copies: bool = SERVER_COPIES, hot_documents: bool = HOT_DOCUMENTS) -> Plan:
     """The plan of ``seed``. ``long``: more data and longer timelines (the long mode);
     ``big``: documents near 16 MiB too (slow)."""
-    generator = Generator(seed, big, long or big)
+    generator = Generator(seed, big, long or big, server_copies)
     rng = generator.rng
     slow_side = rng.choice(["source", "destination"])
     generator.slow_side = slow_side  # type: ignore[attr-defined]
@@ -1213,7 +1215,8 @@ def generate(seed: int, big: bool = False, long: bool = False) -> Plan:
                 commit_kills=commit_kills, start_body=start_body,
                 pace_ms=rng.choice([0, 0, 5, 20, 60]), namespace_filter=generator.filter,
                 destination_setup=destination_setup, conflict=conflict,
-                hot_documents=choose_hot_documents(seed, copy + cea) if HOT_DOCUMENTS else [])
+                hot_documents=choose_hot_documents(seed, copy + cea) if hot_documents else [],
+                server_copies=server_copies)
 
 
 def choose_hot_documents(seed: int, steps: list[Step]) -> list[str]:

@@ -41,7 +41,7 @@ from pymongosync.request import StartRequest
 from pymongosync.verifier.compare import compare_clusters
 
 from . import check
-from .generator import (AVOIDED, HOT_DOCUMENTS, SERVER_COPIES, Fault, Kill, Op, Pause, Plan,
+from .generator import (AVOIDED, Fault, Kill, Op, Pause, Plan,
                         Reset, Step, generate, lazy_documents)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,11 +101,12 @@ def root_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
                                datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
-def reproduce_command(seed: int, big: bool = False, long: bool = False) -> str:
+def reproduce_command(seed: int, big: bool = False, long: bool = False, *,
+                      server_copies: bool = False, hot_documents: bool = False) -> str:
     flags = (" --big" if big else "") + (" --long" if long and not big else "")
     # The mode changes the seed's plan: without it, the command would run another plan.
-    mode = ("CAMPAIGN_SERVER_COPIES=1 " if SERVER_COPIES else "") + \
-        ("CAMPAIGN_HOT_DOCUMENTS=1 " if HOT_DOCUMENTS else "")
+    mode = ("CAMPAIGN_SERVER_COPIES=1 " if server_copies else "") + \
+        ("CAMPAIGN_HOT_DOCUMENTS=1 " if hot_documents else "")
     return f"{mode}.venv/bin/python -m scripts.campaign --seed {seed}{flags}"
 
 
@@ -114,6 +115,8 @@ class Outcome:
     seed: int
     big: bool
     long: bool
+    server_copies: bool = False
+    hot_documents: bool = False
     passed: bool = False
     reason: str = ""
     details: list[str] = field(default_factory=list)
@@ -124,7 +127,9 @@ class Outcome:
 
     @property
     def command(self) -> str:
-        return reproduce_command(self.seed, self.big, self.long)
+        return reproduce_command(self.seed, self.big, self.long,
+                                 server_copies=self.server_copies,
+                                 hot_documents=self.hot_documents)
 
     def line(self) -> str:
         stats = self.stats
@@ -479,7 +484,9 @@ class SeedRun:
         self.plan = plan
         self.long = long
         self.out = out
-        self.outcome = Outcome(seed=plan.seed, big=plan.big, long=long)
+        self.outcome = Outcome(seed=plan.seed, big=plan.big, long=long,
+                               server_copies=plan.server_copies,
+                               hot_documents=bool(plan.hot_documents))
         self.stats = self.outcome.stats
         self.restart_at: float | None = None
         self.destination_own: dict[str, Any] = {}
@@ -831,13 +838,14 @@ class SeedRun:
 
 def run_seed(seed: int, big: bool = False, long: bool = False,
              out: Callable[[str], None] = print, keep_logs: bool = False,
-             tamper: Callable[[EmulatorProcess, EmulatorProcess], None] | None = None
-             ) -> Outcome:
+             tamper: Callable[[EmulatorProcess, EmulatorProcess], None] | None = None,
+             **modes: bool) -> Outcome:
     """Run one seed; never raises for a failure of the migration (see ``Outcome``).
 
     ``tamper(source, destination)`` runs after COMMITTED, before the checks (to show that
-    they catch a difference)."""
-    return run_plan(generate(seed, big=big, long=long), long=long, out=out,
+    they catch a difference). ``modes``: ``server_copies``, ``hot_documents`` (by default
+    from the environment, see generator.py)."""
+    return run_plan(generate(seed, big=big, long=long, **modes), long=long, out=out,
                     keep_logs=keep_logs, tamper=tamper)
 
 

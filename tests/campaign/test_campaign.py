@@ -33,12 +33,35 @@ from .runner import run_seed
 SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289, 369, 10278, 10375]
 
 
+# Seeds of the modes that are off by default (generator.py), each passed by the campaigns of
+# its mode: 786 draws the server's own copies (convertToCapped and cloneCollectionAsCapped
+# during the copy and after it, $out after it); 345 runs with --hotDocIDs naming three
+# documents its timelines write.
+MODE_SEEDS: list[tuple[int, dict[str, bool]]] = [(786, {"server_copies": True}),
+                                                 (345, {"hot_documents": True})]
+
+
 @pytest.mark.campaign
 @pytest.mark.parametrize("seed", SEEDS)
 def test_seed(seed: int) -> None:
     outcome = run_seed(seed)
     assert outcome.passed, outcome.line()
     assert outcome.stats["documents"] > 0 and outcome.stats["ops_ok"] > 0, outcome.line()
+
+
+@pytest.mark.campaign
+@pytest.mark.parametrize(("seed", "modes"), MODE_SEEDS, ids=lambda value: str(value))
+def test_seed_in_a_mode(seed: int, modes: dict[str, bool]) -> None:
+    outcome = run_seed(seed, **modes)
+    assert outcome.passed, outcome.line()
+    assert f"CAMPAIGN_{next(iter(modes)).upper()}=1" in outcome.command
+
+
+def test_the_mode_seeds_draw_their_mode() -> None:
+    copies = features(generate(786, server_copies=True, hot_documents=False))
+    assert {"convert_to_capped during cea", "clone_capped during copy",
+            "out during cea"} <= copies
+    assert len(generate(345, server_copies=False, hot_documents=True).hot_documents) == 3
 
 
 def test_the_seeds_cover_every_feature() -> None:
