@@ -327,7 +327,7 @@ class Writer:
         old_raw = collection.get_raw(key)
         if raw == old_raw:
             return False
-        if len(raw) > 16 * 1024 * 1024 + 16 * 1024:
+        if len(raw) > 16 * 1024 * 1024:  # as an insert's: the server's BSONObjMaxUserSize
             raise CommandError(17419, "Resulting document after update is larger than 16777216")
         self._validate(ctx, collection, new_document, old_document)
         if self.server.config.shard_role and ctx is not None:

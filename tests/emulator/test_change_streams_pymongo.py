@@ -547,3 +547,4 @@ def test_large_events_are_split_into_fragments_that_resume(db) -> None:
         with db.c.watch(SPLIT, resume_after=first["_id"], max_await_time_ms=AWAIT_MS) as stream:
             next_change(stream)
     assert failure.value.code == 280 and "not large enough" in str(failure.value)
+

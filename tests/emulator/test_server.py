@@ -349,3 +349,12 @@ def test_mongos_mode(mongos: EmulatorProcess) -> None:
         client.admin.command("balancerStop")
         assert client.admin.command("balancerStatus")["mode"] == "off"
         assert client.config.settings.find_one({"_id": "balancer"})["stopped"] is True
+
+
+def test_an_update_may_not_make_a_document_larger_than_16_mib(db) -> None:
+    db.c.insert_one({"_id": 1, "big": "x" * (16 * 1024 * 1024 - 40)})
+    with pytest.raises(OperationFailure) as failure:
+        db.c.update_one({"_id": 1}, {"$set": {"more": "y" * 100}})
+    assert failure.value.code == 17419
+    db.c.update_one({"_id": 1}, {"$set": {"big": "z" * (16 * 1024 * 1024 - 40)}})  # the same size
+    assert db.c.find_one({"_id": 1}, {"big": {"$substrBytes": ["$big", 0, 1]}})["big"] == "z"
