@@ -24,7 +24,7 @@ from pymongosync.errors import ChangeBufferFull, ChangeStreamHistoryLost, Prefli
 from pymongosync.migration import EngineSettings, Migration
 from pymongosync.request import StartRequest
 from pymongosync.state import BufferedBatch
-from pymongosync.store import METADATA_DATABASE, MetadataStore
+from pymongosync.store import MAIN_STREAM, METADATA_DATABASE, MetadataStore
 from pymongosync.verifier.compare import compare_clusters
 
 from .conftest import start_cluster, user_client
@@ -395,30 +395,35 @@ def test_documents_of_16_mib_are_buffered_and_applied(source: EmulatorProcess,
         assert right.app.large.count_documents({}) == 3
 
 
-def test_a_batch_stored_in_pieces_is_whole_or_absent(destination: EmulatorProcess) -> None:
+@pytest.mark.parametrize("stream", [MAIN_STREAM, "shard01"])
+def test_a_batch_stored_in_pieces_is_whole_or_absent(destination: EmulatorProcess,
+                                                     stream: str) -> None:
     """The pieces of a large batch are written before the batch that names them: a batch that
-    failed half-way is absent (its pieces are written again, or dropped with what precedes)."""
+    failed half-way is absent (its pieces are written again, or dropped with what precedes).
+    ``shard01``: the stream of one instance of a migration with one per source shard."""
     big = RawBSONDocument(bson.encode({"_id": {"k": 1}, "operationType": "insert",
                                        "fullDocument": largest(1, "p")}))
     small = RawBSONDocument(bson.encode({"_id": {"k": 2}, "operationType": "delete"}))
     with pymongo.MongoClient(destination.uri) as client:
         store = MetadataStore(client)
-        pieces = client[METADATA_DATABASE].changeBufferPieces
+        suffix = "" if stream == MAIN_STREAM else f".{stream}"
+        pieces = client[METADATA_DATABASE][f"changeBufferPieces{suffix}"]
         client.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
             "failCommands": ["update"], "errorCode": 2,
-            "namespace": f"{METADATA_DATABASE}.changeBuffer"})
+            "namespace": f"{METADATA_DATABASE}.changeBuffer{suffix}"})
         with pytest.raises(pymongo.errors.OperationFailure):
-            store.append_buffer(BufferedBatch(seq=1, events=[big], size=len(big.raw)))
+            store.append_buffer(BufferedBatch(seq=1, events=[big], size=len(big.raw)), stream)
         assert pieces.count_documents({}) == 3  # written, and not part of the buffer
-        assert store.buffer_batches(0, 10) == [] and store.buffer_totals().events == 0
+        assert store.buffer_batches(0, 10, stream) == []
+        assert store.buffer_totals(stream).events == 0
         store.append_buffer(BufferedBatch(seq=1, events=[big, small],
-                                          size=len(big.raw) + len(small.raw)))
-        store.append_buffer(BufferedBatch(seq=2, events=[small], size=len(small.raw)))
-        [first, second] = store.buffer_batches(0, 10)
+                                          size=len(big.raw) + len(small.raw)), stream)
+        store.append_buffer(BufferedBatch(seq=2, events=[small], size=len(small.raw)), stream)
+        [first, second] = store.buffer_batches(0, 10, stream)
         assert [event.raw for event in first.events] == [big.raw, small.raw]
         assert [event.raw for event in second.events] == [small.raw]
-        totals = store.buffer_totals()
+        totals = store.buffer_totals(stream)
         assert (totals.batches, totals.events, totals.last_seq) == (2, 3, 2)
-        store.drop_buffer_through(1)
+        store.drop_buffer_through(1, stream)
         assert pieces.count_documents({}) == 0
-        assert [batch.seq for batch in store.buffer_batches(0, 10)] == [2]
+        assert [batch.seq for batch in store.buffer_batches(0, 10, stream)] == [2]
