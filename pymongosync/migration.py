@@ -320,11 +320,9 @@ class Migration:
             context.save_global("verification_disabled")
             self._notify("verification disabled (--disableVerification), for good")
             enabled = False
-        if enabled and self.layout.multi:
-            # Its rechecks follow one change stream; instances apply one shard's each. A
-            # migration run one instance per shard is verified by `mongosync verify`.
-            log.info("the embedded verifier is off with one instance per source shard: verify "
-                     "with `mongosync verify` once committed")
+        if enabled and self.layout.multi and not self.layout.is_coordinator:
+            # The coordinator's verifier verifies every shard's documents; the other
+            # instances apply their shard's changes (verifier/embedded.py).
             enabled = False
         destination = self.clusters[state.destination_label]
         context.verifier = EmbeddedVerifier(context, destination.verifier_store()) \

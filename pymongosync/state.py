@@ -586,6 +586,11 @@ class VerifierState(Record):
     destination_resume_token: dict[str, Any] | None = None
     destination_start_time: Timestamp | None = None
     destination_last_event_ts: Timestamp | None = None
+    # With one instance per source shard, where the source's change stream (every shard's,
+    # through the router) is followed from: each instance applies only its own shard's.
+    source_resume_token: dict[str, Any] | None = None
+    source_start_time: Timestamp | None = None
+    source_last_event_ts: Timestamp | None = None
     hashed_source_documents: int = 0
     hashed_destination_documents: int = 0
     rechecked_documents: int = 0

@@ -487,9 +487,18 @@ class ChangeApplier:
             # Stopping (pause, shutdown): the last checkpoint on the way out must not start
             # again the verifier the stop has just stopped.
             return
+        if verifier.started:
+            verifier.ensure_started()
+            return
         copied = context.resume.copy_finished_time
-        applied = context.resume.crud_change_stream_resume_info.last_event_ts
-        if verifier.started or copied is None or (applied is not None and applied >= copied):
+        if context.layout.multi:  # (the coordinator's verifier) every instance's backlog
+            resumes = context.group.resumes()
+            if not context.group.all_copied():
+                return
+            copied = max(resume.copy_finished_time for resume in resumes.values()
+                         if resume.copy_finished_time is not None)
+        applied = verifier.applied_up_to()
+        if copied is None or (applied is not None and applied >= copied):
             verifier.ensure_started()
 
 

@@ -23,6 +23,12 @@ How it works (in the manner of mongodb-labs/migration-verifier):
 
 Its state is per range and per pending recheck, never per document: memory does not grow with
 the number of documents.
+
+With one instance per source shard, the coordinator's verifier verifies the whole migration:
+it hashes every instance's ranges, follows the source's change stream through the router (every
+shard's changes: each instance applies only its own shard's) instead of being told by change
+application, and compares a recheck once every instance has applied its shard's changes up to
+it. Its final verification runs once every instance has drained its shard to the commit time.
 """
 
 from __future__ import annotations
@@ -109,6 +115,8 @@ class EmbeddedVerifier:
         self._hashed_now = [0, 0]  # hashed by ranges in progress, not yet recorded
         # (source, destination) cluster times when the final verification began.
         self._final_started: tuple[Timestamp, Timestamp] | None = None
+        # One instance per source shard: this is the coordinator's, which follows the source.
+        self.follows_source = context.layout.multi
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -126,17 +134,7 @@ class EmbeddedVerifier:
                                                 VerificationPhase.FAILED):
             return
         context = self.context
-        if not self.started:
-            tasks = [VerificationTask(
-                id=partition.id, namespace=partition.namespace, lower=partition.lower,
-                upper=partition.upper, is_last=partition.is_last,
-                estimated_documents=partition.estimated_document_count)
-                for partition in context.store.partition_records()]
-            self.store.ensure_tasks(tasks)
-            self.state.destination_start_time = context.destination.cluster_time()
-            self.state.phase = VerificationPhase.INITIAL_HASHING
-            self.store.save_state(self.state, "destination_start_time", "phase")
-            log.info("verifier: initial hashing started")
+        self._begin()
         self.store.release_claims(f"{context.instance}:")
         self._stop.clear()
         self._threads = [threading.Thread(target=self._guarded, args=(self._hash_ranges, n),
@@ -145,11 +143,49 @@ class EmbeddedVerifier:
         self._threads.append(threading.Thread(target=self._guarded,
                                               args=(self._follow_destination, 0),
                                               name="verifier-destination", daemon=True))
+        if self.follows_source:
+            self._threads.append(threading.Thread(target=self._guarded,
+                                                  args=(self._follow_source, 0),
+                                                  name="verifier-source", daemon=True))
         self._threads.append(threading.Thread(target=self._guarded,
                                               args=(self._recheck_rounds, 0),
                                               name="verifier-rechecks", daemon=True))
         for thread in self._threads:
             thread.start()
+
+    def _begin(self) -> None:
+        """The ranges to hash (every partition of the copy, every instance's) and the times
+        from which changes are followed. Idempotent."""
+        if self.started:
+            return
+        context = self.context
+        tasks = [VerificationTask(
+            id=partition.id, namespace=partition.namespace, lower=partition.lower,
+            upper=partition.upper, is_last=partition.is_last,
+            estimated_documents=partition.estimated_document_count)
+            for partition in context.store.partition_records()]
+        self.store.ensure_tasks(tasks)
+        self.state.destination_start_time = context.destination.cluster_time()
+        fields = ["destination_start_time", "phase"]
+        if self.follows_source:
+            self.state.source_start_time = context.source.cluster_time()
+            fields.append("source_start_time")
+        self.state.phase = VerificationPhase.INITIAL_HASHING
+        self.store.save_state(self.state, *fields)
+        log.info("verifier: initial hashing started")
+
+    def applied_up_to(self) -> Timestamp | None:
+        """Every source change up to this time is applied: this instance's position, or with
+        one instance per source shard the earliest of theirs (each has applied every change
+        before its ``applied_before``)."""
+        context = self.context
+        if not context.layout.multi:
+            return context.resume.crud_change_stream_resume_info.last_event_ts
+        before = context.group.applied_before()
+        if before is None:
+            return None
+        return Timestamp(before.time, before.inc - 1) if before.inc else \
+            Timestamp(before.time - 1, 2**32 - 1)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the background work; False if a thread is still running after ``timeout``
@@ -183,8 +219,10 @@ class EmbeddedVerifier:
     # -- feeds ---------------------------------------------------------------------------------
     @property
     def notes_source_changes(self) -> bool:
-        """Whether change application is to tell it each document it writes."""
-        return self.started and self.state.phase != VerificationPhase.PASSED
+        """Whether change application is to tell it each document it writes (not when it
+        follows the source's stream itself)."""
+        return self.started and self.state.phase != VerificationPhase.PASSED and \
+            not self.follows_source
 
     def note_source_changes(self, changes: Iterable[SourceChange]) -> None:
         """Documents change application has just written: check them again once applied
@@ -279,25 +317,36 @@ class EmbeddedVerifier:
     def _follow_destination(self, number: int) -> None:
         """The destination's own changes (ours and anyone else's) become rechecks."""
         while not self._stop.is_set():
-            self._read_destination_changes(until=None)
+            self._read_changes("destination", until=None)
 
-    def _read_destination_changes(self, until: Timestamp | None) -> None:
+    def _follow_source(self, number: int) -> None:
+        """With one instance per source shard: every shard's changes become rechecks, each due
+        once every instance has applied up to it."""
+        while not self._stop.is_set():
+            self._read_changes("source", until=None)
+
+    def _read_changes(self, side: str, until: Timestamp | None) -> None:
+        """One cluster's change stream, from where it was followed to (``until``: up to that
+        time, else until stopped). A destination change is due once change application has
+        applied what it has now (it may be change application's own write); a source change
+        once it is applied."""
         context, state = self.context, self.state
-        with read_batches(context.destination, self._stop if until is None else threading.Event(),
-                          resume_after=state.destination_resume_token,
-                          start_at=None if state.destination_resume_token else
-                          state.destination_start_time) as batches:
+        cluster = context.source if side == "source" else context.destination
+        token = getattr(state, f"{side}_resume_token")
+        with read_batches(cluster, self._stop if until is None else threading.Event(),
+                          resume_after=token,
+                          start_at=None if token else getattr(state, f"{side}_start_time"),
+                          ) as batches:
             for batch in batches:
-                applied = context.resume.crud_change_stream_resume_info.last_event_ts
-                rechecks = self._rechecks(batch.events, due=applied)
+                due = None if side == "source" else self.applied_up_to()
+                rechecks = self._rechecks(batch.events, due=due)
                 if rechecks:
                     self.store.add_rechecks(rechecks)
                 if batch.events:
-                    state.destination_last_event_ts = batch.events[-1]["clusterTime"]
+                    setattr(state, f"{side}_last_event_ts", batch.events[-1]["clusterTime"])
                 if batch.resume_token is not None:
-                    state.destination_resume_token = dict(batch.resume_token)
-                self.store.save_state(state, "destination_resume_token",
-                                      "destination_last_event_ts")
+                    setattr(state, f"{side}_resume_token", dict(batch.resume_token))
+                self.store.save_state(state, f"{side}_resume_token", f"{side}_last_event_ts")
                 reached = _token_time(batch.resume_token)
                 if until is not None and reached is not None and reached >= until:
                     return
@@ -306,7 +355,7 @@ class EmbeddedVerifier:
 
     def _recheck_rounds(self, number: int) -> None:
         while not self._stop.is_set():
-            applied = self.context.resume.crud_change_stream_resume_info.last_event_ts
+            applied = self.applied_up_to()
             if applied is None or self.recheck_round(applied) < RECHECK_BATCH:
                 self._refresh()
                 self._stop.wait(ROUND_SECONDS)
@@ -381,7 +430,7 @@ class EmbeddedVerifier:
             hashed = (self.state.hashed_source_documents + self._hashed_now[0],
                       self.state.hashed_destination_documents + self._hashed_now[1])
             latest_destination = self._latest_destination
-        applied = self.context.resume.crud_change_stream_resume_info.last_event_ts
+        applied = self.applied_up_to()
         source_lag = None
         if latest_source is not None and applied is not None:
             behind = oldest if oldest is not None and oldest < applied else applied
@@ -411,14 +460,17 @@ class EmbeddedVerifier:
         # must not take their stop for its own (it raised Stopped at its first batch, and the
         # commit ended without a word whenever a range was still to hash).
         self._stop.clear()
+        self._begin()  # (when the commit came before the verifier had begun)
         self._final_started = (context.source.cluster_time(),
                                context.destination.cluster_time())
         self.state.final_started_at = now()
         self.store.save_state(self.state, "final_started_at")
+        if self.follows_source:  # every change any instance applied is a recheck
+            self._read_changes("source", until=commit_time)
         self._cover_what_hashing_missed()
         self._hash_remaining_ranges()
         mismatches = self._final_rechecks()  # the backlog, while the stream catches up
-        self._read_destination_changes(until=self._final_started[1])
+        self._read_changes("destination", until=self._final_started[1])
         mismatches += self._final_rechecks()
         self._conclude(mismatches, final=False)
 

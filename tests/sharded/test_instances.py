@@ -184,7 +184,11 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
         for process in instances:
             process.wait_for(unless_failed(lambda p: p["state"] == "COMMITTED"), timeout=180,
                              what="COMMITTED")
-        assert instances[0].progress()["canWrite"] is True
+        final = instances[0].progress()
+        assert final["canWrite"] is True
+        # The coordinator's verifier verified every shard's documents.
+        assert final["verificationDetails"]["verdict"] == "equal", final["verificationDetails"]
+        assert final["verification"]["source"]["hashedDocumentCount"] >= 9000
 
         with pymongo.MongoClient(source.uri) as left, pymongo.MongoClient(destination.uri) as right:
             comparison = compare_clusters(left, right)
@@ -200,6 +204,45 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
                                    str(tmp_path / "verify.sqlite")],
                                   capture_output=True, text=True, timeout=300)
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_coordinator_verifies_every_shard_and_finds_what_changed_behind_its_back(
+        tmp_path: Path, processes: list[Mongosync]) -> None:
+    with start_cluster(shards=2, secured=True, extra_args=FAST) as source, \
+            start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
+        with pymongo.MongoClient(source.uri) as client:
+            client.admin.command("balancerStop")
+            client.admin.command("enableSharding", "bulk", primaryShard="shard01")
+            client.admin.command("shardCollection", "bulk.items", key={"_id": 1})
+            client.admin.command("split", "bulk.items", middle={"_id": 1000})
+            client.admin.command("moveChunk", "bulk.items", find={"_id": 1000}, to="shard02")
+            client.bulk.items.insert_many([{"_id": i, "i": i} for i in range(2000)])
+        instances = [ready(instance(processes, tmp_path, source, destination, shard))
+                     for shard in SHARDS[:2]]
+        for process in instances:
+            assert process.post("start", START) == (200, {"success": True})
+        coordinator = instances[0]
+        coordinator.wait_for(unless_failed(lambda p: p.get("verification", {}).get(
+            "source", {}).get("phase") == "stream hashing"), timeout=120, what="stream hashing")
+        with pymongo.MongoClient(source.uri) as client:  # each shard's changes: rechecked
+            for _id in (10, 1500):
+                client.bulk.items.update_one({"_id": _id}, {"$set": {"changed": True}})
+            client.bulk.items.insert_many([{"_id": -1}, {"_id": 3000}])
+        with pymongo.MongoClient(destination.uri) as behind_the_back:
+            behind_the_back.bulk.items.delete_one({"_id": 20})  # on shard01's side
+            behind_the_back.bulk.items.update_one({"_id": 1600}, {"$set": {"i": 0}})
+            behind_the_back.bulk.items.insert_one({"_id": 5000})  # on shard02's side
+        for process in instances:
+            process.wait_for(unless_failed(lambda p: p["canCommit"]), timeout=120,
+                             what="canCommit")
+        assert commit_everywhere(instances) == [(200, {"success": True})] * 2
+        failed = coordinator.wait_for(lambda p: bool(p.get("error")), timeout=120,
+                                      what="the final verification's verdict")
+        assert failed["error"]["name"] == "VerificationFailed", failed["error"]
+        assert "3 found" in failed["error"]["message"], failed["error"]
+        assert failed["canWrite"] is False
+        details = failed["verificationDetails"]
+        assert details["mismatches"] == 3 and details["verdict"] == "mismatches", details
 
 
 def test_instances_that_do_not_match_the_source_shards_are_refused(
