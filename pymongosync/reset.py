@@ -27,6 +27,7 @@ from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeou
 
 from pymongosync.clusters import Cluster, redact
 from pymongosync.errors import PymongosyncError, ResetError
+from pymongosync.instances import InstanceLayout
 from pymongosync.lease import LEASE_SECONDS, Lease
 from pymongosync.leftovers import blocked_word, write_blocked
 from pymongosync.namespaces import SYSTEM_DATABASES
@@ -219,20 +220,26 @@ def refuse_if_live(clusters: dict[str, Cluster], stored: dict[str, StoredMigrati
                    command: str = "reset",
                    error: type[PymongosyncError] = ResetError) -> None:
     """Refuse while a process owns a stored migration: its lease is live by the server's clock
-    (and, for a process on this host, its PID still exists)."""
+    (and, for a process on this host, its PID still exists). With one instance per source
+    shard, while any instance's process does."""
     for label, record in stored.items():
         if record is None:
             continue
+        instances = InstanceLayout(tuple(record.global_state.instances)).resume_ids
         with talking_to(clusters[label], error=error):
-            holder = Lease(clusters[label].metadata_store()).holder()
-        if holder is not None and holder.live:
+            store = clusters[label].metadata_store()
+            holders = [Lease(store, instance=instance).holder() for instance in instances]
+        for holder in holders:
+            if holder is None or not holder.live:
+                continue
             raise error(
                 f"a mongosync process ({holder.describe()}) is still working on the migration "
-                f"stored on {label}: it holds the migration's lease. Stop it first: press "
-                f"Ctrl-C where it runs (or POST /api/v1/pause, e.g. `curl -X POST "
-                f"localhost:27182/api/v1/pause -d '{{}}'`, then stop the process); if it was "
-                f"killed on another host, wait {LEASE_SECONDS:.0f} seconds for its lease to "
-                f"expire. Then run {command} again. Nothing was changed")
+                f"stored on {label}: it holds the migration's lease. Stop it first (every "
+                f"instance, with one per source shard): press Ctrl-C where it runs (or POST "
+                f"/api/v1/pause, e.g. `curl -X POST localhost:27182/api/v1/pause -d '{{}}'`, "
+                f"then stop the process); if it was killed on another host, wait "
+                f"{LEASE_SECONDS:.0f} seconds for its lease to expire. Then run {command} "
+                f"again. Nothing was changed")
 
 
 def _find_destination(states: dict[str, ClusterState], named: str | None

@@ -206,8 +206,11 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_the_coordinator_verifies_every_shard_and_finds_what_changed_behind_its_back(
+def test_the_coordinator_verifies_every_shard_and_repair_finishes_the_commit(
         tmp_path: Path, processes: list[Mongosync]) -> None:
+    """Documents changed behind the tool's back on both shards' sides fail the final
+    verification; `mongosync repair` refuses while any instance runs, then takes them from
+    the source, and the instances started again commit."""
     with start_cluster(shards=2, secured=True, extra_args=FAST) as source, \
             start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
         with pymongo.MongoClient(source.uri) as client:
@@ -243,6 +246,33 @@ def test_the_coordinator_verifies_every_shard_and_finds_what_changed_behind_its_
         assert failed["canWrite"] is False
         details = failed["verificationDetails"]
         assert details["mismatches"] == 3 and details["verdict"] == "mismatches", details
+
+        def repair() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(MONGOSYNC), "repair", "--cluster0", source.uri,
+                                   "--cluster1", destination.uri, "--yes"],
+                                  capture_output=True, text=True, timeout=120)
+
+        instances[1].wait_for(lambda p: p["state"] == "COMMITTING", timeout=60,
+                              what="shard02 waiting for the coordinator")
+        coordinator.kill()
+        refused = repair()  # shard02's instance still holds its lease
+        assert refused.returncode != 0 and "still working on the migration" in \
+            refused.stdout + refused.stderr, refused.stdout + refused.stderr
+        instances[1].kill()
+        repaired = repair()
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        again = [ready(instance(processes, tmp_path, source, destination, shard))
+                 for shard in SHARDS[:2]]
+        for process in again:
+            process.wait_for(unless_failed(lambda p: p["state"] == "COMMITTED"), timeout=120,
+                             what="COMMITTED")
+        final = again[0].progress()
+        assert final["verificationDetails"]["verdict"] == "equal", final["verificationDetails"]
+        assert final["verificationDetails"]["repairedDocuments"] == 3
+        with pymongo.MongoClient(source.uri) as left, \
+                pymongo.MongoClient(destination.uri) as right:
+            comparison = compare_clusters(left, right)
+            assert comparison.equal, comparison.summary()
 
 
 def test_instances_that_do_not_match_the_source_shards_are_refused(
