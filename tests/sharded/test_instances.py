@@ -231,6 +231,13 @@ def test_the_coordinator_verifies_every_shard_and_repair_finishes_the_commit(
             for _id in (10, 1500):
                 client.bulk.items.update_one({"_id": _id}, {"$set": {"changed": True}})
             client.bulk.items.insert_many([{"_id": -1}, {"_id": 3000}])
+        # The coordinator killed while it verifies: started again, its verifier goes on
+        # following the source from where it was.
+        coordinator.kill()
+        coordinator = instances[0] = ready(instance(processes, tmp_path, source, destination,
+                                                    "shard01"))
+        coordinator.wait_for(unless_failed(lambda p: p.get("verification", {}).get(
+            "source", {}).get("phase") == "stream hashing"), timeout=120, what="stream hashing")
         with pymongo.MongoClient(destination.uri) as behind_the_back:
             behind_the_back.bulk.items.delete_one({"_id": 20})  # on shard01's side
             behind_the_back.bulk.items.update_one({"_id": 1600}, {"$set": {"i": 0}})
