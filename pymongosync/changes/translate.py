@@ -87,6 +87,7 @@ class DdlStep:
     copy_target: bool = False
     # Just before it: the event before it in its batch (None: it is the batch's first).
     before: Position | None = None
+    events_before: int = 0  # the events of its batch before it (filtered or not)
 
 
 Step = CrudStep | DdlStep
@@ -274,7 +275,8 @@ class Translator:
                     event, in_transaction=transaction is not None,
                     copy_target=action == "copy-target",
                     before=None if prior is None else
-                    Position(parse.decoded(prior["_id"]), prior["clusterTime"])))
+                    Position(parse.decoded(prior["_id"]), prior["clusterTime"]),
+                    events_before=count - 1))
                 continue
             namespace, included = namespace_of(top["ns"])
             if listing is not None and listing.before(namespace[0], top["clusterTime"]):

@@ -296,6 +296,7 @@ class ChangeApplier:
             events, note_changes=verifier is not None and verifier.notes_source_changes)
         self.context.counters.hot_events_skipped += translation.hot_skipped
         changes = translation.changes  # for the verifier, once this batch is applied
+        counted = 0  # events of the batch counted by the checkpoints around its DDL events
         for step in translation.steps:
             if self.multi and not isinstance(step, CrudStep):
                 continue  # the coordinator applies DDL events, from the router's stream
@@ -320,12 +321,14 @@ class ChangeApplier:
                 if verifier is not None and changes:
                     verifier.note_source_changes(changes)  # before the checkpoint passes them
                     changes = []
+                counted = self._count_applied(step.events_before, counted)
                 self._checkpoint(step.before, self._replayed_seq, store=True)
             self.writer.apply_ddl(step)
             if buffer_seq is None and not step.in_transaction:
                 # Right after a DDL event: a restart resumes past it, never applying it twice.
                 # (A DDL event is alone in its stored batch in the change buffer: there, the
                 # batch's own checkpoint, with its place in the buffer, is the one after it.)
+                counted = self._count_applied(step.events_before + 1, counted)
                 self._checkpoint(Position(step.event["_id"], step.event["clusterTime"]),
                                  self._replayed_seq, store=True)
         last_time = translation.last_time or stored_last_time
@@ -335,7 +338,7 @@ class ChangeApplier:
             self._replayed_seq = buffer_seq
         crud_steps = [step for step in translation.steps if isinstance(step, CrudStep)]
         self._in_flight.append(lanes.mark(_Applied(
-            position=position, buffer_seq=covered_seq, events=translation.events,
+            position=position, buffer_seq=covered_seq, events=translation.events - counted,
             crud_events=translation.crud_events,
             last_crud_time=next((step.last_time for step in reversed(crud_steps)
                                  if step.last_time is not None), None),
@@ -390,6 +393,13 @@ class ChangeApplier:
         if self._lanes is not None:
             self._lanes.wait_idle()
             self._checkpoint_reached(store=True)
+
+    def _count_applied(self, through: int, counted: int) -> int:
+        """Count the events of the batch being applied up to ``through`` (``counted`` of them
+        are already): a checkpoint inside a batch stores them with its position, and a
+        restart from it never applies them again."""
+        self.context.counters.events_applied += max(0, through - counted)
+        return max(through, counted)
 
     def _checkpoint_reached(self, store: bool = False) -> None:
         """Checkpoint the newest batch every lane has applied (and count those batches);

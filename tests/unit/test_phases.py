@@ -1002,3 +1002,23 @@ def test_ddl_between_the_listing_time_and_the_listing_is_listed_again() -> None:
     assert ddl_done and context.resume.phase == Phase.DONE
     assert destination.documents("db0", "c0") == source.documents("db0", "c0")
     assert [d["from"] for d in destination.documents("db0", "c0")] == ["c2"] * 5
+
+
+def test_a_kill_right_after_a_rename_counts_every_event_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint just before a DDL event counts the events of its batch before it: a
+    restart from it never applies them again (totalEventsApplied was short by them)."""
+    def events_applied(killed: bool) -> int:
+        source, destination, store, context = applying()
+        renamed_over(source, context)
+        source.insert("db1", "c0", {"_id": 20}, {"_id": 21})
+        source.rename_collection("db1.c0", "db1.c1", True)
+        if killed:
+            killed_right_after_a_rename(monkeypatch, source, destination, store)
+        assert ChangeApplier(from_the_store(source, destination, store)).run(
+            until=source.cluster_time()) is True
+        stored = store.load()
+        assert stored is not None
+        return stored.resume.events_applied
+
+    assert events_applied(killed=True) == events_applied(killed=False)
