@@ -28,7 +28,10 @@ from pymongosync.durations import OperationKind
 from pymongosync.errors import UnsupportedSourceChange
 from pymongosync.namespaces import NamespaceFilter
 from pymongosync.progress import Counters
+from pymongosync.received import RAW, RECEIVED
 from pymongosync.retry import retrying
+
+SHARD_KEY_NOT_FOUND = 61  # an upsert the router cannot target without the whole shard key
 
 log = logging.getLogger("pymongosync.changes")
 
@@ -66,6 +69,9 @@ class ChangeWriter:
         # Destination namespaces seen to exist since the last DDL event (see _ensure_collection).
         self._present: set[tuple[str, str]] = set()
         self._presence = threading.Lock()
+        # Destination namespaces whose upserts name the whole shard key, with its pattern: the
+        # destination answered ShardKeyNotFound to one by _id (see _replacing).
+        self._full_key_upserts: dict[tuple[str, str], dict[str, Any] | None] = {}
 
     def apply(self, steps: list[Step],
               after_ddl: Callable[[Mapping[str, Any]], None] | None = None) -> None:
@@ -100,17 +106,41 @@ class ChangeWriter:
             kinds = list(map(type, operations))
             end = kinds.index(Refetch) if Refetch in kinds else len(operations)
             chunk = cast(list[Write], operations[:end])
+            sent, origins = self._targeted(db, coll, chunk)
             try:
-                retrying(lambda: self._timed_write(db, coll, chunk))
+                retrying(lambda: self._timed_write(db, coll, sent))
                 operations = operations[len(chunk):]
             except BulkWriteError as exc:
                 if not exc.details.get("writeErrors"):
                     raise  # a write concern error that outlasted the retries
-                index = exc.details["writeErrors"][0]["index"]
+                error = exc.details["writeErrors"][0]
+                index = origins[error["index"]]
+                if error.get("code") == SHARD_KEY_NOT_FOUND and isinstance(chunk[index], Upsert) \
+                        and (db, coll) not in self._full_key_upserts:
+                    # Those before it are applied (ordered): it and the rest go again, each
+                    # upsert naming the whole shard key.
+                    self._full_key_upserts[(db, coll)] = self._shard_key_of(db, coll)
+                    operations = operations[index:]
+                    continue
                 # The destination document is ahead of or behind this event in a way the
                 # update cannot express: take it as the source has it now.
                 self.refetch(db, coll, chunk[index].key, collection_uuid)
                 operations = operations[index + 1:]
+
+    def _targeted(self, db: str, coll: str, chunk: list[Write]) -> tuple[list[Write], list[int]]:
+        """The writes to send for ``chunk`` (upserts naming the whole shard key where the
+        destination needs it), and the position in ``chunk`` each one comes from."""
+        pattern = self._full_key_upserts.get((db, coll))  # (a DDL event may clear it now)
+        if not pattern:
+            return chunk, list(range(len(chunk)))
+        sent: list[Write] = []
+        origins: list[int] = []
+        for position, write in enumerate(chunk):
+            expanded = _replacing(pattern, write.key, write.document) \
+                if isinstance(write, Upsert) else [write]
+            sent.extend(expanded)
+            origins.extend([position] * len(expanded))
+        return sent, origins
 
     def _timed_write(self, db: str, coll: str, writes: list[Write],
                      operation: OperationKind = OperationKind.CEA_DESTINATION_WRITE) -> None:
@@ -135,10 +165,17 @@ class ChangeWriter:
                 return self.source.find_by_id(where[0], where[1], key)
 
         current = retrying(read)
-        write: Write = Delete(key) if current is None else Upsert(key, current)
+        writes: list[Write] = [Delete(key)] if current is None else \
+            _replacing(self._shard_key_of(db, coll), key, current)
         self._ensure_collection(db, coll, collection_uuid)
         kind = OperationKind.HOT_DOC_APPLY if hot else OperationKind.CEA_DESTINATION_WRITE
-        retrying(lambda: self._timed_write(db, coll, [write], kind))
+        retrying(lambda: self._timed_write(db, coll, writes, kind))
+
+    def _shard_key_of(self, db: str, coll: str) -> dict[str, Any] | None:
+        """The destination collection's shard key pattern (None: not sharded)."""
+        if not self.destination_sharded:
+            return None
+        return retrying(lambda: self.destination.shard_keys()).get(f"{db}.{coll}")
 
     def _ensure_collection(self, db: str, coll: str, collection_uuid: Any) -> None:
         """A write must not create its destination collection implicitly: that collection
@@ -195,6 +232,7 @@ class ChangeWriter:
             return
         with self._presence:
             self._present.clear()  # this event may drop, rename or create any of them
+            self._full_key_upserts.clear()  # or shard one
         try:
             with self.ddl_lock:
                 retrying(lambda: handler(db, coll, description, event.get("collectionUUID")))
@@ -409,3 +447,31 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value]
     return value
 
+
+def _value_at(document: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (None where a part is missing: a shard key field a document
+    lacks is null to the router)."""
+    value: Any = document
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _replacing(pattern: Mapping[str, Any] | None, key: Mapping[str, Any],
+               document: Any) -> list[Write]:
+    """The writes that make the destination document with this ``_id`` ``document``, in a
+    collection of this shard key ``pattern``. An upsert into a collection sharded on more than
+    ``_id`` names the whole shard key (MongoDB 6.0 targets no upsert without it, and ``key``
+    may hold the ``_id`` alone: a replica set's documentKey), and the document is deleted by
+    ``_id`` first: its shard key value may have changed since the destination's copy was
+    written, and an upsert by the new value would add a second document with this ``_id`` on
+    another shard instead of replacing it."""
+    if not pattern or set(pattern) == {"_id"}:
+        return [Upsert(key, document)]
+    # (An event's document is its bytes, not a mapping: read them.)
+    fields = document if isinstance(document, Mapping) else RECEIVED(document.raw, RAW)
+    full_key = {field: _value_at(fields, field) for field in pattern if field != "_id"}
+    full_key["_id"] = key["_id"]
+    return [Delete({"_id": key["_id"]}), Upsert(full_key, document)]

@@ -10,6 +10,8 @@ from bson.datetime_ms import DatetimeMS
 from bson.int64 import Int64
 
 from mongoemu.testing import EmulatorProcess
+from mongoemu.testing import start_cluster as start_sharded_cluster
+from mongoemu.testing import start_secured_emulator
 from pymongosync.changes.hot_documents import HotDocuments
 from pymongosync.clusters import Cluster
 from pymongosync.durations import OperationKind
@@ -18,7 +20,7 @@ from pymongosync.request import StartRequest
 from pymongosync.store import METADATA_DATABASE, MetadataStore
 from pymongosync.verifier.compare import compare_clusters
 
-from .conftest import user_client
+from .conftest import CLUSTER_ARGS, user_client
 
 START = {"source": "cluster0", "destination": "cluster1"}
 # NumberLong(1) names the document of _id 1, 2.0 the one of NumberLong(2); and a date before
@@ -126,3 +128,51 @@ def test_hot_document_ids_are_kept_and_added_to_across_restarts(
         plain.close()
     stored = MetadataStore(cluster1.client).load_global()
     assert stored is not None and len(stored.hot_documents) == 5
+
+
+def test_hot_documents_of_a_collection_sharded_on_another_key_on_mongodb_6_0() -> None:
+    """A replica set into a collection sharded on another key than _id (shardingEntries): an
+    upsert by _id alone (an insert or replace event's, or a hot document's at commit) cannot be
+    targeted on MongoDB 6.0, and the migration failed with ShardKeyNotFound. Upserts there now
+    name the whole shard key, after a delete by _id: a shard key value that changed (the hot
+    document's while its events were skipped, a replace's) replaces the document, never
+    doubles it on another shard."""
+    with start_secured_emulator("replset", server_version="6.0",
+                                extra_args=CLUSTER_ARGS) as source, \
+            start_sharded_cluster(shards=2, server_version="6.0") as destination:
+        with user_client(source) as client:
+            client.app.counters.insert_many([{"_id": 1, "k": 1, "n": 0}] +
+                                            [{"_id": 100 + i, "k": i} for i in range(50)])
+        cluster0 = Cluster.connect("cluster0", source.uri)
+        cluster1 = Cluster.connect("cluster1", destination.uri)
+        migration = Migration.open(cluster0, cluster1, load_level=1, settings=settings(
+            '{"db": "app", "collection": "counters", "ids": [{"_id": 1}]}'))
+        request = {**START, "sharding": {"shardingEntries": [{
+            "database": "app", "collection": "counters",
+            "shardCollection": {"key": [{"k": "hashed"}]}}]}}
+        try:
+            migration.start(StartRequest.from_document(request))
+            migration.wait_for(lambda p: p["info"] == "change event application", timeout=120)
+            with user_client(source) as client:
+                for n in range(10):
+                    client.app.counters.update_one({"_id": 1}, {"$set": {"k": 1000 + n, "n": n}})
+                # Writes of other documents by _id alone (a replica set's documentKey): the
+                # first upsert answered ShardKeyNotFound, every later one names the shard key.
+                client.app.counters.insert_many([{"_id": 200 + i, "k": i} for i in range(20)])
+                client.app.counters.replace_one({"_id": 120}, {"k": 500, "replaced": True})
+                client.app.counters.replace_one({"_id": 121}, {"k": 21, "replaced": True})
+            migration.wait_for(lambda p: p["canCommit"], timeout=120)
+            migration.commit()
+            final = migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
+        finally:
+            migration.close()
+        assert final["state"] == "COMMITTED"
+        shards = {chunk["shard"] for chunk in cluster1.client.config.chunks.find()}
+        assert len(shards) == 2  # the upserts had to be targeted
+        for _id, expected in ((1, {"_id": 1, "k": 1009, "n": 9}),
+                              (120, {"_id": 120, "k": 500, "replaced": True})):
+            assert list(cluster1.client.app.counters.find({"_id": _id})) == [expected]
+        comparison = compare_clusters(cluster0.client, cluster1.client, compare_indexes=False)
+        assert comparison.equal, comparison.summary()
+        cluster0.close()
+        cluster1.close()
