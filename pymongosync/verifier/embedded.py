@@ -434,6 +434,11 @@ class EmbeddedVerifier:
         source_lag = None
         if latest_source is not None and applied is not None:
             behind = oldest if oldest is not None and oldest < applied else applied
+            if self.follows_source:  # the source's changes it has not read yet
+                followed = _token_time(self.state.source_resume_token) or \
+                    self.state.source_start_time
+                if followed is not None and followed < behind:
+                    behind = followed
             source_lag = max(0, latest_source.time - behind.time)
         followed = self.state.destination_last_event_ts or self.state.destination_start_time
         destination_lag = None
