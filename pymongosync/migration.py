@@ -56,6 +56,7 @@ from pymongosync.progress import (
     ClusterContact,
     IndexFigures,
     ProgressView,
+    SideStatus,
     StandbyInfo,
     empty_progress,
     lag_between,
@@ -72,7 +73,7 @@ from pymongosync.state import (
     ResumeData,
 )
 from pymongosync.store import MigrationStore, StoredMigration, is_metadata_database, now
-from pymongosync.verifier.embedded import EmbeddedVerifier
+from pymongosync.verifier.embedded import EmbeddedVerifier, stored_figures
 
 log = logging.getLogger("pymongosync.engine")
 
@@ -147,6 +148,9 @@ class Migration:
         self._own_copy_totals: CopyTotals | None = None
         self._instances_ready = True
         self._instances_missing: tuple[str, ...] = ()
+        # Another instance than the coordinator: the coordinator's verification, as stored.
+        self._coordinator_verification: tuple[tuple[SideStatus, SideStatus],
+                                              dict[str, Any]] | None = None
 
     # -- what the API reads ----------------------------------------------------------------------
     @property
@@ -768,6 +772,11 @@ class Migration:
         else:
             coordinator = group.coordinator()
             self._instances_ready = coordinator is not None and coordinator.ready_to_commit
+            state = context.global_state
+            if context.request.verification.enabled and not state.verification_disabled:
+                # The coordinator's verifier verifies every shard: its figures, as stored.
+                self._coordinator_verification = stored_figures(
+                    self.clusters[state.destination_label].verifier_store())
 
     def _is_due(self, line: str) -> bool:
         last = self._reported.get(line)
@@ -895,6 +904,8 @@ class Migration:
             view.verification_details = verifier.details()
             view.verification_committable = verifier.committable(self._latest_source_time,
                                                                  CAN_COMMIT_LAG_SECONDS)
+        elif self._coordinator_verification is not None and standby is None:
+            view.verification, view.verification_details = self._coordinator_verification
         return render(view)
 
 

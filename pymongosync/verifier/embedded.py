@@ -409,13 +409,8 @@ class EmbeddedVerifier:
     def details(self) -> dict[str, Any]:
         """pymongosync's own figures beside mongosync's ``verification`` fields."""
         with self._lock:
-            return {"pendingRechecks": self.pending_rechecks,
-                    "recheckedDocuments": self.state.rechecked_documents,
-                    "rehashedDocuments": self.state.rehashed_documents,
-                    "mismatches": self.mismatch_count,
-                    "firstMismatches": [describe(m) for m in self.first_mismatches],
-                    "repairedDocuments": self.repaired,
-                    "verdict": self.state.verdict}
+            return _details(self.state, self.pending_rechecks, self.mismatch_count,
+                            self.first_mismatches, self.repaired)
 
     def committable(self, latest_source: Timestamp | None, limit: int) -> bool:
         """Initial hashing done, and no more than ``limit`` seconds behind on either side."""
@@ -643,6 +638,33 @@ class EmbeddedVerifier:
             self.state.phase, self.state.verdict = VerificationPhase.PASSED, "equal"
             self.store.save_state(self.state, "phase", "verdict")
             log.info("verifier: the destination equals the source")
+
+
+def _details(state: VerifierState, pending_rechecks: int, mismatch_count: int,
+             first_mismatches: list[Mismatch], repaired: int) -> dict[str, Any]:
+    return {"pendingRechecks": pending_rechecks,
+            "recheckedDocuments": state.rechecked_documents,
+            "rehashedDocuments": state.rehashed_documents,
+            "mismatches": mismatch_count,
+            "firstMismatches": [describe(m) for m in first_mismatches],
+            "repairedDocuments": repaired,
+            "verdict": state.verdict}
+
+
+def stored_figures(store: VerifierStore) -> tuple[tuple[SideStatus, SideStatus],
+                                                  dict[str, Any]]:
+    """The verification as the coordinator's verifier has stored it, for the /progress of the
+    other instances of a migration run one instance per source shard (``verification`` and
+    ``verificationDetails``; the lags are the coordinator's to tell)."""
+    state = store.load_state() or VerifierState()
+    summary = store.task_summary()
+    sides = tuple(SideStatus(summary.estimated_documents, hashed, None, summary.collections,
+                             summary.collections_done, state.phase)
+                  for hashed in (state.hashed_source_documents,
+                                 state.hashed_destination_documents))
+    details = _details(state, store.recheck_count(), store.mismatch_count(),
+                       store.mismatches(SHOWN_MISMATCHES), store.repair_count())
+    return (sides[0], sides[1]), details
 
 
 def _token_time(token: Mapping[str, Any] | None) -> Timestamp | None:

@@ -253,6 +253,11 @@ def test_the_coordinator_verifies_every_shard_and_repair_finishes_the_commit(
         assert failed["canWrite"] is False
         details = failed["verificationDetails"]
         assert details["mismatches"] == 3 and details["verdict"] == "mismatches", details
+        # The other instance shows the coordinator's verification as stored.
+        seen = instances[1].wait_for(lambda p: p.get("verificationDetails", {}).get(
+            "verdict") == "mismatches", timeout=30, what="shard02's view of the verdict")
+        assert seen["verificationDetails"]["mismatches"] == 3
+        assert seen["verification"]["source"]["hashedDocumentCount"] > 0
 
         def repair() -> subprocess.CompletedProcess[str]:
             return subprocess.run([str(MONGOSYNC), "repair", "--cluster0", source.uri,
@@ -276,6 +281,8 @@ def test_the_coordinator_verifies_every_shard_and_repair_finishes_the_commit(
         final = again[0].progress()
         assert final["verificationDetails"]["verdict"] == "equal", final["verificationDetails"]
         assert final["verificationDetails"]["repairedDocuments"] == 3
+        again[1].wait_for(lambda p: p.get("verificationDetails", {}).get("verdict") == "equal",
+                          timeout=30, what="shard02's view of the verdict")
         with pymongo.MongoClient(source.uri) as left, \
                 pymongo.MongoClient(destination.uri) as right:
             comparison = compare_clusters(left, right)
