@@ -208,3 +208,36 @@ def test_mongos_destination(source: EmulatorProcess) -> None:
         assert cluster1.client.admin.command("balancerStatus")["mode"] == "full"
         cluster0.close()
         cluster1.close()
+
+
+def test_a_sharding_entry_renamed_during_change_application_keeps_its_shard_key(
+        source: EmulatorProcess) -> None:
+    """mongosync documents that renaming a collection of shardingEntries during change
+    application fails its verifier with a shard key mismatch; here the renamed collection
+    keeps the shard key it was given, and the verifier expects it there."""
+    with start_cluster("mongos") as mongos:
+        with user_client(source) as client:
+            client.app.items.insert_many([{"n": i, "k": i % 7} for i in range(500)])
+            client.app.items.create_index("k")
+        cluster0 = Cluster.connect("cluster0", source.uri)
+        cluster1 = Cluster.connect("cluster1", mongos.uri)
+        migration = Migration.open(cluster0, cluster1, load_level=1)
+        request = {**START, "sharding": {"shardingEntries": [
+            {"database": "app", "collection": "items", "shardCollection": {"key": [{"k": 1}]}}]}}
+        try:
+            migration.start(StartRequest.from_document(request))
+            migration.wait_for(lambda p: p["info"] == "change event application", timeout=120)
+            with user_client(source) as client:
+                client.app.items.rename("moved")
+                client.app.moved.insert_one({"n": -1, "k": 3})
+            migration.wait_for(lambda p: p["canCommit"], timeout=60)
+            migration.commit()
+            final = migration.wait_for(lambda p: p["state"] == "COMMITTED", timeout=60)
+        finally:
+            migration.close()
+        assert final["verificationDetails"]["verdict"] == "equal"
+        moved = cluster1.client.config.collections.find_one({"_id": "app.moved"})
+        assert moved is not None and moved["key"] == {"k": 1}
+        assert compare_clusters(cluster0.client, cluster1.client, compare_indexes=False).equal
+        cluster0.close()
+        cluster1.close()
