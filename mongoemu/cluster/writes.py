@@ -64,6 +64,12 @@ def _since_70(router: "Router") -> bool:
     return router.config.max_wire_version >= 21
 
 
+def _upserts_without_shard_key(router: "Router") -> bool:
+    """MongoDB 7.1 (release notes): an upsert need not name the whole shard key; 7.0 writes
+    one document without a shard key, but not an upsert."""
+    return router.config.max_wire_version >= 22
+
+
 class ShardedWrite:
     def __init__(self, ctx: Context, kind: str, field_name: str, statements: list[Any],
                  sharded: ShardedCollection) -> None:
@@ -111,7 +117,7 @@ class ShardedWrite:
                         f"from query {query} for key {self.sharded.key}",
                     code_name_override="ShardKeyNotFound"))
             return Target("all")
-        if _since_70(self.router):
+        if _since_70(self.router) and (not upsert or _upserts_without_shard_key(self.router)):
             return Target("two-phase")
         if upsert:
             return Target("error", error=CommandError(

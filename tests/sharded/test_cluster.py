@@ -159,8 +159,12 @@ def test_reads_and_writes_are_routed_by_shard_key(cluster: ClusterProcess) -> No
         assert orders.find_one({"n": 7})["total"] == 71
         assert orders.find_one_and_update({"n": 8}, {"$set": {"seen": 1}},
                                           return_document=True)["seen"] == 1
-        replaced = orders.replace_one({"_id": "new-order"}, {"region": "zulu", "n": 1000},
-                                      upsert=True)
+        # An upsert names the whole shard key: MongoDB 7.1 lifted that, and this is 7.0.
+        with pytest.raises(OperationFailure) as refused:
+            orders.replace_one({"_id": "new-order"}, {"region": "zulu", "n": 1000}, upsert=True)
+        assert refused.value.code == 61  # ShardKeyNotFound
+        replaced = orders.replace_one({"_id": "new-order", "region": "zulu", "n": 1000},
+                                      {"region": "zulu", "n": 1000}, upsert=True)
         assert replaced.upserted_id == "new-order"
         with shard_clients(cluster) as shards:
             assert shards["shard03"].app.orders.find_one({"_id": "new-order"})["n"] == 1000
@@ -188,6 +192,19 @@ def test_reads_and_writes_are_routed_by_shard_key(cluster: ClusterProcess) -> No
         stats = list(orders.aggregate([{"$collStats": {"storageStats": {}}}]))
         assert sorted(s["shard"] for s in stats) == sorted(cluster.shards)
         assert sum(s["storageStats"]["count"] for s in stats) == 300
+
+
+def test_an_upsert_without_the_whole_shard_key_is_routed_since_8_0() -> None:
+    """MongoDB 7.1 lifted the need of the whole shard key in an upsert's filter (release
+    notes); the emulated 8.0 routes it to the shard where the document goes."""
+    with start_cluster(shards=2, server_version="8.0") as cluster, router(cluster) as client:
+        client.admin.command("shardCollection", "up.items", key={"k": "hashed"})
+        items = client.up.items
+        items.insert_many([{"_id": i, "k": i} for i in range(20)])
+        assert items.replace_one({"_id": 3}, {"k": 3, "replaced": True},
+                                 upsert=True).matched_count == 1
+        assert items.replace_one({"_id": "new"}, {"k": 99}, upsert=True).upserted_id == "new"
+        assert items.count_documents({}) == 21 and items.find_one({"_id": 3})["replaced"]
 
 
 def test_a_balancer_round_moves_chunks_and_readers_see_each_document_once(
