@@ -463,8 +463,8 @@ def _replacing(pattern: Mapping[str, Any] | None, key: Mapping[str, Any],
                document: Any) -> list[Write]:
     """The writes that make the destination document with this ``_id`` ``document``, in a
     collection of this shard key ``pattern``. An upsert into a collection sharded on more than
-    ``_id`` names the whole shard key (MongoDB 6.0 targets no upsert without it, and ``key``
-    may hold the ``_id`` alone: a replica set's documentKey), and the document is deleted by
+    ``_id`` names the whole shard key (MongoDB before 7.1 targets no upsert without it, and
+    ``key`` may hold the ``_id`` alone: a replica set's documentKey), and the document is deleted by
     ``_id`` first: its shard key value may have changed since the destination's copy was
     written, and an upsert by the new value would add a second document with this ``_id`` on
     another shard instead of replacing it."""
