@@ -157,9 +157,15 @@ class InstanceGroup:
         return [instance for instance in self.layout.instances if instance not in found]
 
     def all_copied(self) -> bool:
+        return self.copies_finished() is not None
+
+    def copies_finished(self) -> Timestamp | None:
+        """When the last instance finished its copy (None until every one has)."""
         found = self.resumes()
-        return len(found) == len(self.layout.instances) and all(
-            resume.copy_finished_time is not None for resume in found.values())
+        times = [resume.copy_finished_time for resume in found.values()]
+        if len(found) < len(self.layout.instances) or None in times:
+            return None
+        return max(finished for finished in times if finished is not None)
 
     def applied_before(self) -> Timestamp | None:
         """The earliest point every instance has applied its shard's events up to."""

@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+import bson
 from bson.binary import Binary
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.int64 import Int64
@@ -61,13 +62,13 @@ MAIN_STREAM = "main"
 # Names of other mongosync releases' metadata, recognised as leftovers.
 LEGACY_METADATA_PREFIXES = ("__mdb_internal_mongosync", "mongosync_reserved_for_verification_")
 V1_MIGRATION_COLLECTION = "migration"
+V1_MIGRATION_ID = "migration"
 # A stored batch whose events are larger than this keeps them in pieces beside it: the change
 # event of a document of 16 MiB (the largest) is larger than a document of the destination may
 # be. The buffer's batches are 8 MiB at most otherwise (changes/buffer.py), so only a batch of
 # one large event is stored in pieces.
 BUFFER_INLINE_BYTES = 15 * 2**20
 BUFFER_PIECE_BYTES = 8 * 2**20
-V1_MIGRATION_ID = "migration"
 
 _RAW: CodecOptions[RawBSONDocument] = CodecOptions(
     document_class=RawBSONDocument, tz_aware=True,
@@ -546,14 +547,7 @@ class MetadataStore:
         if [piece["_id"]["n"] for piece in pieces] != list(range(count)):
             raise InternalError(f"stored batch {seq} of the change buffer lacks pieces of its "
                                 f"events ({len(pieces)} of {count} found)")
-        data = b"".join(bytes(piece["data"]) for piece in pieces)
-        events: list[Any] = []
-        position = 0
-        while position < len(data):
-            length = int.from_bytes(data[position:position + 4], "little")
-            events.append(RawBSONDocument(data[position:position + length], _RAW))
-            position += length
-        return events
+        return bson.decode_all(b"".join(bytes(piece["data"]) for piece in pieces), _RAW)
 
     @_retried
     def drop_buffer_through(self, seq: int, stream: str = MAIN_STREAM) -> None:

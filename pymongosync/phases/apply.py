@@ -502,11 +502,9 @@ class ChangeApplier:
             return
         copied = context.resume.copy_finished_time
         if context.layout.multi:  # (the coordinator's verifier) every instance's backlog
-            resumes = context.group.resumes()
-            if not context.group.all_copied():
+            copied = context.group.copies_finished()
+            if copied is None:
                 return
-            copied = max(resume.copy_finished_time for resume in resumes.values()
-                         if resume.copy_finished_time is not None)
         applied = verifier.applied_up_to()
         if copied is None or (applied is not None and applied >= copied):
             verifier.ensure_started()
