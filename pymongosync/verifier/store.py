@@ -12,8 +12,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.mongo_client import MongoClient
 
@@ -201,10 +202,16 @@ class MetadataVerifierStore:
 
     # -- the report ------------------------------------------------------------------------------
     def add_mismatches(self, mismatches: list[Mismatch]) -> None:
-        stamped = [mismatch.model_copy(update={"at": mismatch.at or now()}).to_document()
+        # Each record gets its _id here, before the first attempt, and is written by it: a
+        # retry after a write the destination applied but answered with an error (a write
+        # concern error, a connection lost after the write) finds it there and leaves it,
+        # where inserting it again failed with DuplicateKey and took the migration down.
+        stamped = [{"_id": ObjectId(),
+                    **mismatch.model_copy(update={"at": mismatch.at or now()}).to_document()}
                    for mismatch in mismatches]
-        if stamped:
-            retrying(lambda: self.mismatch_records.insert_many(stamped))
+        writes = [ReplaceOne({"_id": record["_id"]}, record, upsert=True) for record in stamped]
+        if writes:
+            retrying(lambda: self.mismatch_records.bulk_write(writes, ordered=False))
 
     def mismatches(self, limit: int = 0) -> list[Mismatch]:
         documents = retrying(lambda: list(self.mismatch_records.find({}, {"_id": 0})

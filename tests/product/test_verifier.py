@@ -374,3 +374,33 @@ def test_a_range_is_read_a_batch_at_a_time(source: EmulatorProcess) -> None:
         listener.listening = False  # PyMongo cannot unregister a global listener
     assert [len(batch) for batch in batches] == [1000, 1000, 1000, 500]
     assert listener.sizes and set(listener.sizes) == {1000}
+
+
+def test_a_mismatch_report_written_again_after_a_write_concern_error_is_stored_once(
+        destination: EmulatorProcess) -> None:
+    """The destination applies the report's write and answers with a write concern error
+    (a primary stepping down); the write is retried. Inserting the records again failed with DuplicateKey, a fatal error
+    of the migration (found by the campaign with a sharded destination, seed 0, when a fault
+    met the report of a mismatch)."""
+    from pymongosync.state import CopiedId, Mismatch, MismatchKind
+    from pymongosync.verifier.store import MetadataVerifierStore
+
+    with pymongo.MongoClient(destination.uri) as client:
+        store = MetadataVerifierStore(client)
+        # Twice: the driver's own retry of the write meets it too, then pymongosync retries.
+        client.admin.command("configureFailPoint", "failCommand", mode={"times": 2}, data={
+            "failCommands": ["insert", "update"],
+            "writeConcernError": {"code": 189, "errmsg": "primary stepped down"},
+            "errorLabels": ["RetryableWriteError"]})
+        try:
+            store.add_mismatches([
+                Mismatch(namespace="shop.orders", kind=MismatchKind.INDEX,
+                         detail="index n_1 missing on the destination"),
+                Mismatch(namespace="shop.orders", kind=MismatchKind.MISSING,
+                         document_id=CopiedId.model_validate({"_id": 7}),
+                         detail="missing on the destination")])
+        finally:
+            client.admin.command("configureFailPoint", "failCommand", mode="off")
+        assert store.mismatch_count() == 2
+        assert [mismatch.detail for mismatch in store.mismatches()] == [
+            "index n_1 missing on the destination", "missing on the destination"]
