@@ -291,7 +291,10 @@ def compare_metadata(source: list[NamespaceRecord], destination: list[NamespaceR
             built = {spec["name"] for spec in catalog.indexes_to_build(mine.indexes, build_mode)}
             expected_indexes = mine.model_copy(update={"indexes": [
                 spec for spec in mine.indexes if spec["name"] in built or spec["name"] == "_id_"]})
-            mismatches += _compare_indexes(expected_indexes, theirs, waiting, expected)
+            # The index sharding needs is the destination's own shard key's, wherever the key
+            # came from: a shardingEntries collection renamed since keeps its key (and index)
+            # under a name no entry names. Whether the key is the expected one is checked below.
+            mismatches += _compare_indexes(expected_indexes, theirs, waiting, theirs.shard_key)
         if expected is not None and dict(expected) != (theirs.shard_key or {}):
             mismatches.append(Mismatch(namespace=name, kind=MismatchKind.SHARD_KEY,
                                        detail=f"shard key {dict(expected)} expected, "
