@@ -9,7 +9,7 @@ but ``v``/``ns``/``background``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import bson
@@ -107,13 +107,17 @@ def _documents(client: pymongo.MongoClient, db: str, coll: str) -> dict[bytes, b
 
 def compare(source: pymongo.MongoClient, destination: pymongo.MongoClient, *,
             include: Callable[[str, str], bool] | None = None, include_views: bool = True,
-            destination_own: Iterable[str] = ()) -> list[str]:
+            destination_own: Iterable[str] = (),
+            destination_shard_keys: Mapping[str, list[Any]] | None = None) -> list[str]:
     """Every difference between the two clusters, one line each (empty: equal).
 
     ``include(db, coll)``: the source namespaces migrated (a namespace filter); the destination
     must hold exactly those, apart from ``destination_own``, namespaces it held before the
     migration (pre-existing data, checked with :func:`snapshot`). ``include_views=False``: the
-    source's views are not migrated (pre-existing destination data)."""
+    source's views are not migrated (pre-existing destination data).
+    ``destination_shard_keys`` (:func:`shard_keys`): a sharded destination collection may have
+    one index more than its source, on exactly its shard key (sharding needs one)."""
+    shard_keys = destination_shard_keys or {}
     differences: list[str] = []
     left = {name: info for name, info in _namespaces(source).items()
             if (include is None or include(*name.split(".", 1)))
@@ -133,6 +137,10 @@ def compare(source: pymongo.MongoClient, destination: pymongo.MongoClient, *,
             continue
         db, coll = name.split(".", 1)
         left_indexes, right_indexes = _indexes(source, db, coll), _indexes(destination, db, coll)
+        made_by_sharding = [index for index, spec in right_indexes.items()
+                            if index not in left_indexes and spec["key"] == shard_keys.get(name)]
+        for index in made_by_sharding[:1]:
+            del right_indexes[index]
         if left_indexes != right_indexes:
             differences.append(f"{name}: indexes {left_indexes} != {right_indexes}")
         left_documents = _documents(source, db, coll)
@@ -148,6 +156,16 @@ def compare(source: pymongo.MongoClient, destination: pymongo.MongoClient, *,
                 differences.append(f"{name}: document differs: _id "
                                    f"{_show_id(left_documents[key])}")
     return differences
+
+
+def shard_keys(client: pymongo.MongoClient) -> dict[str, list[Any]]:
+    """The sharded collections of a cluster (through its router) and their key patterns, as
+    :func:`_indexes` shows an index's key."""
+    found: dict[str, list[Any]] = {}
+    for entry in client.get_database("config", codec_options=DECODED).collections.find():
+        if not entry.get("dropped"):
+            found[entry["_id"]] = list(entry["key"].items())
+    return found
 
 
 def counts(client: pymongo.MongoClient) -> tuple[int, int]:

@@ -54,6 +54,17 @@ SERVER_COPIES = os.environ.get("CAMPAIGN_SERVER_COPIES") == "1"
 # plan writes by _id (their events are skipped; they are taken from the source at commit).
 # Off by default, drawn from a random stream of its own: every seed keeps the rest of its plan.
 HOT_DOCUMENTS = os.environ.get("CAMPAIGN_HOT_DOCUMENTS") == "1"
+# CAMPAIGN_SHARDED_DESTINATION=1: the destination is a 2-shard cluster, reached through its
+# router, and most plans shard one or two of the setup's collections there (/start's
+# shardingEntries); the others stay unsharded on their database's primary shard. Drawn from a
+# random stream of its own: every seed keeps the rest of its plan.
+SHARDED_DESTINATION = os.environ.get("CAMPAIGN_SHARDED_DESTINATION") == "1"
+# Keys on _id, on a field of every document (n: int, long or double; numerically equal values
+# of other types hash alike), and on a nested field. The plans build indexes on {n: 1},
+# {n: "hashed"} and {nested.z: 1} too: the source's own index on a shard key, and the
+# destination's index on it made by sharding, meet there.
+SHARD_KEYS: tuple[dict[str, Any], ...] = ({"_id": "hashed"}, {"n": 1}, {"n": "hashed"},
+                                          {"nested.z": 1})
 # Errors after which PyMongo marks the server unknown and waits for its next heartbeat.
 STATE_CHANGE_CODES = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})
 # A document near the 16 MiB limit: below it by enough to stay a valid insert once encoded.
@@ -175,6 +186,7 @@ class Plan:
     # --hotDocIDs values (HOT_DOCUMENTS), given to every mongosync process of the seed.
     hot_documents: list[str] = field(default_factory=list)
     server_copies: bool = False  # drawn with the server's own copies (SERVER_COPIES)
+    sharded_destination: bool = False  # a 2-shard destination (SHARDED_DESTINATION)
 
     def summary(self) -> str:
         def count(steps: list[Step], kind: type) -> int:
@@ -1154,7 +1166,8 @@ def lazy_documents(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def generate(seed: int, big: bool = False, long: bool = False, *,
-             server_copies: bool = SERVER_COPIES, hot_documents: bool = HOT_DOCUMENTS) -> Plan:
+             server_copies: bool = SERVER_COPIES, hot_documents: bool = HOT_DOCUMENTS,
+             sharded_destination: bool = SHARDED_DESTINATION) -> Plan:
     """The plan of ``seed``. ``long``: more data and longer timelines (the long mode);
     ``big``: documents near 16 MiB too (slow)."""
     generator = Generator(seed, big, long or big, server_copies)
@@ -1210,13 +1223,61 @@ def generate(seed: int, big: bool = False, long: bool = False, *,
         build = "beforeDataCopy"  # no index builds beside change application
     if build is not None:
         start_body["buildIndexes"] = build
+    if sharded_destination:
+        sharding = choose_sharding(seed, setup, copy + cea, generator.filter)
+        if sharding is not None:
+            start_body["sharding"] = sharding
     return Plan(seed=seed, big=big, load_level=rng.choice([1, 2, 3, 4]), slow_side=slow_side,
                 slow_ms=rng.choice([20, 50, 100]), setup=setup, copy=copy, cea=cea,
                 commit_kills=commit_kills, start_body=start_body,
                 pace_ms=rng.choice([0, 0, 5, 20, 60]), namespace_filter=generator.filter,
                 destination_setup=destination_setup, conflict=conflict,
                 hot_documents=choose_hot_documents(seed, copy + cea) if hot_documents else [],
-                server_copies=server_copies)
+                server_copies=server_copies, sharded_destination=sharded_destination)
+
+
+def choose_sharding(seed: int, setup: list[Op], steps: list[Step],
+                    namespace_filter: NsFilter | None) -> dict[str, Any] | None:
+    """/start's ``sharding`` for a sharded destination: one or two collections of the setup
+    (or none, in one plan out of five), each with a key of :data:`SHARD_KEYS`; drawn from a
+    random stream of their own.
+
+    Left out: capped, clustered, time series and collated collections, which MongoDB does not
+    shard this way, and collections a plan gives a unique index (or converts one to unique),
+    since a destination refuses a unique index whose key does not start with the shard key:
+    mongosync documents both as limits of ``shardingEntries``."""
+    rng = random.Random(seed * 1_000_003 + 41)
+    unique: set[tuple[str | None, str | None]] = set()
+
+    def gather(ops: list[Any]) -> None:
+        for op in ops:
+            if not isinstance(op, Op):
+                continue
+            if op.kind == "transaction":
+                gather(op.args["ops"])
+            elif op.kind == "create_index" and op.args["spec"].get("unique"):
+                unique.add((op.db, op.coll))
+            elif op.kind == "coll_mod" and {"unique", "prepareUnique"} & \
+                    set(op.args["command"].get("index") or {}):
+                unique.add((op.db, op.coll))
+
+    gather(setup)
+    gather(list(steps))
+    unsupported = ("capped", "clusteredIndex", "timeseries", "collation", "viewOn")
+    candidates = [(op.db, op.coll) for op in setup
+                  if op.kind == "create" and op.db and op.coll
+                  and not set(unsupported) & set(op.args["options"])
+                  and (op.db, op.coll) not in unique
+                  and (namespace_filter is None or namespace_filter.includes(op.db, op.coll))]
+    if not candidates or rng.random() < 0.2:
+        return None
+    chosen = rng.sample(candidates, min(len(candidates), rng.randint(1, 2)))
+    entries = [{"database": db, "collection": coll,
+                "shardCollection": {"key": [{name: value} for name, value in
+                                            rng.choice(SHARD_KEYS).items()]}}
+               for db, coll in chosen]
+    # Without createSupportingIndexes every key would need an index on the source already.
+    return {"createSupportingIndexes": True, "shardingEntries": entries}
 
 
 def choose_hot_documents(seed: int, steps: list[Step]) -> list[str]:
@@ -1337,4 +1398,8 @@ def features(plan: Plan) -> set[str]:
     found.add("verifier " + ("off" if plan.start_body.get("verification") else "on"))
     if plan.conflict:
         found.add("conflicting namespace refused at /start")
+    if plan.sharded_destination:
+        found.add("sharded destination")
+        for entry in plan.start_body.get("sharding", {}).get("shardingEntries", []):
+            found.add(f"shard key {entry['shardCollection']['key']}")
     return found

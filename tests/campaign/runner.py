@@ -36,7 +36,7 @@ from bson.codec_options import DatetimeConversion
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from mongoemu.testing import EmulatorProcess, start_secured_emulator
+from mongoemu.testing import EmulatorProcess, start_cluster, start_secured_emulator
 from pymongosync.request import StartRequest
 from pymongosync.verifier.compare import compare_clusters
 
@@ -102,11 +102,13 @@ def root_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
 
 
 def reproduce_command(seed: int, big: bool = False, long: bool = False, *,
-                      server_copies: bool = False, hot_documents: bool = False) -> str:
+                      server_copies: bool = False, hot_documents: bool = False,
+                      sharded_destination: bool = False) -> str:
     flags = (" --big" if big else "") + (" --long" if long and not big else "")
     # The mode changes the seed's plan: without it, the command would run another plan.
     mode = ("CAMPAIGN_SERVER_COPIES=1 " if server_copies else "") + \
-        ("CAMPAIGN_HOT_DOCUMENTS=1 " if hot_documents else "")
+        ("CAMPAIGN_HOT_DOCUMENTS=1 " if hot_documents else "") + \
+        ("CAMPAIGN_SHARDED_DESTINATION=1 " if sharded_destination else "")
     return f"{mode}.venv/bin/python -m scripts.campaign --seed {seed}{flags}"
 
 
@@ -117,6 +119,7 @@ class Outcome:
     long: bool
     server_copies: bool = False
     hot_documents: bool = False
+    sharded_destination: bool = False
     passed: bool = False
     reason: str = ""
     details: list[str] = field(default_factory=list)
@@ -129,7 +132,8 @@ class Outcome:
     def command(self) -> str:
         return reproduce_command(self.seed, self.big, self.long,
                                  server_copies=self.server_copies,
-                                 hot_documents=self.hot_documents)
+                                 hot_documents=self.hot_documents,
+                                 sharded_destination=self.sharded_destination)
 
     def line(self) -> str:
         stats = self.stats
@@ -486,7 +490,8 @@ class SeedRun:
         self.out = out
         self.outcome = Outcome(seed=plan.seed, big=plan.big, long=long,
                                server_copies=plan.server_copies,
-                               hot_documents=bool(plan.hot_documents))
+                               hot_documents=bool(plan.hot_documents),
+                               sharded_destination=plan.sharded_destination)
         self.stats = self.outcome.stats
         self.restart_at: float | None = None
         self.destination_own: dict[str, Any] = {}
@@ -504,8 +509,12 @@ class SeedRun:
         extra = ["--noop-interval", "1"]
         if plan.big:
             extra += ["--oplog-size-mb", "2048"]
+        # A sharded destination: two shards behind a router, which every client of the
+        # destination (mongosync, the application, the checks, injected faults) talks to.
         with start_secured_emulator("replset", extra_args=extra) as source, \
-                start_secured_emulator("replset", extra_args=extra) as destination:
+                (start_cluster(shards=2, secured=True, extra_args=extra)
+                 if plan.sharded_destination
+                 else start_secured_emulator("replset", extra_args=extra)) as destination:
             self.source, self.destination = source, destination
             mongosync = Mongosync(source, destination, log_dir, plan.load_level,
                                   plan.hot_documents)
@@ -792,7 +801,9 @@ class SeedRun:
             independent = check.compare(
                 left, right, include=None if plan.namespace_filter is None
                 else plan.namespace_filter.includes, include_views=not pre_existing,
-                destination_own=self.destination_own)
+                destination_own=self.destination_own,
+                destination_shard_keys=check.shard_keys(right)
+                if plan.sharded_destination else None)
             if self.destination_own:
                 now = check.snapshot(right, self.destination_own)
                 for name, before in self.destination_own.items():
