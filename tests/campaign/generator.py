@@ -1224,9 +1224,7 @@ def generate(seed: int, big: bool = False, long: bool = False, *,
     if build is not None:
         start_body["buildIndexes"] = build
     if sharded_destination:
-        sharding = choose_sharding(seed, setup, copy + cea, generator.filter)
-        if sharding is not None:
-            start_body["sharding"] = sharding
+        start_body["sharding"] = choose_sharding(seed, setup, copy + cea, generator.filter)
     return Plan(seed=seed, big=big, load_level=rng.choice([1, 2, 3, 4]), slow_side=slow_side,
                 slow_ms=rng.choice([20, 50, 100]), setup=setup, copy=copy, cea=cea,
                 commit_kills=commit_kills, start_body=start_body,
@@ -1237,9 +1235,9 @@ def generate(seed: int, big: bool = False, long: bool = False, *,
 
 
 def choose_sharding(seed: int, setup: list[Op], steps: list[Step],
-                    namespace_filter: NsFilter | None) -> dict[str, Any] | None:
+                    namespace_filter: NsFilter | None) -> dict[str, Any]:
     """/start's ``sharding`` for a sharded destination: one or two collections of the setup
-    (or none, in one plan out of five), each with a key of :data:`SHARD_KEYS`; drawn from a
+    (none, in one plan out of five), each with a key of :data:`SHARD_KEYS`; drawn from a
     random stream of their own.
 
     Left out: capped, clustered, time series and collated collections, which MongoDB does not
@@ -1270,7 +1268,8 @@ def choose_sharding(seed: int, setup: list[Op], steps: list[Step],
                   and (op.db, op.coll) not in unique
                   and (namespace_filter is None or namespace_filter.includes(op.db, op.coll))]
     if not candidates or rng.random() < 0.2:
-        return None
+        # A replica set into a sharded cluster needs `sharding` (spec §3.3): none sharded.
+        return {"shardingEntries": []}
     chosen = rng.sample(candidates, min(len(candidates), rng.randint(1, 2)))
     entries = [{"database": db, "collection": coll,
                 "shardCollection": {"key": [{name: value} for name, value in
