@@ -301,8 +301,11 @@ def drop_indexes(ctx: Context) -> dict[str, Any]:
     target = ctx.body.get("index")
     count = len(collection.indexes)
     writer = ctx.server.writer
+    shard_key = _shard_key(ctx, collection.ns)
     if target == "*":
-        for index_name in [n for n in collection.indexes if n != ID_INDEX_NAME]:
+        # From 6.0: all but _id's and those that could support the shard key.
+        for index_name in [n for n, spec in collection.indexes.items() if n != ID_INDEX_NAME
+                           and not _supports_shard_key(spec, shard_key)]:
             writer.drop_index(ctx, collection, index_name)
         return {"nIndexesWas": count, "msg": "non-_id indexes dropped for collection"}
     names = target if isinstance(target, list) else [target]
@@ -314,9 +317,42 @@ def drop_indexes(ctx: Context) -> dict[str, Any]:
                 raise CommandError(27, f"can't find index with key: {item}")
             raise CommandError(27, f"index not found with name [{item}]")
         resolved.append(spec["name"])
+    # A hashed shard key's index may go (MongoDB 7.0.3, 6.0.12); a range key's may not.
+    if shard_key is not None and "hashed" not in shard_key.values() and \
+            _last_supporting(collection, shard_key, resolved):
+        raise CommandError(370, "Cannot drop the only compatible index for this collection's "
+                                "shard key", code_name_override="CannotDropShardKeyIndex")
     for index_name in resolved:
         writer.drop_index(ctx, collection, index_name)
     return {"nIndexesWas": count}
+
+
+def _shard_key(ctx: Context, ns: str) -> dict[str, Any] | None:
+    """The shard key of a collection sharded through this shard (None: unsharded, or not a
+    shard)."""
+    if not ctx.server.config.shard_role:
+        return None
+    return ctx.server.sharding.shard_key(ns)
+
+
+def _supports_shard_key(spec: dict[str, Any], shard_key: dict[str, Any] | None) -> bool:
+    """An index a sharded collection's chunks can be found by: its key starts with the shard
+    key, and it is complete (not sparse, not partial), visible and of simple collation.
+    (MongoDB also rules out a multikey index; the emulator does not track that.)"""
+    if shard_key is None:
+        return False
+    key = list(dict(spec["key"]).items())
+    return key[:len(shard_key)] == list(shard_key.items()) and not spec.get("sparse") and \
+        "partialFilterExpression" not in spec and not spec.get("hidden") and \
+        spec.get("collation", {"locale": "simple"}).get("locale") == "simple"
+
+
+def _last_supporting(collection: Any, shard_key: dict[str, Any], leaving: list[str]) -> bool:
+    """Whether the indexes ``leaving`` (dropped or hidden) take away the last one supporting
+    the shard key."""
+    supporting = [name for name, spec in collection.indexes.items()
+                  if _supports_shard_key(spec, shard_key)]
+    return bool(supporting) and set(supporting) <= set(leaving)
 
 
 @command("collMod")
@@ -354,6 +390,11 @@ def coll_mod(ctx: Context) -> dict[str, Any]:
         if "hidden" in index_change:
             if spec["name"] == ID_INDEX_NAME:
                 raise CommandError(72, "can't hide _id index")
+            shard_key = _shard_key(ctx, collection.ns)
+            if index_change["hidden"] and shard_key is not None and \
+                    _last_supporting(collection, shard_key, [spec["name"]]):
+                raise CommandError(72, "can't hide the only index supporting this "
+                                       "collection's shard key")
             old_index_options["hidden"] = bool(spec.get("hidden", False))
             reply["hidden_old"] = bool(spec.get("hidden", False))
             reply["hidden_new"] = bool(index_change["hidden"])

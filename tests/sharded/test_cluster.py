@@ -552,3 +552,35 @@ def test_transactions_write_on_one_shard(cluster: ClusterProcess) -> None:
             assert info.value.code == 263 and "two-phase commit" in str(info.value)
             session.abort_transaction()
         assert [d["v"] for d in client.tx.items.find().sort("k", 1)] == [1, 0]
+
+
+def test_the_last_index_supporting_a_shard_key_cannot_be_dropped_or_hidden(
+        cluster: ClusterProcess) -> None:
+    """As MongoDB 6.0+: dropping or hiding the only index that supports a range shard key is
+    refused (CannotDropShardKeyIndex, InvalidOptions); with another index whose key starts
+    with the shard key it goes through; a hashed shard key's index may be dropped (7.0.3,
+    6.0.12); ``"*"`` keeps the indexes that support the shard key."""
+    with router(cluster) as client:
+        client.admin.command("shardCollection", "keys.ranged", key={"z": 1})
+        client.admin.command("shardCollection", "keys.hashed", key={"h": "hashed"})
+        ranged, hashed = client.keys.ranged, client.keys.hashed
+        ranged.insert_many([{"z": i, "w": i} for i in range(20)])
+        with pytest.raises(OperationFailure) as refused:
+            ranged.drop_index("z_1")
+        assert refused.value.code == 370
+        with pytest.raises(OperationFailure) as refused:
+            client.keys.command("collMod", "ranged", index={"name": "z_1", "hidden": True})
+        assert refused.value.code == 72
+        ranged.create_index([("z", 1), ("w", 1)], name="z_w")
+        ranged.create_index("w", name="w_1")
+        ranged.drop_indexes()  # "*": all but _id's and those supporting the shard key
+        assert sorted(spec["name"] for spec in ranged.list_indexes()) == ["_id_", "z_1", "z_w"]
+        client.keys.command("collMod", "ranged", index={"name": "z_1", "hidden": True})
+        with pytest.raises(OperationFailure) as refused:
+            ranged.drop_index("z_w")  # z_1 is hidden: z_w is the last one supporting z
+        assert refused.value.code == 370
+        client.keys.command("collMod", "ranged", index={"name": "z_1", "hidden": False})
+        ranged.drop_index("z_w")
+        hashed.drop_index("h_hashed")
+        assert [spec["name"] for spec in hashed.list_indexes()] == ["_id_"]
+        assert ranged.count_documents({}) == 20
