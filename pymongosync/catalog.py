@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from bson.binary import Binary
@@ -29,6 +29,16 @@ TTL_NEVER_EXPIRES = 2147483647
 CAPPED_SIZE_LIFTED = 1 << 50  # 1 PiB, as mongosync does
 _DUMP_ONLY_INDEX_FIELDS = ("ns", "background")
 INDEX_EXISTS_CODES = (68, 85, 86)
+INDEX_NOT_FOUND = 27
+CANNOT_DROP_SHARD_KEY_INDEX = 370
+INVALID_OPTIONS = 72
+# A destination collection sharded on a key the source has no index on gets its index on the
+# key from sharding. The source may later build an index on exactly that key under another
+# name, drop one, or hide one, which a destination refuses while that index is the only one
+# supporting its shard key (same key: IndexOptionsConflict; dropping it: CannotDropShardKeyIndex;
+# hiding it: InvalidOptions). A stand-in supports the key meanwhile: the shard key followed by
+# a field no document has (an index whose key starts with the shard key supports it).
+SHARD_KEY_STAND_IN = "mongosync_shard_key_support"
 ALREADY_SHARDED = 23
 LISTING_ATTEMPTS = 20  # listings of a database whose collections keep changing meanwhile
 
@@ -245,13 +255,95 @@ def create_indexes(cluster: ClusterClient, db: str, name: str,
                 raise
             existing = {index["name"]: index for index in cluster.index_specs(db, name)}
             same = existing.get(spec["name"])
-            if same is None or _comparable(same) != _comparable(spec):
+            if same is not None and _comparable(same) == _comparable(spec):
+                continue  # built already (a restart)
+            if not _replace_shard_key_index(cluster, db, name, spec, existing.values()):
                 reason = (exc.details or {}).get("errmsg") or str(exc)
                 raise IndexConflict(
                     f"the index {spec['name']} of {db}.{name} cannot be built on the "
                     f"destination as the source has it ({spec}): {reason}. Drop the "
                     f"conflicting index on the destination, or exclude {db}.{name}, then "
                     f"restart the migration") from None
+
+
+def _replace_shard_key_index(cluster: ClusterClient, db: str, name: str, spec: Mapping[str, Any],
+                             existing: Iterable[Mapping[str, Any]]) -> bool:
+    """Build the source's index on exactly the destination collection's shard key in place of
+    the one there on the same key (made by sharding: the source cannot have had two indexes
+    on one key); False when ``spec`` is not on the shard key. Each step is idempotent: a
+    restart replays the event and goes through them again."""
+    wanted = list(dict(spec["key"]).items())
+    clashing = [index for index in existing if list(dict(index["key"]).items()) == wanted]
+    key = destination_shard_key(cluster, db, name) if clashing else None
+    if key is None or list(key.items()) != wanted:
+        return False
+    support_shard_key(cluster, db, name, key)
+    for index in clashing:
+        log.info("replacing the index %s of %s.%s, made on its shard key by sharding, with the "
+                 "source's index %s on the same key", index["name"], db, name, spec["name"])
+        _drop_index_if_present(cluster, db, name, index["name"])
+    cluster.create_index(db, name, spec)
+    _drop_index_if_present(cluster, db, name, SHARD_KEY_STAND_IN)
+    return True
+
+
+def destination_shard_key(cluster: ClusterClient, db: str, name: str) -> dict[str, Any] | None:
+    """The shard key of a destination collection (None: not sharded)."""
+    return cluster.shard_keys().get(f"{db}.{name}") if cluster.is_sharded else None
+
+
+def support_shard_key(cluster: ClusterClient, db: str, name: str,
+                      key: Mapping[str, Any] | None = None) -> None:
+    """Build the stand-in index (:data:`SHARD_KEY_STAND_IN`) on a sharded destination
+    collection, so that no index of the source's on its shard key is the only one supporting
+    it; nothing on a collection that is not sharded."""
+    key = key if key is not None else destination_shard_key(cluster, db, name)
+    if key is None:
+        return
+    try:
+        cluster.create_index(db, name, {"key": {**key, SHARD_KEY_STAND_IN: 1},
+                                        "name": SHARD_KEY_STAND_IN})
+    except OperationFailure as exc:
+        if exc.code not in INDEX_EXISTS_CODES:  # there already
+            raise
+
+
+def is_shard_key_stand_in(spec: Mapping[str, Any], shard_key: Mapping[str, Any] | None) -> bool:
+    return shard_key is not None and spec.get("name") == SHARD_KEY_STAND_IN and \
+        list(dict(spec["key"]).items()) == [*dict(shard_key).items(), (SHARD_KEY_STAND_IN, 1)]
+
+
+def drop_index(cluster: ClusterClient, db: str, name: str, index: str) -> None:
+    """Drop a destination index as the source did; one the destination still needs for its
+    shard key is dropped once the stand-in supports the key instead."""
+    try:
+        cluster.drop_index(db, name, index)
+    except OperationFailure as exc:
+        if exc.code != CANNOT_DROP_SHARD_KEY_INDEX:
+            raise
+        support_shard_key(cluster, db, name)
+        cluster.drop_index(db, name, index)
+
+
+def hide_index(cluster: ClusterClient, db: str, name: str, index: str, hidden: bool) -> None:
+    """Hide or unhide a destination index as the source has it (the stand-in first supports
+    the shard key where the index was the only one that did: MongoDB refuses to hide it)."""
+    try:
+        cluster.modify_collection(db, name, {"index": {"name": index, "hidden": hidden}})
+    except OperationFailure as exc:
+        if exc.code != INVALID_OPTIONS or not hidden or \
+                destination_shard_key(cluster, db, name) is None:
+            raise
+        support_shard_key(cluster, db, name)
+        cluster.modify_collection(db, name, {"index": {"name": index, "hidden": hidden}})
+
+
+def _drop_index_if_present(cluster: ClusterClient, db: str, name: str, index: str) -> None:
+    try:
+        cluster.drop_index(db, name, index)
+    except OperationFailure as exc:
+        if exc.code != INDEX_NOT_FOUND:
+            raise
 
 
 def shard_key_index(indexes: list[dict[str, Any]],
@@ -331,8 +423,7 @@ def restore_final_options(source: ClusterClient, destination: ClusterClient,
                 destination.modify_collection(entry.db, entry.name, {"index": {
                     "name": name, "expireAfterSeconds": spec["expireAfterSeconds"]}})
             if bool(spec.get("hidden")) != bool(current.get("hidden")):
-                destination.modify_collection(entry.db, entry.name, {"index": {
-                    "name": name, "hidden": bool(spec.get("hidden"))}})
+                hide_index(destination, entry.db, entry.name, name, bool(spec.get("hidden")))
             wants_unique = bool(spec.get("unique"))
             if (wants_unique or spec.get("prepareUnique")) and not current.get("unique") \
                     and not current.get("prepareUnique"):

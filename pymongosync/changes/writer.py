@@ -327,7 +327,7 @@ class ChangeWriter:
                          collection_uuid: Any) -> None:
         for spec in description.get("indexes", []):
             try:
-                self.destination.drop_index(db, coll, spec["name"])
+                catalog.drop_index(self.destination, db, coll, spec["name"])
             except OperationFailure as exc:
                 if exc.code not in IGNORED_DDL_ERRORS:
                     raise

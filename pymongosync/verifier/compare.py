@@ -315,6 +315,8 @@ def _compare_indexes(source: NamespaceRecord, destination: NamespaceRecord,
         if shard_key is not None and \
                 list(dict(right[name]["key"]).items()) == list(dict(shard_key).items()):
             continue  # the index sharding needs, where the source had none on the key
+        if catalog.is_shard_key_stand_in(right[name], shard_key):
+            continue  # supports the shard key where the source's index on it cannot
         mismatches.append(Mismatch(namespace=source.id, kind=MismatchKind.INDEX,
                                    detail=f"index {name} only on the destination"))
     for name in sorted(set(left) & set(right)):

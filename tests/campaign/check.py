@@ -25,6 +25,9 @@ DECODED = CodecOptions(document_class=SON, tz_aware=True,
 SKIPPED_DATABASES = ("admin", "config", "local")
 METADATA_PREFIXES = ("mongosync_reserved_for_internal_use", "__mdb_internal")
 IGNORED_INDEX_FIELDS = ("v", "ns", "background")
+# The index mongosync builds on a sharded destination collection (the shard key, then a field
+# of this name) where the source's own index on the key cannot support it (README).
+SHARD_KEY_STAND_IN = "mongosync_shard_key_support"
 
 _FIXED = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8,
           0x13: 16, 0x7F: 0, 0xFF: 0}
@@ -116,7 +119,8 @@ def compare(source: pymongo.MongoClient, destination: pymongo.MongoClient, *,
     migration (pre-existing data, checked with :func:`snapshot`). ``include_views=False``: the
     source's views are not migrated (pre-existing destination data).
     ``destination_shard_keys`` (:func:`shard_keys`): a sharded destination collection may have
-    one index more than its source, on exactly its shard key (sharding needs one)."""
+    one index more than its source, on exactly its shard key (sharding needs one), and the
+    stand-in that supports the key in place of the source's (:data:`SHARD_KEY_STAND_IN`)."""
     shard_keys = destination_shard_keys or {}
     differences: list[str] = []
     left = {name: info for name, info in _namespaces(source).items()
@@ -137,10 +141,15 @@ def compare(source: pymongo.MongoClient, destination: pymongo.MongoClient, *,
             continue
         db, coll = name.split(".", 1)
         left_indexes, right_indexes = _indexes(source, db, coll), _indexes(destination, db, coll)
+        key = shard_keys.get(name)
         made_by_sharding = [index for index, spec in right_indexes.items()
-                            if index not in left_indexes and spec["key"] == shard_keys.get(name)]
+                            if index not in left_indexes and spec["key"] == key]
         for index in made_by_sharding[:1]:
             del right_indexes[index]
+        stand_in = right_indexes.get(SHARD_KEY_STAND_IN)
+        if key is not None and stand_in is not None and SHARD_KEY_STAND_IN not in left_indexes \
+                and stand_in["key"] == [*key, (SHARD_KEY_STAND_IN, 1)]:
+            del right_indexes[SHARD_KEY_STAND_IN]
         if left_indexes != right_indexes:
             differences.append(f"{name}: indexes {left_indexes} != {right_indexes}")
         left_documents = _documents(source, db, coll)

@@ -162,6 +162,55 @@ def test_replica_set_to_a_sharded_cluster_when_the_shard_key_field_changes(
         assert comparison.equal, comparison.summary()
 
 
+def test_the_sources_indexes_on_a_destination_shard_key_are_built_dropped_and_hidden(
+        tmp_path: Path, processes: list[Mongosync]) -> None:
+    """Three collections sharded on {z: 1} by shardingEntries. During change application the
+    source builds an index on exactly z under another name than the one sharding made
+    (the destination refused it: IndexOptionsConflict, a fatal IndexConflict before; campaign
+    seed 547 with CAMPAIGN_SHARDED_DESTINATION=1), drops its own index on z (the destination
+    refuses to drop the last index supporting its shard key: CannotDropShardKeyIndex) and hides
+    it (refused at commit for the same reason: InvalidOptions). The commit verifies equal; the
+    stand-in index supports the shard key where the source's index cannot."""
+    with start_secured_emulator("replset", extra_args=FAST) as source, \
+            start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
+        names = ("built", "dropped", "hidden")
+        with pymongo.MongoClient(source.uri) as client:
+            for name in names:
+                client.shop[name].insert_many([{"_id": i, "z": i % 7} for i in range(300)])
+            client.shop.dropped.create_index("z", name="z_source")
+            client.shop.hidden.create_index("z", name="z_source")
+        process = _mongosync(processes, tmp_path, source, destination)
+        entries = [{"database": "shop", "collection": name,
+                    "shardCollection": {"key": [{"z": 1}]}} for name in names]
+        assert process.post("start", {**START, "sharding": {
+            "createSupportingIndexes": True, "shardingEntries": entries}}) == \
+            (200, {"success": True})
+        process.wait_for(_unless_failed(lambda p: p["info"] == "change event application"),
+                         timeout=120, what="change event application")
+        with pymongo.MongoClient(source.uri) as client:
+            shop = client.shop
+            shop.built.create_index("z", name="z_later")
+            shop.dropped.drop_index("z_source")
+            shop.command("collMod", "hidden", index={"name": "z_source", "hidden": True})
+            for name in names:
+                shop[name].insert_one({"_id": 1000, "z": 3})
+        process.wait_for(_unless_failed(lambda p: p["totalEventsApplied"] >= 3), timeout=120,
+                         what="the inserts applied")
+        _commit(process)
+        with pymongo.MongoClient(source.uri) as left, pymongo.MongoClient(destination.uri) as right:
+            comparison = compare_clusters(left, right, compare_indexes=True)
+            assert comparison.equal, comparison.summary()
+            indexes = {name: {spec["name"]: spec for spec in right.shop[name].list_indexes()}
+                       for name in names}
+            assert right.config.collections.find_one({"_id": "shop.dropped"})["key"] == {"z": 1}
+        assert sorted(indexes["built"]) == ["_id_", "z_later"]
+        assert sorted(indexes["dropped"]) == ["_id_", "mongosync_shard_key_support"]
+        assert dict(indexes["dropped"]["mongosync_shard_key_support"]["key"]) == {
+            "z": 1, "mongosync_shard_key_support": 1}
+        assert sorted(indexes["hidden"]) == ["_id_", "mongosync_shard_key_support", "z_source"]
+        assert indexes["hidden"]["z_source"].get("hidden") is True
+
+
 def _sharded_source(source: ClusterProcess, chunks: int) -> None:
     """bulk.items range-sharded in ``chunks`` chunks, all on one shard (balancer off), a hashed
     app.users, and an unsharded collection."""
