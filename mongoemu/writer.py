@@ -7,6 +7,7 @@ streams need), so no command can forget one of them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from bson.objectid import ObjectId
@@ -23,6 +24,28 @@ from mongoemu.storage.indexes import ID_INDEX_NAME, id_index_spec
 if TYPE_CHECKING:
     from mongoemu.context import Context
     from mongoemu.server import Server
+
+
+# The router's mark on an update statement (or a findAndModify) it sends in the "write without
+# shard key" protocol: true for a retryable write or a transaction, false otherwise.
+ALLOW_SHARD_KEY_UPDATES = "$_allowShardKeyUpdatesWithoutFullShardKeyInQuery"
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    """What a shard's checks of a changed shard key need from the update statement or
+    findAndModify that changed the document (after MongoDB's UpdateRequest): its filter and
+    the router's ``$_allowShardKeyUpdatesWithoutFullShardKeyInQuery`` (None when absent)."""
+
+    query: Any
+    allow_shard_key_updates: bool | None = None
+
+    @classmethod
+    def of(cls, query: Any, carrier: dict[str, Any]) -> "UpdateRequest":
+        """The request of ``query``, with the flag ``carrier`` (the statement or the
+        findAndModify command) holds."""
+        flag = carrier.get(ALLOW_SHARD_KEY_UPDATES)
+        return cls(query, None if flag is None else bool(flag))
 
 
 def with_id_first(document: dict[str, Any]) -> dict[str, Any]:
@@ -314,13 +337,16 @@ class Writer:
 
     def update(self, ctx: "Context | None", collection: Collection, key: tuple,
                old_document: dict[str, Any], new_document: dict[str, Any],
-               kind: str = "operators", modifier_log: list | None = None) -> bool:
+               kind: str = "operators", modifier_log: list | None = None,
+               request: UpdateRequest | None = None) -> bool:
         """Store the updated document; False (and nothing logged) when nothing changed.
 
         ``kind`` is how the update was written ("operators", "replacement" or "pipeline"):
         like the server, replacements are logged whole and pipeline updates whole when a
         diff would not be smaller. ``modifier_log`` is what an operator update's modifiers
         did (ParsedUpdate.apply), which is what the server logs rather than an image diff.
+        ``request``: the user's update that made the change (None for the server's own writes),
+        which a shard checks before letting a routed update change a shard key.
         """
         self.check_writable(ctx, collection.db)
         raw = encode(new_document)
@@ -329,10 +355,12 @@ class Writer:
             return False
         if len(raw) > 16 * 1024 * 1024:  # as an insert's: the server's BSONObjMaxUserSize
             raise CommandError(17419, "Resulting document after update is larger than 16777216")
-        self._validate(ctx, collection, new_document, old_document)
         if self.server.config.shard_role and ctx is not None:
-            # A routed update may not move a document out of this shard's chunks.
-            self.server.sharding.check_still_owned(ctx, collection, new_document)
+            # A routed update may change a shard key only as MongoDB allows, and may not move a
+            # document out of this shard's chunks (checked before validation, as on MongoDB).
+            self.server.sharding.check_update(ctx, collection, old_document, new_document,
+                                              request)
+        self._validate(ctx, collection, new_document, old_document)
         self._lock(ctx, collection, key)
         collection.replace(key, raw, new_document, old_document)
         self._track(ctx, collection, key)

@@ -6,7 +6,9 @@ The router pushes, for every sharded collection, the shard key and the ranges th
 * filters orphans (documents of ranges it does not own, e.g. a migrated chunk not yet deleted)
   out of every request the router versions with ``shardVersion``, as MongoDB's shard filter does;
 * puts the shard-key fields in change events' ``documentKey``;
-* refuses a routed update that would move a document out of its chunks (WouldChangeOwningShard);
+* refuses a routed update that changes a document's shard key without naming the whole key in
+  its filter (31025) unless the router marked it as its own write without shard key, and one
+  that would move a document out of its chunks (WouldChangeOwningShard);
 * takes part in chunk migrations through the internal commands below, whose writes are logged
   with ``fromMigrate`` so change streams never report them; the donor deletes a moved range in
   the background only once no cursor opened before the move can still read it, like MongoDB's
@@ -26,12 +28,14 @@ from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
 
-from mongoemu.bsonvalues import decode, sort_key
-from mongoemu.cluster.shardkey import Point, Range, bound_point, in_ranges, overlaps, point_of
+from mongoemu.bsonvalues import MISSING, decode, sort_key
+from mongoemu.cluster.shardkey import (Point, Range, bound_point, equality_values, in_ranges,
+                                       overlaps, point_of, same_key)
 from mongoemu.commands.registry import command
 from mongoemu.context import Context
 from mongoemu.errors import CommandError
-from mongoemu.writer import with_id_first
+from mongoemu.query.paths import split_path
+from mongoemu.writer import UpdateRequest, with_id_first
 
 if TYPE_CHECKING:
     from mongoemu.server import Server
@@ -43,6 +47,8 @@ log = logging.getLogger("mongoemu.shard")
 # cursor timeout; afterwards such cursors are gone anyway).
 RANGE_DELETION_WAIT_S = 600.0
 WOULD_CHANGE_OWNING_SHARD = 283
+SHARD_KEY_CHANGE = ("Must run update to shard key field in a multi-statement transaction or "
+                    "with retryWrites: true.")
 
 
 @dataclass(frozen=True)
@@ -84,16 +90,33 @@ class ShardState:
         ownership = self.collections.get(ns)
         return ownership.owns if ownership is not None else None
 
-    def check_still_owned(self, ctx: Context, collection: "Collection",
-                          document: dict[str, Any]) -> None:
+    def check_update(self, ctx: Context, collection: "Collection", old_document: dict[str, Any],
+                     new_document: dict[str, Any], request: UpdateRequest | None) -> None:
+        """A routed update that changes a document's shard key (update_stage.cpp,
+        checkUpdateChangesExistingShardKey): the new key may hold no array; the filter of the
+        user's update must fix the whole key by equality (31025), unless the router sent it as
+        its write without shard key (``$_allowShardKeyUpdatesWithoutFullShardKeyInQuery``,
+        false outside retryable writes and transactions: IllegalOperation); and the document
+        must stay in this shard's chunks (WouldChangeOwningShard, which the router resolves).
+        Writes not routed (no ``shardVersion``) and a migration's are not checked."""
         if "shardVersion" not in ctx.body or ctx.from_migrate:
             return
         ownership = self.collections.get(collection.ns)
-        if ownership is not None and not ownership.owns(document):
+        if ownership is None or same_key(old_document, new_document, ownership.pattern):
+            return
+        _check_no_arrays(new_document, ownership.pattern)
+        if request is not None:
+            if request.allow_shard_key_updates is None:
+                if equality_values(request.query, ownership.pattern) is None:
+                    raise CommandError(31025, "Shard key update is not allowed without "
+                                              "specifying the full shard key in the query")
+            elif not request.allow_shard_key_updates:
+                raise CommandError(20, SHARD_KEY_CHANGE)
+        if not ownership.owns(new_document):
             raise CommandError(WOULD_CHANGE_OWNING_SHARD,
                                "This update would cause the doc to change owning shards",
                                code_name_override="WouldChangeOwningShard",
-                               extra={"errInfo": {"postImage": document}})
+                               extra={"errInfo": {"postImage": new_document}})
 
     # -- range deletion ----------------------------------------------------------------------------
     def schedule_deletion(self, ns: str, bounds: Range) -> None:
@@ -143,6 +166,20 @@ class ShardState:
         for deletion in list(self.deletions):
             if deletion.ns == ns and (bounds is None or overlaps(deletion.bounds, bounds)):
                 await deletion.done.wait()
+
+
+def _check_no_arrays(document: dict[str, Any], pattern: dict[str, Any]) -> None:
+    """update::assertPathsNotArray on the shard-key paths of an updated document."""
+    for path in pattern:
+        node: Any = document
+        for part in split_path(path):
+            node = node.get(part, MISSING) if isinstance(node, dict) else MISSING
+            if node is MISSING:
+                break
+            if isinstance(node, list):
+                raise CommandError(54, f"After applying the update to the document, the field "
+                                       f"'{path}' was found to be an array or array descendant.",
+                                   code_name_override="NotSingleValueField")
 
 
 def _internal_context(server: "Server", conn: Any, db: str) -> Context:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
 
-from mongoemu.bsonvalues import MISSING, sort_key
+from mongoemu.bsonvalues import MISSING, encode, sort_key
 from mongoemu.query.paths import get_path
 
 Point = tuple[tuple[Any, ...], ...]
@@ -40,6 +40,14 @@ def key_values(document: Any, pattern: dict[str, Any]) -> list[Any]:
             value = None
         values.append(_hash(value) if kind == "hashed" else value)
     return values
+
+
+def same_key(first: Any, second: Any, pattern: dict[str, Any]) -> bool:
+    """Whether two versions of a document have the same shard key as a shard tells whether an
+    update changed it: the key values (hashed where the key is) compared byte for byte
+    (BSONObj::binaryEqual), so 5 and 5.0 differ while a missing field and null do not."""
+    return encode({"key": key_values(first, pattern)}) == \
+        encode({"key": key_values(second, pattern)})
 
 
 def point_of(document: Any, pattern: dict[str, Any]) -> Point:

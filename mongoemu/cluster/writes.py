@@ -6,8 +6,13 @@ it may touch many documents. A single-document update or delete whose filter doe
 shard key is, from 7.0, resolved in two phases as MongoDB's writeWithoutShardKey protocol does
 (find one matching document, then write it where it lives; an upsert goes where the new
 document belongs); on 6.0 it needs an exact ``_id`` match (then every owner gets it) and an
-upsert needs the full shard key. Statements bound for the same shard are sent in one batch,
-in order for ordered writes, at once per shard for unordered ones; each batch names its
+upsert needs the full shard key. A write without shard key carries
+``$_allowShardKeyUpdatesWithoutFullShardKeyInQuery`` (true in a retryable write or a
+transaction, else false), which alone lets a shard change a document's shard key when the
+filter does not fix the whole key; a client may not send it. An update by exact ``_id`` is no
+write without shard key on MongoDB (useTwoPhaseProtocol leaves it out; findAndModify has no
+such case) and goes without the mark. Statements bound for the same shard are sent in one
+batch, in order for ordered writes, at once per shard for unordered ones; each batch names its
 statements (``stmtIds``) so retryable writes stay exactly-once on the shards.
 """
 
@@ -22,17 +27,14 @@ from mongoemu.cluster.commands import (command_body, on_config_server, on_primar
                                        versioned, _config_db, _plain, _sort_key)
 from mongoemu.cluster.router import raise_for, result_of, routed
 from mongoemu.cluster.routing import ShardedCollection
+from mongoemu.cluster.shard import SHARD_KEY_CHANGE, WOULD_CHANGE_OWNING_SHARD
 from mongoemu.cluster.shardkey import equality_values, point_from_values, point_of
 from mongoemu.context import Context
 from mongoemu.errors import CommandError
-from mongoemu.writer import with_id_first
+from mongoemu.writer import ALLOW_SHARD_KEY_UPDATES, with_id_first
 
 if TYPE_CHECKING:
     from mongoemu.cluster.router import Router
-
-WOULD_CHANGE_OWNING_SHARD = 283
-SHARD_KEY_CHANGE = ("Must run update to shard key field in a multi-statement transaction or "
-                    "with retryWrites: true.")
 
 
 @dataclass
@@ -58,6 +60,16 @@ def _id_equality(query: Any) -> bool:
     if isinstance(value, dict):
         return list(value) == ["$eq"] and not isinstance(value["$eq"], (dict, list))
     return not isinstance(value, list) and not hasattr(value, "pattern")
+
+
+def _internal_parameter() -> CommandError:
+    return CommandError(72, f"{ALLOW_SHARD_KEY_UPDATES} is an internal parameter")
+
+
+def _allows_shard_key_updates(ctx: Context) -> bool:
+    """The value a write without shard key sends: whether the client's write is retryable or
+    in a transaction (both carry ``txnNumber``)."""
+    return "txnNumber" in ctx.body
 
 
 def _since_70(router: "Router") -> bool:
@@ -101,6 +113,8 @@ class ShardedWrite:
                 point_of(document, self.sharded.key)).shard)
         if not isinstance(statement, dict) or not isinstance(statement.get("q"), dict):
             return Target("one", owners[0])
+        if self.kind == "update" and ALLOW_SHARD_KEY_UPDATES in statement:
+            return Target("error", error=_internal_parameter())
         query = statement["q"]
         values = equality_values(query, self.sharded.key)
         if values is not None:
@@ -108,6 +122,14 @@ class ShardedWrite:
         multi = bool(statement.get("multi")) if self.kind == "update" else \
             statement.get("limit") == 0
         upsert = self.kind == "update" and bool(statement.get("upsert"))
+        two_phase = (not multi and _since_70(self.router)
+                     and (not upsert or _upserts_without_shard_key(self.router)))
+        if two_phase and self.kind == "update" and (upsert or not _id_equality(query)):
+            # MongoDB's router marks its writes without shard key, also where one shard owns
+            # every chunk. An update by exact _id is none: MongoDB sends it to every shard;
+            # the two phases here have the same outcome and keep a transaction on one shard.
+            self.statements[index] = {**statement,
+                                      ALLOW_SHARD_KEY_UPDATES: _allows_shard_key_updates(self.ctx)}
         if len(owners) == 1:
             return Target("one", owners[0])
         if multi:
@@ -117,7 +139,7 @@ class ShardedWrite:
                         f"from query {query} for key {self.sharded.key}",
                     code_name_override="ShardKeyNotFound"))
             return Target("all")
-        if _since_70(self.router) and (not upsert or _upserts_without_shard_key(self.router)):
+        if two_phase:
             return Target("two-phase")
         if upsert:
             return Target("error", error=CommandError(
@@ -363,6 +385,8 @@ async def find_and_modify(ctx: Context) -> dict[str, Any]:
     router = router_of(ctx)
     name = ctx.collection_name()
     body = command_body(ctx)
+    if ALLOW_SHARD_KEY_UPDATES in body:
+        raise _internal_parameter()
     if _config_db(ctx.db):
         return await on_config_server(ctx, body)
     sharded = router.table.sharded(f"{ctx.db}.{name}")
@@ -374,6 +398,8 @@ async def find_and_modify(ctx: Context) -> dict[str, Any]:
     async with router.gate(sharded.ns).shared():
         values = equality_values(query, sharded.key)
         owners = sharded.shards()
+        if values is None and _since_70(router):  # a write without shard key, even by _id
+            body[ALLOW_SHARD_KEY_UPDATES] = _allows_shard_key_updates(ctx)
         if values is not None:
             shard = sharded.chunk_for(point_from_values(values)).shard
         elif len(owners) == 1:

@@ -19,7 +19,7 @@ from mongoemu.cursors import DEFAULT_FIRST_BATCH, Cursor
 from mongoemu.errors import CommandError
 from mongoemu.query import plan
 from mongoemu.storage.collection import Collection
-from mongoemu.writer import fill_empty_timestamps, with_id_first
+from mongoemu.writer import UpdateRequest, fill_empty_timestamps, with_id_first
 
 # -- argument helpers ------------------------------------------------------------------------
 
@@ -768,13 +768,14 @@ def update_statement(ctx: Context, db: str, name: str, index: int, statement: An
         sort = statement.get("sort") if not multi else None
         matches = select(ctx, collection, query, sort, statement.get("collation"),
                          variables, want_position=True, hint=statement.get("hint"))
+        request = UpdateRequest.of(query, statement)
         for match in matches:
             old = match.decoded()
             changes: list = []
             new = parsed.apply(old, matched_position=match.position,
                                cluster_time=ctx.server.clock.now, log=changes)
             if writer.update(ctx, collection, match.key, old, new, kind=kind,
-                             modifier_log=changes):
+                             modifier_log=changes, request=request):
                 result.modified += 1
             matched += 1
             if not multi:
@@ -919,7 +920,8 @@ def find_and_modify(ctx: Context) -> dict[str, Any]:
     changes: list = []
     new = parsed.apply(old, matched_position=match.position, cluster_time=ctx.server.clock.now,
                        log=changes)
-    writer.update(ctx, collection, match.key, old, new, kind=parsed.kind, modifier_log=changes)
+    writer.update(ctx, collection, match.key, old, new, kind=parsed.kind, modifier_log=changes,
+                  request=UpdateRequest.of(query, body))
     return {"lastErrorObject": {"n": 1, "updatedExisting": True},
             "value": shown(new if body.get("new") else old, match.position)}
 

@@ -389,7 +389,8 @@ def test_a_hot_document_whose_shard_key_changes_is_taken_from_the_source_at_comm
         with pymongo.MongoClient(source.application_uri) as application:
             for _ in range(30):
                 application.bulk.items.update_one({"_id": "hot"}, {"$inc": {"n": 1}})
-            application.bulk.items.replace_one({"_id": "hot"}, {"i": 2990, "n": 100})
+            # The filter names the whole shard key, as MongoDB requires to change it (31025).
+            application.bulk.items.replace_one({"_id": "hot", "i": 10}, {"i": 2990, "n": 100})
             application.bulk.items.update_one({"i": 5}, {"$set": {"cold": True}})
         with pymongo.MongoClient(destination.uri) as right:
             wait_for(lambda: right.bulk.items.find_one({"i": 5, "cold": True}) is not None,
