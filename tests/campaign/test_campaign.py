@@ -16,7 +16,7 @@ from bson.codec_options import DatetimeConversion
 
 from mongoemu.testing import EmulatorProcess
 
-from .generator import features, generate
+from .generator import Op, features, generate
 from .runner import run_seed
 
 # Chosen so that together they exercise every feature of the generator (see
@@ -36,9 +36,13 @@ SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289, 369, 10278, 10375]
 # Seeds of the modes that are off by default (generator.py), each passed by the campaigns of
 # its mode: 786 draws the server's own copies (convertToCapped and cloneCollectionAsCapped
 # during the copy and after it, $out after it); 345 runs with --hotDocIDs naming three
-# documents its timelines write.
+# documents its timelines write; 300 and 547 migrate into a sharded destination, on whose
+# shard key {nested.z: 1} the source has its own index (hidden at commit in 300, built during the
+# copy in 547: the stand-in index, and the source's index in place of sharding's).
 MODE_SEEDS: list[tuple[int, dict[str, bool]]] = [(786, {"server_copies": True}),
-                                                 (345, {"hot_documents": True})]
+                                                 (345, {"hot_documents": True}),
+                                                 (300, {"sharded_destination": True}),
+                                                 (547, {"sharded_destination": True})]
 
 
 @pytest.mark.campaign
@@ -62,6 +66,14 @@ def test_the_mode_seeds_draw_their_mode() -> None:
     assert {"convert_to_capped during cea", "clone_capped during copy",
             "out during cea"} <= copies
     assert len(generate(345, server_copies=False, hot_documents=True).hot_documents) == 3
+    for seed, steps in ((300, "setup"), (547, "copy")):
+        plan = generate(seed, sharded_destination=True)
+        entry = plan.start_body["sharding"]["shardingEntries"][0]
+        assert entry["shardCollection"]["key"] == [{"nested.z": 1}]
+        assert any(isinstance(op, Op) and op.kind == "create_index" and
+                   (op.db, op.coll) == (entry["database"], entry["collection"]) and
+                   op.args["spec"] == {"key": {"nested.z": 1}, "name": "z_hidden_later",
+                                       "hidden": True} for op in getattr(plan, steps))
 
 
 def test_the_seeds_cover_every_feature() -> None:
