@@ -63,6 +63,12 @@ SHARDED_DESTINATION = os.environ.get("CAMPAIGN_SHARDED_DESTINATION") == "1"
 # of other types hash alike), and on a nested field. The plans build indexes on {n: 1},
 # {n: "hashed"} and {nested.z: 1} too: the source's own index on a shard key, and the
 # destination's index on it made by sharding, meet there.
+# CAMPAIGN_SHARDED_SOURCE=1: the source is a 2-shard cluster, reached through its router; its
+# databases are placed on one shard (transactions on their unsharded collections stay on one
+# shard: the emulated router runs no multi-shard transaction), and one to three of the setup's
+# collections are sharded on {_id: "hashed"} as they are created (a key no update changes).
+# Drawn from a random stream of its own: every seed keeps the rest of its plan.
+SHARDED_SOURCE = os.environ.get("CAMPAIGN_SHARDED_SOURCE") == "1"
 SHARD_KEYS: tuple[dict[str, Any], ...] = ({"_id": "hashed"}, {"n": 1}, {"n": "hashed"},
                                           {"nested.z": 1})
 # Errors after which PyMongo marks the server unknown and waits for its next heartbeat.
@@ -187,6 +193,10 @@ class Plan:
     hot_documents: list[str] = field(default_factory=list)
     server_copies: bool = False  # drawn with the server's own copies (SERVER_COPIES)
     sharded_destination: bool = False  # a 2-shard destination (SHARDED_DESTINATION)
+    # A 2-shard source (SHARDED_SOURCE), and "db.coll" -> shard key of the setup's collections
+    # sharded there.
+    sharded_source: bool = False
+    source_shard_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> str:
         def count(steps: list[Step], kind: type) -> int:
@@ -1167,7 +1177,8 @@ def lazy_documents(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def generate(seed: int, big: bool = False, long: bool = False, *,
              server_copies: bool = SERVER_COPIES, hot_documents: bool = HOT_DOCUMENTS,
-             sharded_destination: bool = SHARDED_DESTINATION) -> Plan:
+             sharded_destination: bool = SHARDED_DESTINATION,
+             sharded_source: bool = SHARDED_SOURCE) -> Plan:
     """The plan of ``seed``. ``long``: more data and longer timelines (the long mode);
     ``big``: documents near 16 MiB too (slow)."""
     generator = Generator(seed, big, long or big, server_copies)
@@ -1223,7 +1234,8 @@ def generate(seed: int, big: bool = False, long: bool = False, *,
         build = "beforeDataCopy"  # no index builds beside change application
     if build is not None:
         start_body["buildIndexes"] = build
-    if sharded_destination:
+    if sharded_destination and not sharded_source:
+        # From a sharded source, the destination's collections take the source's shard keys.
         start_body["sharding"] = choose_sharding(seed, setup, copy + cea, generator.filter)
     return Plan(seed=seed, big=big, load_level=rng.choice([1, 2, 3, 4]), slow_side=slow_side,
                 slow_ms=rng.choice([20, 50, 100]), setup=setup, copy=copy, cea=cea,
@@ -1231,20 +1243,16 @@ def generate(seed: int, big: bool = False, long: bool = False, *,
                 pace_ms=rng.choice([0, 0, 5, 20, 60]), namespace_filter=generator.filter,
                 destination_setup=destination_setup, conflict=conflict,
                 hot_documents=choose_hot_documents(seed, copy + cea) if hot_documents else [],
-                server_copies=server_copies, sharded_destination=sharded_destination)
+                server_copies=server_copies, sharded_destination=sharded_destination,
+                sharded_source=sharded_source,
+                source_shard_keys=choose_source_sharding(seed, setup, copy + cea)
+                if sharded_source else {})
 
 
-def choose_sharding(seed: int, setup: list[Op], steps: list[Step],
-                    namespace_filter: NsFilter | None) -> dict[str, Any]:
-    """/start's ``sharding`` for a sharded destination: one or two collections of the setup
-    (none, in one plan out of five), each with a key of :data:`SHARD_KEYS`; drawn from a
-    random stream of their own.
-
-    Left out: capped, clustered, time series and collated collections, which MongoDB does not
-    shard this way, and collections a plan gives a unique index (or converts one to unique),
-    since a destination refuses a unique index whose key does not start with the shard key:
-    mongosync documents both as limits of ``shardingEntries``."""
-    rng = random.Random(seed * 1_000_003 + 41)
+def _shardable(setup: list[Op], steps: list[Step]) -> list[tuple[str, str]]:
+    """The setup's collections MongoDB can shard whatever the plan does to them: not capped,
+    clustered, time series or collated, and without a unique index (or one converted to
+    unique), since a unique index must start with the shard key."""
     unique: set[tuple[str | None, str | None]] = set()
 
     def gather(ops: list[Any]) -> None:
@@ -1261,12 +1269,39 @@ def choose_sharding(seed: int, setup: list[Op], steps: list[Step],
 
     gather(setup)
     gather(list(steps))
-    unsupported = ("capped", "clusteredIndex", "timeseries", "collation", "viewOn")
-    candidates = [(op.db, op.coll) for op in setup
-                  if op.kind == "create" and op.db and op.coll
-                  and not set(unsupported) & set(op.args["options"])
-                  and (op.db, op.coll) not in unique
-                  and (namespace_filter is None or namespace_filter.includes(op.db, op.coll))]
+    unsupported = {"capped", "clusteredIndex", "timeseries", "collation", "viewOn"}
+    return [(op.db, op.coll) for op in setup
+            if op.kind == "create" and op.db and op.coll
+            and not unsupported & set(op.args["options"]) and (op.db, op.coll) not in unique]
+
+
+def choose_source_sharding(seed: int, setup: list[Op],
+                           steps: list[Step]) -> dict[str, dict[str, Any]]:
+    """The source collections to shard (one to three; none written in a transaction, which
+    would span the shards), all on {_id: "hashed"}; from a random stream of their own."""
+    rng = random.Random(seed * 1_000_003 + 43)
+    in_transactions = {(op.db, op.coll) for step in steps
+                       if isinstance(step, Op) and step.kind == "transaction"
+                       for op in step.args["ops"]}
+    candidates = [namespace for namespace in _shardable(setup, steps)
+                  if namespace not in in_transactions]
+    chosen = rng.sample(candidates, min(len(candidates), rng.randint(1, 3)))
+    return {f"{db}.{coll}": {"_id": "hashed"} for db, coll in chosen}
+
+
+def choose_sharding(seed: int, setup: list[Op], steps: list[Step],
+                    namespace_filter: NsFilter | None) -> dict[str, Any]:
+    """/start's ``sharding`` for a sharded destination: one or two collections of the setup
+    (none, in one plan out of five), each with a key of :data:`SHARD_KEYS`; drawn from a
+    random stream of their own.
+
+    Left out: capped, clustered, time series and collated collections, which MongoDB does not
+    shard this way, and collections a plan gives a unique index (or converts one to unique),
+    since a destination refuses a unique index whose key does not start with the shard key:
+    mongosync documents both as limits of ``shardingEntries``."""
+    rng = random.Random(seed * 1_000_003 + 41)
+    candidates = [(db, coll) for db, coll in _shardable(setup, steps)
+                  if namespace_filter is None or namespace_filter.includes(db, coll)]
     if not candidates or rng.random() < 0.2:
         # A replica set into a sharded cluster needs `sharding` (spec §3.3): none sharded.
         return {"shardingEntries": []}
@@ -1397,6 +1432,8 @@ def features(plan: Plan) -> set[str]:
     found.add("verifier " + ("off" if plan.start_body.get("verification") else "on"))
     if plan.conflict:
         found.add("conflicting namespace refused at /start")
+    if plan.sharded_source:
+        found.add("sharded source")
     if plan.sharded_destination:
         found.add("sharded destination")
         for entry in plan.start_body.get("sharding", {}).get("shardingEntries", []):

@@ -103,12 +103,13 @@ def root_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
 
 def reproduce_command(seed: int, big: bool = False, long: bool = False, *,
                       server_copies: bool = False, hot_documents: bool = False,
-                      sharded_destination: bool = False) -> str:
+                      sharded_destination: bool = False, sharded_source: bool = False) -> str:
     flags = (" --big" if big else "") + (" --long" if long and not big else "")
     # The mode changes the seed's plan: without it, the command would run another plan.
     mode = ("CAMPAIGN_SERVER_COPIES=1 " if server_copies else "") + \
         ("CAMPAIGN_HOT_DOCUMENTS=1 " if hot_documents else "") + \
-        ("CAMPAIGN_SHARDED_DESTINATION=1 " if sharded_destination else "")
+        ("CAMPAIGN_SHARDED_DESTINATION=1 " if sharded_destination else "") + \
+        ("CAMPAIGN_SHARDED_SOURCE=1 " if sharded_source else "")
     return f"{mode}.venv/bin/python -m scripts.campaign --seed {seed}{flags}"
 
 
@@ -120,6 +121,7 @@ class Outcome:
     server_copies: bool = False
     hot_documents: bool = False
     sharded_destination: bool = False
+    sharded_source: bool = False
     passed: bool = False
     reason: str = ""
     details: list[str] = field(default_factory=list)
@@ -133,7 +135,8 @@ class Outcome:
         return reproduce_command(self.seed, self.big, self.long,
                                  server_copies=self.server_copies,
                                  hot_documents=self.hot_documents,
-                                 sharded_destination=self.sharded_destination)
+                                 sharded_destination=self.sharded_destination,
+                                 sharded_source=self.sharded_source)
 
     def line(self) -> str:
         stats = self.stats
@@ -491,7 +494,8 @@ class SeedRun:
         self.outcome = Outcome(seed=plan.seed, big=plan.big, long=long,
                                server_copies=plan.server_copies,
                                hot_documents=bool(plan.hot_documents),
-                               sharded_destination=plan.sharded_destination)
+                               sharded_destination=plan.sharded_destination,
+                               sharded_source=plan.sharded_source)
         self.stats = self.outcome.stats
         self.restart_at: float | None = None
         self.destination_own: dict[str, Any] = {}
@@ -509,9 +513,10 @@ class SeedRun:
         extra = ["--noop-interval", "1"]
         if plan.big:
             extra += ["--oplog-size-mb", "2048"]
-        # A sharded destination: two shards behind a router, which every client of the
-        # destination (mongosync, the application, the checks, injected faults) talks to.
-        with start_secured_emulator("replset", extra_args=extra) as source, \
+        # A sharded cluster: two shards behind a router, which every client of it (mongosync,
+        # the application, the checks, injected faults) talks to.
+        with (start_cluster(shards=2, secured=True, extra_args=extra) if plan.sharded_source
+              else start_secured_emulator("replset", extra_args=extra)) as source, \
                 (start_cluster(shards=2, secured=True, extra_args=extra)
                  if plan.sharded_destination
                  else start_secured_emulator("replset", extra_args=extra)) as destination:
@@ -524,8 +529,7 @@ class SeedRun:
                     workload = Workload(application, self.stats)
                     self.workload = workload
                     self._lap("clusters")
-                    for op in plan.setup:
-                        workload.run(op)
+                    self._setup(plan.setup)
                     self._check_workload("setup")
                     if plan.destination_setup:
                         with app_client(destination) as owner:
@@ -579,6 +583,22 @@ class SeedRun:
                 self._lap("check")
             finally:
                 mongosync.close()
+
+    def _setup(self, setup: list[Op]) -> None:
+        """The plan's setup; on a sharded source, every database on one shard first, and the
+        plan's collections sharded as they are created (empty: sharding builds the index)."""
+        if not self.plan.sharded_source:
+            for op in setup:
+                self.workload.run(op)
+            return
+        with root_client(self.source) as admin:
+            for db in sorted({op.db for op in setup if op.db}):
+                admin.admin.command("enableSharding", db, primaryShard="shard01")
+            for op in setup:
+                self.workload.run(op)
+                key = self.plan.source_shard_keys.get(f"{op.db}.{op.coll}")
+                if op.kind == "create" and key is not None:
+                    admin.admin.command("shardCollection", f"{op.db}.{op.coll}", key=key)
 
     def _check_workload(self, where: str) -> None:
         if self.workload.unexpected:
