@@ -423,10 +423,25 @@ async def rename_collection(ctx: Context) -> dict[str, Any]:
     sharded = router.table.sharded(source)
     body = command_body(ctx)
     if sharded is None:
-        if router.table.sharded(target) is not None:
-            raise CommandError(20, f"cannot rename over the sharded collection {target}")
         await router.table.ensure_database(target_db, primary)
-        reply = await router.send_checked(ctx, primary, "admin", body, write=True)
+        if router.table.sharded(target) is None:
+            reply = await router.send_checked(ctx, primary, "admin", body, write=True)
+            return result_of(reply)
+        if not ctx.body.get("dropTarget"):
+            raise CommandError(48, "target namespace exists")
+        # From 5.0 an unsharded collection may replace a sharded one (dropTarget): the primary
+        # shard's rename drops its part of the target, the other shards drop theirs unreported.
+        async with router.balancer.migration_lock:
+            others = [shard for shard in router.remotes if shard != primary]
+            replies = await router.broadcast(ctx, others, target_db, {
+                "drop": target.split(".", 1)[1], "fromMigrate": True}, write=True)
+            for other in replies.values():
+                error = error_of(other)
+                if error is not None and error[0] != 26:
+                    raise_for(other)
+            reply = await router.send_checked(ctx, primary, "admin", body, write=True)
+            await router.table.forget_collection(target)
+            await router.push_metadata(None, target)
         return result_of(reply)
     async with router.balancer.migration_lock:
         reply = await router.send_checked(ctx, primary, "admin", dict(body), write=True)

@@ -584,3 +584,31 @@ def test_the_last_index_supporting_a_shard_key_cannot_be_dropped_or_hidden(
         hashed.drop_index("h_hashed")
         assert [spec["name"] for spec in hashed.list_indexes()] == ["_id_"]
         assert ranged.count_documents({}) == 20
+
+
+def test_an_unsharded_collection_renamed_over_a_sharded_one_replaces_it(
+        cluster: ClusterProcess) -> None:
+    """As MongoDB 5.0+: renameCollection of an unsharded collection onto a sharded one needs
+    dropTarget (else NamespaceExists) and then replaces it on every shard; change streams
+    report the rename alone."""
+    with router(cluster) as client:
+        client.admin.command("enableSharding", "over", primaryShard="shard01")
+        client.admin.command("shardCollection", "over.target", key={"_id": "hashed"})
+        client.over.target.insert_many([{"_id": i, "old": True} for i in range(40)])
+        client.over.plain.insert_many([{"_id": 1000 + i} for i in range(5)])
+        with client.over.watch() as stream:
+            with pytest.raises(OperationFailure) as refused:
+                client.admin.command("renameCollection", "over.plain", to="over.target")
+            assert refused.value.code == 48
+            client.admin.command("renameCollection", "over.plain", to="over.target",
+                                 dropTarget=True)
+            client.over.marker.insert_one({})
+            events = _read(stream, 2)
+        assert [event["operationType"] for event in events] == ["rename", "insert"]
+        assert client.config.collections.find_one({"_id": "over.target", "dropped": {
+            "$ne": True}}) is None
+        assert sorted(d["_id"] for d in client.over.target.find()) == list(range(1000, 1005))
+        assert "plain" not in client.over.list_collection_names()
+    with shard_clients(cluster) as direct:
+        assert {name: shard.over.target.count_documents({}) for name, shard in direct.items()} \
+            == {name: (5 if name == "shard01" else 0) for name in direct}
