@@ -490,7 +490,14 @@ class EmbeddedVerifier:
         if context.destination.is_sharded:
             expected = {record.id: record.shard_key for record in source
                         if record.shard_key is not None}
-            expected.update(context.request.sharding_keys())
+            # An entry of shardingEntries names the collection listed under its name, which
+            # the migration sharded; one renamed over it or created under its name since is
+            # another collection, which stays unsharded.
+            listed = {record.id: catalog.uuid_bytes(record.uuid)
+                      for record in context.store.namespaces()}
+            now_there = {record.id: catalog.uuid_bytes(record.uuid) for record in source}
+            expected.update({name: key for name, key in context.request.sharding_keys().items()
+                             if name in listed and now_there.get(name) == listed[name]})
         mismatches = compare_metadata(source, destination, pending_unique=pending_unique,
                                       expected_shard_keys=expected,
                                       build_mode=context.request.buildIndexes)

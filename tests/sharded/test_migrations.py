@@ -211,6 +211,43 @@ def test_the_sources_indexes_on_a_destination_shard_key_are_built_dropped_and_hi
         assert indexes["hidden"]["z_source"].get("hidden") is True
 
 
+def test_a_collection_replacing_a_sharding_entry_stays_unsharded_and_verifies(
+        tmp_path: Path, processes: list[Mongosync]) -> None:
+    """shop.replaced and shop.recreated are sharded on {z: 1} by shardingEntries. During change
+    application the source renames another collection over shop.replaced (dropTarget), and
+    drops and creates shop.recreated again: both are other collections than the entries named,
+    and stay unsharded. The verifier expected the entries' keys by name and failed the commit
+    ("shard key {'z': 1} expected, None found"; campaign seed 77, sharded destination)."""
+    with start_secured_emulator("replset", extra_args=FAST) as source, \
+            start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
+        names = ("replaced", "recreated", "other")
+        with pymongo.MongoClient(source.uri) as client:
+            for name in names:
+                client.shop[name].insert_many([{"_id": i, "z": i % 7} for i in range(200)])
+        process = _mongosync(processes, tmp_path, source, destination)
+        entries = [{"database": "shop", "collection": name,
+                    "shardCollection": {"key": [{"z": 1}]}} for name in names[:2]]
+        assert process.post("start", {**START, "sharding": {
+            "createSupportingIndexes": True, "shardingEntries": entries}}) == \
+            (200, {"success": True})
+        process.wait_for(_unless_failed(lambda p: p["info"] == "change event application"),
+                         timeout=120, what="change event application")
+        with pymongo.MongoClient(source.uri) as client:
+            client.admin.command("renameCollection", "shop.other", to="shop.replaced",
+                                 dropTarget=True)
+            client.shop.drop_collection("recreated")
+            client.shop.recreated.insert_one({"_id": "again", "z": 1})
+        process.wait_for(_unless_failed(lambda p: p["totalEventsApplied"] >= 1), timeout=120,
+                         what="the insert applied")
+        _commit(process)
+        with pymongo.MongoClient(source.uri) as left, pymongo.MongoClient(destination.uri) as right:
+            comparison = compare_clusters(left, right, compare_indexes=True)
+            assert comparison.equal, comparison.summary()
+            sharded = {entry["_id"] for entry in right.config.collections.find(
+                {"_id": {"$regex": "^shop\\."}, "dropped": {"$ne": True}})}
+        assert sharded == set()
+
+
 def _sharded_source(source: ClusterProcess, chunks: int) -> None:
     """bulk.items range-sharded in ``chunks`` chunks, all on one shard (balancer off), a hashed
     app.users, and an unsharded collection."""
