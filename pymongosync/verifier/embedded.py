@@ -109,6 +109,7 @@ class EmbeddedVerifier:
         self.repaired = store.repair_count()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._starting = threading.Lock()  # starting the threads, or stopping them
         self._lock = threading.Lock()
         self._oldest_due: Timestamp | None = None
         self._latest_destination: Timestamp | None = None
@@ -136,22 +137,27 @@ class EmbeddedVerifier:
         context = self.context
         self._begin()
         self.store.release_claims(f"{context.instance}:")
-        self._stop.clear()
-        self._threads = [threading.Thread(target=self._guarded, args=(self._hash_ranges, n),
-                                          name=f"verifier-hash-{n}", daemon=True)
-                         for n in range(self.workers)]
-        self._threads.append(threading.Thread(target=self._guarded,
-                                              args=(self._follow_destination, 0),
-                                              name="verifier-destination", daemon=True))
+        threads = [threading.Thread(target=self._guarded, args=(self._hash_ranges, n),
+                                    name=f"verifier-hash-{n}", daemon=True)
+                   for n in range(self.workers)]
+        threads.append(threading.Thread(target=self._guarded, args=(self._follow_destination, 0),
+                                        name="verifier-destination", daemon=True))
         if self.follows_source:
-            self._threads.append(threading.Thread(target=self._guarded,
-                                                  args=(self._follow_source, 0),
-                                                  name="verifier-source", daemon=True))
-        self._threads.append(threading.Thread(target=self._guarded,
-                                              args=(self._recheck_rounds, 0),
-                                              name="verifier-rechecks", daemon=True))
-        for thread in self._threads:
-            thread.start()
+            threads.append(threading.Thread(target=self._guarded, args=(self._follow_source, 0),
+                                            name="verifier-source", daemon=True))
+        threads.append(threading.Thread(target=self._guarded, args=(self._recheck_rounds, 0),
+                                        name="verifier-rechecks", daemon=True))
+        # A stop (a /pause, the process stopping) may come from another thread at any time:
+        # one that came first keeps the threads from starting, and one that comes later finds
+        # them all started (joining a thread not started yet raised RuntimeError, and /pause
+        # answered 500: campaign seed 17 with a sharded source).
+        with self._starting:
+            if context.stop.is_set():
+                return
+            self._stop.clear()
+            for thread in threads:
+                thread.start()
+            self._threads = threads
 
     def _begin(self) -> None:
         """The ranges to hash (every partition of the copy, every instance's) and the times
@@ -190,9 +196,11 @@ class EmbeddedVerifier:
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the background work; False if a thread is still running after ``timeout``
         (for all of them together)."""
-        self._stop.set()
+        with self._starting:
+            self._stop.set()
+            threads = list(self._threads)
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not self.running

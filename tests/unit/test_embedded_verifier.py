@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
 from bson.timestamp import Timestamp
 
 from pymongosync.state import VerifierState
+from pymongosync.verifier import embedded
 from pymongosync.verifier.embedded import EmbeddedVerifier
 
 
@@ -38,3 +41,61 @@ def test_the_source_lag_counts_the_changes_the_coordinators_verifier_has_not_rea
     assert source.lag_seconds == 10  # the instances' position is the later limit now
     assert verifier.applied_up_to() == Timestamp(100, 0)
     assert not verifier.notes_source_changes  # it reads the source's changes itself
+
+
+def idle_verifier(monkeypatch: Any) -> tuple[EmbeddedVerifier, threading.Event]:
+    """A verifier of a single-instance migration whose background tasks only wait for their
+    stop, and the migration's stop."""
+    stop = threading.Event()
+    context: Any = SimpleNamespace(load_level=1, layout=SimpleNamespace(multi=False),
+                                   instance="coordinator", stop=stop)
+    store: Any = SimpleNamespace(load_state=lambda: VerifierState(), repair_count=lambda: 0,
+                                 release_claims=lambda prefix: None)
+    verifier = EmbeddedVerifier(context, store)
+    monkeypatch.setattr(verifier, "_begin", lambda: None)
+    for task in ("_hash_ranges", "_follow_destination", "_recheck_rounds"):
+        # They wait for the verifier's own stop, as its tasks do.
+        monkeypatch.setattr(verifier, task, lambda number: verifier._stop.wait())  # noqa: SLF001
+    return verifier, stop
+
+
+def test_a_stop_while_the_verifier_starts_waits_for_its_threads(monkeypatch: Any) -> None:
+    """/pause stops the verifier from the API's thread while change application starts it:
+    joining a thread not started yet raised RuntimeError, and /pause answered 500 (campaign
+    seed 17 with a sharded source)."""
+    verifier, stop = idle_verifier(monkeypatch)
+    outcome: list[Any] = []
+
+    class StopsMidway(threading.Thread):
+        def start(self) -> None:
+            if self.name == "verifier-hash-0":  # the first of them: a /pause comes now
+                stop.set()
+
+                def pause() -> None:
+                    try:
+                        outcome.append(verifier.stop(5))
+                    except BaseException as exc:  # noqa: BLE001 - what the test reports
+                        outcome.append(exc)
+                stopper = threading.Thread(target=pause)
+                stopper.start()
+                stopper.join(0.3)  # stopped at once before the fix; waits for the start now
+            super().start()
+
+    monkeypatch.setattr(embedded.threading, "Thread", StopsMidway)
+    verifier.ensure_started()
+    deadline = time.monotonic() + 10
+    while not outcome and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcome == [True]
+    assert not verifier.running
+
+
+def test_a_verifier_stopped_before_it_starts_starts_no_thread(monkeypatch: Any) -> None:
+    verifier, stop = idle_verifier(monkeypatch)
+    stop.set()  # /pause came first
+    verifier.ensure_started()
+    assert not verifier.running and verifier.stop(1)
+    stop.clear()  # /resume
+    verifier.ensure_started()
+    assert verifier.running
+    assert verifier.stop(5) and not verifier.running
