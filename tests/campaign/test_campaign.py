@@ -38,11 +38,14 @@ SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289, 369, 10278, 10375]
 # during the copy and after it, $out after it); 345 runs with --hotDocIDs naming three
 # documents its timelines write; 300 and 547 migrate into a sharded destination, on whose
 # shard key {nested.z: 1} the source has its own index (hidden at commit in 300, built during the
-# copy in 547: the stand-in index, and the source's index in place of sharding's).
+# copy in 547: the stand-in index, and the source's index in place of sharding's); 17 migrates
+# from a sharded source (three collections sharded there, transactions, a /pause that came
+# while change application started the verifier: /pause answered 500 before its fix).
 MODE_SEEDS: list[tuple[int, dict[str, bool]]] = [(786, {"server_copies": True}),
                                                  (345, {"hot_documents": True}),
                                                  (300, {"sharded_destination": True}),
-                                                 (547, {"sharded_destination": True})]
+                                                 (547, {"sharded_destination": True}),
+                                                 (17, {"sharded_source": True})]
 
 
 @pytest.mark.campaign
@@ -66,6 +69,7 @@ def test_the_mode_seeds_draw_their_mode() -> None:
     assert {"convert_to_capped during cea", "clone_capped during copy",
             "out during cea"} <= copies
     assert len(generate(345, server_copies=False, hot_documents=True).hot_documents) == 3
+    assert len(generate(17, sharded_source=True).source_shard_keys) == 3
     for seed, steps in ((300, "setup"), (547, "copy")):
         plan = generate(seed, sharded_destination=True)
         entry = plan.start_body["sharding"]["shardingEntries"][0]
