@@ -765,7 +765,11 @@ class Migration:
         self._instances_missing = tuple(group.missing())
         if self.layout.is_coordinator:
             self._instances_ready = not self._instances_missing and group.all_copied()
-            ready = self.progress()["canCommit"]
+            # Once committing, it was ready: the others' /commit still needs to see that (its
+            # canCommit is false past RUNNING, and they refused /commit for good, while its
+            # own /commit waited for theirs).
+            ready = self.progress()["canCommit"] or self.state in (
+                MigrationState.COMMITTING.value, MigrationState.COMMITTED.value)
             if ready != context.resume.ready_to_commit and self.standby is None:
                 context.resume.ready_to_commit = ready
                 context.save_resume("ready_to_commit")
