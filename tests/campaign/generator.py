@@ -69,6 +69,9 @@ SHARDED_DESTINATION = os.environ.get("CAMPAIGN_SHARDED_DESTINATION") == "1"
 # collections are sharded on {_id: "hashed"} as they are created (a key no update changes).
 # Drawn from a random stream of its own: every seed keeps the rest of its plan.
 SHARDED_SOURCE = os.environ.get("CAMPAIGN_SHARDED_SOURCE") == "1"
+# CAMPAIGN_ONE_PER_SHARD=1: a sharded source (as above) migrated by one mongosync per shard
+# (--id), every request sent to each; a kill -9 takes one of them.
+ONE_PER_SHARD = os.environ.get("CAMPAIGN_ONE_PER_SHARD") == "1"
 SHARD_KEYS: tuple[dict[str, Any], ...] = ({"_id": "hashed"}, {"n": 1}, {"n": "hashed"},
                                           {"nested.z": 1})
 # Errors after which PyMongo marks the server unknown and waits for its next heartbeat.
@@ -196,6 +199,7 @@ class Plan:
     # A 2-shard source (SHARDED_SOURCE), and "db.coll" -> shard key of the setup's collections
     # sharded there.
     sharded_source: bool = False
+    one_per_shard: bool = False  # one mongosync per source shard (ONE_PER_SHARD)
     source_shard_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -1178,9 +1182,11 @@ def lazy_documents(spec: dict[str, Any]) -> list[dict[str, Any]]:
 def generate(seed: int, big: bool = False, long: bool = False, *,
              server_copies: bool = SERVER_COPIES, hot_documents: bool = HOT_DOCUMENTS,
              sharded_destination: bool = SHARDED_DESTINATION,
-             sharded_source: bool = SHARDED_SOURCE) -> Plan:
+             sharded_source: bool = SHARDED_SOURCE,
+             one_per_shard: bool = ONE_PER_SHARD) -> Plan:
     """The plan of ``seed``. ``long``: more data and longer timelines (the long mode);
     ``big``: documents near 16 MiB too (slow)."""
+    sharded_source = sharded_source or one_per_shard
     generator = Generator(seed, big, long or big, server_copies)
     rng = generator.rng
     slow_side = rng.choice(["source", "destination"])
@@ -1244,7 +1250,7 @@ def generate(seed: int, big: bool = False, long: bool = False, *,
                 destination_setup=destination_setup, conflict=conflict,
                 hot_documents=choose_hot_documents(seed, copy + cea) if hot_documents else [],
                 server_copies=server_copies, sharded_destination=sharded_destination,
-                sharded_source=sharded_source,
+                sharded_source=sharded_source, one_per_shard=one_per_shard,
                 source_shard_keys=choose_source_sharding(seed, setup, copy + cea)
                 if sharded_source else {})
 
@@ -1434,6 +1440,8 @@ def features(plan: Plan) -> set[str]:
         found.add("conflicting namespace refused at /start")
     if plan.sharded_source:
         found.add("sharded source")
+    if plan.one_per_shard:
+        found.add("one mongosync per source shard")
     if plan.sharded_destination:
         found.add("sharded destination")
         for entry in plan.start_body.get("sharding", {}).get("shardingEntries", []):

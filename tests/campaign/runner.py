@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -36,7 +37,8 @@ from bson.codec_options import DatetimeConversion
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from mongoemu.testing import EmulatorProcess, start_cluster, start_secured_emulator
+from mongoemu.testing import (ClusterProcess, EmulatorProcess, start_cluster,
+                              start_secured_emulator)
 from pymongosync.request import StartRequest
 from pymongosync.verifier.compare import compare_clusters
 
@@ -103,13 +105,15 @@ def root_client(emulator: EmulatorProcess) -> pymongo.MongoClient:
 
 def reproduce_command(seed: int, big: bool = False, long: bool = False, *,
                       server_copies: bool = False, hot_documents: bool = False,
-                      sharded_destination: bool = False, sharded_source: bool = False) -> str:
+                      sharded_destination: bool = False, sharded_source: bool = False,
+                      one_per_shard: bool = False) -> str:
     flags = (" --big" if big else "") + (" --long" if long and not big else "")
     # The mode changes the seed's plan: without it, the command would run another plan.
     mode = ("CAMPAIGN_SERVER_COPIES=1 " if server_copies else "") + \
         ("CAMPAIGN_HOT_DOCUMENTS=1 " if hot_documents else "") + \
         ("CAMPAIGN_SHARDED_DESTINATION=1 " if sharded_destination else "") + \
-        ("CAMPAIGN_SHARDED_SOURCE=1 " if sharded_source else "")
+        ("CAMPAIGN_SHARDED_SOURCE=1 " if sharded_source and not one_per_shard else "") + \
+        ("CAMPAIGN_ONE_PER_SHARD=1 " if one_per_shard else "")
     return f"{mode}.venv/bin/python -m scripts.campaign --seed {seed}{flags}"
 
 
@@ -122,6 +126,7 @@ class Outcome:
     hot_documents: bool = False
     sharded_destination: bool = False
     sharded_source: bool = False
+    one_per_shard: bool = False
     passed: bool = False
     reason: str = ""
     details: list[str] = field(default_factory=list)
@@ -136,7 +141,8 @@ class Outcome:
                                  server_copies=self.server_copies,
                                  hot_documents=self.hot_documents,
                                  sharded_destination=self.sharded_destination,
-                                 sharded_source=self.sharded_source)
+                                 sharded_source=self.sharded_source,
+                                 one_per_shard=self.one_per_shard)
 
     def line(self) -> str:
         stats = self.stats
@@ -176,8 +182,10 @@ class Mongosync:
     """The real console script: one process at a time, restarted after each kill -9."""
 
     def __init__(self, source: EmulatorProcess, destination: EmulatorProcess, log_dir: Path,
-                 load_level: int, hot_documents: list[str] | None = None) -> None:
+                 load_level: int, hot_documents: list[str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.source, self.destination = source, destination
+        self.extra_args = extra_args or []
         # The same --hotDocIDs for every run (a restart with fewer would keep the stored ones).
         self.hot_arguments = [argument for value in hot_documents or []
                               for argument in ("--hotDocIDs", value)]
@@ -200,7 +208,7 @@ class Mongosync:
                 [str(MONGOSYNC), "--cluster0", self.source.uri, "--cluster1",
                  self.destination.uri, "--port", str(self.port), "--acceptDisclaimer",
                  "--loadLevel", str(self.load_level), "--logPath", str(run_dir),
-                 "--disableMetricsLogging", *self.hot_arguments],
+                 "--disableMetricsLogging", *self.hot_arguments, *self.extra_args],
                 cwd=run_dir, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             output.close()
             # The port was free a moment ago; another process may have taken it since.
@@ -232,6 +240,8 @@ class Mongosync:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
             self.kills += 1
+
+    kill_one = kill  # what a Kill step kills
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it does not stop; the exit status of the SIGTERM."""
@@ -324,6 +334,112 @@ class Mongosync:
                                 capture_output=True, text=True, timeout=60, check=False)
         (self.log_dir / f"run{self.runs}" / "stacks.txt").write_text(result.stdout +
                                                                      result.stderr)
+
+
+class MongosyncGroup:
+    """One mongosync per source shard (``--id <shard>``), as mongosync runs on a large sharded
+    source, behind :class:`Mongosync`'s interface: every request goes to each instance, at
+    once (``/commit`` returns once every instance has it); ``/progress`` is the
+    coordinator's, once every instance is alive; a Kill step kills one instance, drawn by the
+    seed, and everything else all of them."""
+
+    def __init__(self, source: ClusterProcess, destination: EmulatorProcess, log_dir: Path,
+                 load_level: int, hot_documents: list[str], seed: int) -> None:
+        self.members = [Mongosync(source, destination, log_dir / shard, load_level,
+                                  hot_documents, ["--id", shard])
+                        for shard in sorted(source.shards)]
+        self.coordinator = self.members[0]
+        self.log_dir = log_dir
+        self.victims = random.Random(seed * 1_000_003 + 47)
+
+    def start(self) -> None:
+        for member in self.members:
+            if not member.alive:
+                member.start()
+
+    @property
+    def alive(self) -> bool:
+        return all(member.alive for member in self.members)
+
+    def kill(self) -> None:
+        for member in self.members:
+            member.kill()
+
+    def kill_one(self) -> None:
+        self.victims.choice(self.members).kill()
+
+    def stop(self) -> int | None:
+        codes = [member.stop() for member in self.members]
+        return next((code for code in codes if code != 0), 0)
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+
+    def output_tail(self, lines: int = 40) -> str:
+        return "\n".join(f"[{member.extra_args[1]}]\n{member.output_tail(lines)}"
+                         for member in self.members)
+
+    def fatal_lines(self) -> list[str]:
+        return [line for member in self.members for line in member.fatal_lines()]
+
+    def progress(self, timeout: float = 60.0) -> dict[str, Any]:
+        for member in self.members[1:]:
+            member.progress(timeout)  # alive, past INITIALIZING, no fatal error
+        return self.coordinator.progress(timeout)
+
+    def post(self, endpoint: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """The same request to every instance at once; the first refusal, else the
+        coordinator's answer."""
+        answers: list[tuple[int, Any] | BaseException] = [None] * len(self.members)  # type: ignore[list-item]
+
+        def ask(index: int) -> None:
+            try:
+                answers[index] = self._ask(self.members[index], endpoint, body)
+            except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+                answers[index] = exc
+        threads = [threading.Thread(target=ask, args=(index,))
+                   for index in range(len(self.members))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        refused = [answer for answer in answers if answer[0] != 200]  # type: ignore[index]
+        return refused[0] if refused else answers[0]  # type: ignore[return-value]
+
+    @staticmethod
+    def _ask(member: Mongosync, endpoint: str, body: dict[str, Any] | None
+             ) -> tuple[int, Any]:
+        """One instance's answer. /commit is asked again while that instance cannot commit
+        yet (each decides canCommit itself), and an instance already COMMITTING (it had it
+        before a kill) has it."""
+        deadline = time.monotonic() + 120
+        while True:
+            status, answer = member.post(endpoint, body)
+            if endpoint != "commit" or status == 200:
+                return status, answer
+            description = str(answer.get("errorDescription", ""))
+            if "Currently in COMMITTING" in description or "Currently in COMMITTED" in \
+                    description:
+                return 200, {"success": True}
+            if "canCommit is false" not in description or time.monotonic() > deadline:
+                return status, answer
+            time.sleep(0.2)
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float,
+                 what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        progress: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            progress = self.progress()
+            if predicate(progress):
+                return progress
+            time.sleep(0.1)
+        raise CampaignFailure(f"{what} not reached within {timeout:.0f}s",
+                              [f"last progress: {json.dumps(progress, default=str)[:4000]}"])
 
 
 # -- the workload -----------------------------------------------------------------------------
@@ -495,7 +611,8 @@ class SeedRun:
                                server_copies=plan.server_copies,
                                hot_documents=bool(plan.hot_documents),
                                sharded_destination=plan.sharded_destination,
-                               sharded_source=plan.sharded_source)
+                               sharded_source=plan.sharded_source,
+                               one_per_shard=plan.one_per_shard)
         self.stats = self.outcome.stats
         self.restart_at: float | None = None
         self.destination_own: dict[str, Any] = {}
@@ -521,8 +638,11 @@ class SeedRun:
                  if plan.sharded_destination
                  else start_secured_emulator("replset", extra_args=extra)) as destination:
             self.source, self.destination = source, destination
-            mongosync = Mongosync(source, destination, log_dir, plan.load_level,
-                                  plan.hot_documents)
+            mongosync: Mongosync | MongosyncGroup = \
+                MongosyncGroup(source, destination, log_dir, plan.load_level,
+                               plan.hot_documents, plan.seed) \
+                if plan.one_per_shard and isinstance(source, ClusterProcess) else \
+                Mongosync(source, destination, log_dir, plan.load_level, plan.hot_documents)
             self.mongosync = mongosync
             try:
                 with app_client(source) as application:
@@ -628,7 +748,7 @@ class SeedRun:
             elif isinstance(step, Kill):
                 time.sleep(step.delay)
                 if self.mongosync.alive:
-                    self.mongosync.kill()
+                    self.mongosync.kill_one()
                     self.stats["kills"] += 1
                 self.restart_at = time.monotonic() + step.down_for
             elif isinstance(step, Fault):
