@@ -40,12 +40,14 @@ SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289, 369, 10278, 10375]
 # shard key {nested.z: 1} the source has its own index (hidden at commit in 300, built during the
 # copy in 547: the stand-in index, and the source's index in place of sharding's); 17 migrates
 # from a sharded source (three collections sharded there, transactions, a /pause that came
-# while change application started the verifier: /pause answered 500 before its fix).
+# while change application started the verifier: /pause answered 500 before its fix); 2 with one
+# mongosync per source shard (kills of one instance, of all while paused, the commit barrier).
 MODE_SEEDS: list[tuple[int, dict[str, bool]]] = [(786, {"server_copies": True}),
                                                  (345, {"hot_documents": True}),
                                                  (300, {"sharded_destination": True}),
                                                  (547, {"sharded_destination": True}),
-                                                 (17, {"sharded_source": True})]
+                                                 (17, {"sharded_source": True}),
+                                                 (2, {"one_per_shard": True})]
 
 
 @pytest.mark.campaign
@@ -70,6 +72,9 @@ def test_the_mode_seeds_draw_their_mode() -> None:
             "out during cea"} <= copies
     assert len(generate(345, server_copies=False, hot_documents=True).hot_documents) == 3
     assert len(generate(17, sharded_source=True).source_shard_keys) == 3
+    per_shard = generate(2, one_per_shard=True)
+    assert per_shard.sharded_source and per_shard.source_shard_keys
+    assert {"kill during copy", "kill during cea", "pause and kill"} <= features(per_shard)
     for seed, steps in ((300, "setup"), (547, "copy")):
         plan = generate(seed, sharded_destination=True)
         entry = plan.start_body["sharding"]["shardingEntries"][0]
