@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo.errors import OperationFailure
+
 from pymongosync import catalog, oplog_window, retry
 from pymongosync.changes.buffer import DEFAULT_LIMIT_BYTES
 from pymongosync.changes.hot_documents import HotDocuments
@@ -137,6 +139,7 @@ class Migration:
         self._pause_pending = False
         self._contacts: dict[str, ClusterContact] = {}
         self._oplog_earliest: Any = None
+        self._oplog_refused: str | None = None  # why the source refused to show its oplog
         # (monotonic time, lag) while change events are applied: estimatedSecondsToCEACatchup.
         # A tuple replaced whole, so the API thread reads it while the monitor adds to it.
         self._lag_samples: tuple[tuple[float, int], ...] = ()
@@ -833,8 +836,17 @@ class Migration:
         if context is None or self.standby is not None or context.resume.can_write or \
                 context.resume.state != MigrationState.RUNNING:
             return
-        self._oplog_earliest = oplog_window.earliest_entry_of(
-            self.clusters[context.global_state.source_label])
+        try:
+            self._oplog_earliest = oplog_window.earliest_entry_of(
+                self.clusters[context.global_state.source_label])
+            self._oplog_refused = None
+        except OperationFailure as exc:
+            if exc.code not in oplog_window.REFUSED_CODES:
+                raise  # the monitor retries it next round
+            # It will not change by itself: said once in the log, and in /progress's warnings.
+            if self._oplog_refused is None:
+                log.warning("the source's oplog window cannot be read: %s", redact(str(exc)))
+            self._oplog_refused = redact(str(exc))
 
     def _oplog_needed(self) -> Any:
         """The oldest source position the migration still needs."""
@@ -891,6 +903,7 @@ class Migration:
             view.oplog_remaining = None if self._oplog_earliest is None else \
                 oplog_window.remaining_seconds(self._oplog_earliest, self._oplog_needed())
             view.oplog_checked = self._oplog_earliest is not None
+            view.oplog_refused = self._oplog_refused
         buffer = context.change_buffer
         if buffer is not None:
             view.change_buffer = buffer.figures

@@ -26,6 +26,12 @@ LOW_OPLOG_WARNING = ("The amount of available oplog on the source cluster is too
 HISTORY_NEEDED_SECONDS = 60
 
 
+# What a source answers when the user mongosync signs in as cannot read its oplog figures:
+# AuthenticationFailed (a shard without that user: users created through a router live on
+# the config servers) and Unauthorized.
+REFUSED_CODES = (13, 18)
+
+
 def earliest_entry(client: MongoClient[Any]) -> Timestamp | None:
     """The oldest entry a replica set's oplog holds (``serverStatus`` with ``oplog: 1``)."""
     times = client.admin.command("serverStatus", oplog=1).get("oplog") or {}

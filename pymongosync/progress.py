@@ -174,6 +174,7 @@ class ProgressView:
     # estimatedOplogTimeRemaining: seconds of headroom (None: unknown), and whether checked.
     oplog_remaining: int | None = None
     oplog_checked: bool | None = None  # None: not shown (not RUNNING, or after canWrite)
+    oplog_refused: str | None = None  # the source's answer when it refused to show its oplog
     change_buffer: BufferFigures | None = None
     index_building: IndexFigures | None = None
     last_crud_event_time: Timestamp | None = None  # Counters'
@@ -314,6 +315,12 @@ def render(view: ProgressView) -> dict[str, Any]:
                         f"{view.oplog_remaining // 60} minutes more than what the migration "
                         f"still needs: grow it (replSetResizeOplog) before it rolls over, or "
                         f"the migration must start over")
+    if view.oplog_refused is not None:
+        warnings.append(f"estimatedOplogTimeRemaining cannot be checked: the source refused to "
+                        f"show its oplog ({view.oplog_refused}). On a sharded source each "
+                        f"shard's oplog is read on the shard itself, where the user mongosync "
+                        f"signs in as must exist too (a shard-local user with clusterMonitor); "
+                        f"meanwhile watch each shard's window with db.getReplicationInfo()")
     if buffer is not None and buffer.size >= BUFFER_WARNING_FRACTION * buffer.limit:
         warnings.append(f"the change buffer holds {buffer.size // 2**20} MiB of its "
                         f"{buffer.limit // 2**20} MiB limit: past it, the migration stops "
