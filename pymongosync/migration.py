@@ -31,6 +31,7 @@ from pymongosync.clusters import Cluster, redact
 from pymongosync.errors import (
     ClusterMismatch,
     ClusterUnavailable,
+    DestinationNotEmpty,
     InternalError,
     InstanceMismatch,
     InvalidState,
@@ -92,6 +93,8 @@ class EngineSettings:
 
 
 MONITOR_SECONDS = 0.5
+# How long /start on one instance waits for the migration another instance is storing.
+JOIN_WAIT_SECONDS = 10.0
 OPLOG_EVERY_SECONDS = 30.0
 # How long an API call or a shutdown waits for the worker to reach a checkpoint.
 STOP_WAIT_SECONDS = 10.0
@@ -398,7 +401,18 @@ class Migration:
                     "(--id) in pymongosync: /reverse would have to be a barrier across "
                     "instances, which it is not yet. Start one mongosync without --id for a "
                     "reversible migration, or start without reversible")
-            warnings = retry.retrying(lambda: self._preflight(request, source, destination))
+            try:
+                warnings = retry.retrying(lambda: self._preflight(request, source, destination))
+            except DestinationNotEmpty:
+                # /start sent to every instance at once: another instance of this migration
+                # may be storing it right now (its lease and resume data come before the
+                # migration itself, which the check above saw as leftovers). Join it once it
+                # is stored; anything else on the destination is refused as it was.
+                joined = self._stored_by_another_instance(store) if layout.multi else None
+                if joined is None:
+                    raise
+                self._join(request, store, joined)
+                return
             retry.retrying(lambda: self._refuse_conflicts(request, source, destination))
             log.info("Preflight checks completed.")  # mongosync's line (spec §17)
             self.layout = layout
@@ -425,6 +439,19 @@ class Migration:
             self._notify(f"Starting {Phase.PREPARE.label} phase")
             self._launch()
             self._start_monitor()
+
+    @staticmethod
+    def _stored_by_another_instance(store: MigrationStore) -> GlobalState | None:
+        """The multi-instance migration another instance is storing, once it is stored (None
+        if none is within a few seconds)."""
+        deadline = time.monotonic() + JOIN_WAIT_SECONDS
+        while True:
+            existing = retry.retrying(store.load_global)
+            if existing is not None and not existing.superseded_by and existing.instances:
+                return existing
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(POLL_SECONDS)
 
     def _join(self, request: StartRequest, store: MigrationStore,
               global_state: GlobalState) -> None:
