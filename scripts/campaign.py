@@ -85,7 +85,10 @@ def _replay_or_minimize(replay: str | None, minimize_path: str | None) -> int:
         print("the plan passes: nothing to minimize")
         return 0
     def kind(reason: str) -> str:
-        """A failure's kind: its reason without numbers or what follows a colon."""
+        """A failure's kind: its reason without numbers or what follows a colon. A fatal error
+        is one kind whether the campaign saw the process exit on it or read it first."""
+        if reason.startswith(("mongosync exited (status 1)", "mongosync reported a fatal")):
+            return "fatal error"
         return "".join(c for c in reason.split(":")[0] if not c.isdigit()).strip()
 
     wanted = kind(first.reason)
