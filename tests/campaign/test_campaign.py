@@ -41,13 +41,16 @@ SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289, 369, 10278, 10375]
 # copy in 547: the stand-in index, and the source's index in place of sharding's); 17 migrates
 # from a sharded source (three collections sharded there, transactions, a /pause that came
 # while change application started the verifier: /pause answered 500 before its fix); 2 with one
-# mongosync per source shard (kills of one instance, of all while paused, the commit barrier).
+# mongosync per source shard (kills of one instance, of all while paused, the commit barrier);
+# 27 too: a pause while shard02's instance held writes back for the coordinator, down, lost
+# them before its fix (tests/campaign/repro/one_per_shard_pause.py).
 MODE_SEEDS: list[tuple[int, dict[str, bool]]] = [(786, {"server_copies": True}),
                                                  (345, {"hot_documents": True}),
                                                  (300, {"sharded_destination": True}),
                                                  (547, {"sharded_destination": True}),
                                                  (17, {"sharded_source": True}),
-                                                 (2, {"one_per_shard": True})]
+                                                 (2, {"one_per_shard": True}),
+                                                 (27, {"one_per_shard": True})]
 
 
 @pytest.mark.campaign
