@@ -31,6 +31,7 @@ import math
 import os
 import random
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -1259,22 +1260,10 @@ def _shardable(setup: list[Op], steps: list[Step]) -> list[tuple[str, str]]:
     """The setup's collections MongoDB can shard whatever the plan does to them: not capped,
     clustered, time series or collated, and without a unique index (or one converted to
     unique), since a unique index must start with the shard key."""
-    unique: set[tuple[str | None, str | None]] = set()
-
-    def gather(ops: list[Any]) -> None:
-        for op in ops:
-            if not isinstance(op, Op):
-                continue
-            if op.kind == "transaction":
-                gather(op.args["ops"])
-            elif op.kind == "create_index" and op.args["spec"].get("unique"):
-                unique.add((op.db, op.coll))
-            elif op.kind == "coll_mod" and {"unique", "prepareUnique"} & \
-                    set(op.args["command"].get("index") or {}):
-                unique.add((op.db, op.coll))
-
-    gather(setup)
-    gather(list(steps))
+    unique = {(op.db, op.coll) for op in all_ops([*setup, *steps])
+              if (op.kind == "create_index" and op.args["spec"].get("unique")) or
+              (op.kind == "coll_mod" and {"unique", "prepareUnique"} &
+               set(op.args["command"].get("index") or {}))}
     unsupported = {"capped", "clusteredIndex", "timeseries", "collation", "viewOn"}
     return [(op.db, op.coll) for op in setup
             if op.kind == "create" and op.db and op.coll
@@ -1325,20 +1314,12 @@ def choose_hot_documents(seed: int, steps: list[Step]) -> list[str]:
     transactions too), one value per collection; drawn from a random stream of their own."""
     rng = random.Random(seed * 1_000_003 + 29)
     written: dict[tuple[str, str, str], Any] = {}
-
-    def gather(ops: list[Any]) -> None:
-        for op in ops:
-            if not isinstance(op, Op):
-                continue
-            if op.kind == "transaction":
-                gather(op.args["ops"])
-            elif op.db and op.coll and isinstance(op.args.get("filter"), dict) and \
-                    "_id" in op.args["filter"]:
-                _id = op.args["filter"]["_id"]
-                key = json_util.dumps(_id, json_options=json_util.CANONICAL_JSON_OPTIONS)
-                written.setdefault((op.db, op.coll, key), _id)
-
-    gather(steps)
+    for op in all_ops(steps):
+        if op.db and op.coll and isinstance(op.args.get("filter"), dict) and \
+                "_id" in op.args["filter"]:
+            _id = op.args["filter"]["_id"]
+            key = json_util.dumps(_id, json_options=json_util.CANONICAL_JSON_OPTIONS)
+            written.setdefault((op.db, op.coll, key), _id)
     chosen = rng.sample(sorted(written), min(len(written), rng.randint(1, 3)))
     by_namespace: dict[tuple[str, str], list[str]] = {}
     for db, coll, key in chosen:
@@ -1346,6 +1327,17 @@ def choose_hot_documents(seed: int, steps: list[Step]) -> list[str]:
     return [f'{{"db": {json.dumps(db)}, "collection": {json.dumps(coll)}, "ids": ['
             + ", ".join(f'{{"_id": {key}}}' for key in keys) + "]}"
             for (db, coll), keys in sorted(by_namespace.items())]
+
+
+def all_ops(steps: Iterable[Any]) -> list[Op]:
+    """The operations of ``steps``, in order, each transaction followed by its own."""
+    flat: list[Op] = []
+    for step in steps:
+        if isinstance(step, Op):
+            flat.append(step)
+            if step.kind == "transaction":
+                flat.extend(all_ops(step.args["ops"]))
+    return flat
 
 
 def generator_collections(setup: list[Op]) -> list[tuple[str, str, None]]:
@@ -1389,15 +1381,6 @@ def features(plan: Plan) -> set[str]:
     every class of operation, fault and interruption)."""
     found: set[str] = set()
 
-    def ops(steps: list[Any]) -> list[Op]:
-        flat: list[Op] = []
-        for step in steps:
-            if isinstance(step, Op):
-                flat.append(step)
-                if step.kind == "transaction":
-                    flat.extend(step.args["ops"])
-        return flat
-
     for phase, steps in (("copy", plan.copy), ("cea", plan.cea)):
         for step in steps:
             if isinstance(step, Kill):
@@ -1413,7 +1396,7 @@ def features(plan: Plan) -> set[str]:
             elif isinstance(step, Reset):
                 found.add("reset" + (" interrupted" if step.interrupt_after is not None
                                      else ""))
-        for op in ops(steps):
+        for op in all_ops(steps):
             found.add(f"{op.kind} during {phase}")
             if op.kind == "rename":
                 found.add("rename dropTarget" if op.args["dropTarget"] else "rename")

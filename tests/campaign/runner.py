@@ -313,16 +313,7 @@ class Mongosync:
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float,
                  what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        progress: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            progress = self.progress()
-            if predicate(progress):
-                return progress
-            time.sleep(0.1)
-        self.dump_stacks()
-        raise CampaignFailure(f"{what} not reached within {timeout:.0f}s",
-                              [f"last progress: {json.dumps(progress, default=str)[:4000]}"])
+        return wait_for_progress(self.progress, predicate, timeout, what, self.dump_stacks)
 
     def dump_stacks(self) -> None:
         """The process's threads into its log directory, when py-spy is at hand (set
@@ -431,15 +422,23 @@ class MongosyncGroup:
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float,
                  what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        progress: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            progress = self.progress()
-            if predicate(progress):
-                return progress
-            time.sleep(0.1)
-        raise CampaignFailure(f"{what} not reached within {timeout:.0f}s",
-                              [f"last progress: {json.dumps(progress, default=str)[:4000]}"])
+        return wait_for_progress(self.progress, predicate, timeout, what)
+
+
+def wait_for_progress(progress: Callable[[], dict[str, Any]],
+                      predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str,
+                      before_failing: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Poll ``progress`` until ``predicate`` holds; a CampaignFailure after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = progress()
+        if predicate(last):
+            return last
+        time.sleep(0.1)
+    before_failing()
+    raise CampaignFailure(f"{what} not reached within {timeout:.0f}s",
+                          [f"last progress: {json.dumps(last, default=str)[:4000]}"])
 
 
 # -- the workload -----------------------------------------------------------------------------

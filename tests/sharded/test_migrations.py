@@ -162,6 +162,17 @@ def test_replica_set_to_a_sharded_cluster_when_the_shard_key_field_changes(
         assert comparison.equal, comparison.summary()
 
 
+def _start_sharding_on_z(process: Mongosync, names: tuple[str, ...]) -> None:
+    """/start sharding shop.<name> on {z: 1} for each name; then change event application."""
+    entries = [{"database": "shop", "collection": name,
+                "shardCollection": {"key": [{"z": 1}]}} for name in names]
+    assert process.post("start", {**START, "sharding": {
+        "createSupportingIndexes": True, "shardingEntries": entries}}) == \
+        (200, {"success": True})
+    process.wait_for(_unless_failed(lambda p: p["info"] == "change event application"),
+                     timeout=120, what="change event application")
+
+
 def test_the_sources_indexes_on_a_destination_shard_key_are_built_dropped_and_hidden(
         tmp_path: Path, processes: list[Mongosync]) -> None:
     """Three collections sharded on {z: 1} by shardingEntries. During change application the
@@ -180,13 +191,7 @@ def test_the_sources_indexes_on_a_destination_shard_key_are_built_dropped_and_hi
             client.shop.dropped.create_index("z", name="z_source")
             client.shop.hidden.create_index("z", name="z_source")
         process = _mongosync(processes, tmp_path, source, destination)
-        entries = [{"database": "shop", "collection": name,
-                    "shardCollection": {"key": [{"z": 1}]}} for name in names]
-        assert process.post("start", {**START, "sharding": {
-            "createSupportingIndexes": True, "shardingEntries": entries}}) == \
-            (200, {"success": True})
-        process.wait_for(_unless_failed(lambda p: p["info"] == "change event application"),
-                         timeout=120, what="change event application")
+        _start_sharding_on_z(process, names)
         with pymongo.MongoClient(source.uri) as client:
             shop = client.shop
             shop.built.create_index("z", name="z_later")
@@ -225,13 +230,7 @@ def test_a_collection_replacing_a_sharding_entry_stays_unsharded_and_verifies(
             for name in names:
                 client.shop[name].insert_many([{"_id": i, "z": i % 7} for i in range(200)])
         process = _mongosync(processes, tmp_path, source, destination)
-        entries = [{"database": "shop", "collection": name,
-                    "shardCollection": {"key": [{"z": 1}]}} for name in names[:2]]
-        assert process.post("start", {**START, "sharding": {
-            "createSupportingIndexes": True, "shardingEntries": entries}}) == \
-            (200, {"success": True})
-        process.wait_for(_unless_failed(lambda p: p["info"] == "change event application"),
-                         timeout=120, what="change event application")
+        _start_sharding_on_z(process, names[:2])
         with pymongo.MongoClient(source.uri) as client:
             client.admin.command("renameCollection", "shop.other", to="shop.replaced",
                                  dropTarget=True)
