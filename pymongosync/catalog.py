@@ -53,6 +53,12 @@ def uuid_bytes(value: Any) -> bytes | None:
     return None
 
 
+def uuids_by_name(records: Iterable[NamespaceRecord]) -> dict[str, bytes | None]:
+    """``"db.name"`` -> collection UUID bytes (to tell whether a name still holds the same
+    collection)."""
+    return {record.id: uuid_bytes(record.uuid) for record in records}
+
+
 # The collection is no longer under the name being read (renamed, or dropped and re-created):
 # CollectionUUIDMismatch, or the server killed the cursor because of it (QueryPlanKilled,
 # CursorKilled). The reader finds it again by UUID (locate) and reads on from where it was.
@@ -331,10 +337,11 @@ def hide_index(cluster: ClusterClient, db: str, name: str, index: str, hidden: b
     try:
         cluster.modify_collection(db, name, {"index": {"name": index, "hidden": hidden}})
     except OperationFailure as exc:
-        if exc.code != INVALID_OPTIONS or not hidden or \
-                destination_shard_key(cluster, db, name) is None:
+        key = destination_shard_key(cluster, db, name) \
+            if exc.code == INVALID_OPTIONS and hidden else None
+        if key is None:
             raise
-        support_shard_key(cluster, db, name)
+        support_shard_key(cluster, db, name, key)
         cluster.modify_collection(db, name, {"index": {"name": index, "hidden": hidden}})
 
 

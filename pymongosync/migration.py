@@ -871,9 +871,10 @@ class Migration:
             if exc.code not in oplog_window.REFUSED_CODES:
                 raise  # the monitor retries it next round
             # It will not change by itself: said once in the log, and in /progress's warnings.
+            refused = redact(str(exc))
             if self._oplog_refused is None:
-                log.warning("the source's oplog window cannot be read: %s", redact(str(exc)))
-            self._oplog_refused = redact(str(exc))
+                log.warning("the source's oplog window cannot be read: %s", refused)
+            self._oplog_refused = refused
 
     def _oplog_needed(self) -> Any:
         """The oldest source position the migration still needs."""

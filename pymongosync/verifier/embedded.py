@@ -501,9 +501,8 @@ class EmbeddedVerifier:
             # An entry of shardingEntries names the collection listed under its name, which
             # the migration sharded; one renamed over it or created under its name since is
             # another collection, which stays unsharded.
-            listed = {record.id: catalog.uuid_bytes(record.uuid)
-                      for record in context.store.namespaces()}
-            now_there = {record.id: catalog.uuid_bytes(record.uuid) for record in source}
+            listed = catalog.uuids_by_name(context.store.namespaces())
+            now_there = catalog.uuids_by_name(source)
             expected.update({name: key for name, key in context.request.sharding_keys().items()
                              if name in listed and now_there.get(name) == listed[name]})
         mismatches = compare_metadata(source, destination, pending_unique=pending_unique,
@@ -567,8 +566,7 @@ class EmbeddedVerifier:
         context = self.context
         planned = {partition.namespace.full_name
                    for partition in context.store.partition_records()}
-        planned_uuids = {record.id: catalog.uuid_bytes(record.uuid)
-                         for record in context.store.namespaces()}
+        planned_uuids = catalog.uuids_by_name(context.store.namespaces())
         source, destination = ({record.id: record for record in
                                 catalog.list_namespaces(cluster, context.namespace_filter)
                                 if record.is_collection}
