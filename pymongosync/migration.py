@@ -343,7 +343,7 @@ class Migration:
         assert self.store is not None
         if stored.schema_version < 2:
             self.store.upgrade()
-            reloaded = self.store.load()
+            reloaded = self.store.load(self.layout.resume_id())
             assert reloaded is not None
             stored = reloaded
         self.context = self._context(self.store, stored)
@@ -749,15 +749,19 @@ class Migration:
                 self._notify("lost the migration lease: standing by")
                 self.standby = lease.holder()
             return
+        # This instance's own record: a non-coordinator instance (--id) that took the
+        # coordinator's would write its shard's resume token and applied_before over the
+        # coordinator's (campaign seed 57 with CAMPAIGN_ONE_PER_SHARD=1).
+        mine = self.layout.resume_id()
         if lease.try_acquire():
             with self._lock:
-                stored = store.load()
+                stored = store.load(mine)
                 if stored is not None:
                     self._notify("took over the migration")
                     self._take_over(stored)
         else:
             self.standby = lease.holder() or self.standby
-            stored = store.load()
+            stored = store.load(mine)
             if stored is not None and self.context is not None:
                 self.context.resume = stored.resume
                 self.context.global_state = stored.global_state
