@@ -814,7 +814,8 @@ class Migration:
             if context.request.verification.enabled and not state.verification_disabled:
                 # The coordinator's verifier verifies every shard: its figures, as stored.
                 self._coordinator_verification = stored_figures(
-                    self.clusters[state.destination_label].verifier_store())
+                    self.clusters[state.destination_label].verifier_store(),
+                    self._latest_source_time, context.destination.latest_time())
 
     def _is_due(self, line: str) -> bool:
         last = self._reported.get(line)

@@ -591,6 +591,11 @@ class VerifierState(Record):
     source_resume_token: dict[str, Any] | None = None
     source_start_time: Timestamp | None = None
     source_last_event_ts: Timestamp | None = None
+    # With one instance per source shard: every change up to these cluster times (each side's
+    # own clock) is verified. The coordinator's verifier stores them; the other instances'
+    # /progress tells its lags from them.
+    source_verified_through: Timestamp | None = None
+    destination_verified_through: Timestamp | None = None
     hashed_source_documents: int = 0
     hashed_destination_documents: int = 0
     rechecked_documents: int = 0

@@ -408,6 +408,8 @@ class EmbeddedVerifier:
         with self._lock:
             self.summary, self.pending_rechecks, self._oldest_due = summary, pending, oldest
             self._latest_destination = latest_destination
+        if self.follows_source:
+            self._publish_verified_through()
             if state is not None:
                 for name in ("hashed_source_documents", "hashed_destination_documents",
                              "rechecked_documents", "rehashed_documents"):
@@ -427,34 +429,49 @@ class EmbeddedVerifier:
         lags = [side.lag_seconds for side in self.sides(latest_source)]
         return all(lag is not None and lag <= limit for lag in lags)
 
-    def sides(self, latest_source: Timestamp | None) -> tuple[SideStatus, SideStatus]:
+    def verified_through(self) -> tuple[Timestamp | None, Timestamp | None]:
+        """The cluster times up to which every change is verified, on the source and on the
+        destination (None: not known yet)."""
         with self._lock:
-            summary, oldest = self.summary, self._oldest_due
-            hashed = (self.state.hashed_source_documents + self._hashed_now[0],
-                      self.state.hashed_destination_documents + self._hashed_now[1])
-            latest_destination = self._latest_destination
-        applied = self.applied_up_to()
-        source_lag = None
-        if latest_source is not None and applied is not None:
-            behind = oldest if oldest is not None and oldest < applied else applied
+            oldest = self._oldest_due
+        source = self.applied_up_to()
+        if source is not None:
+            if oldest is not None and oldest < source:
+                source = oldest  # changes applied, not yet compared
             if self.follows_source:  # the source's changes it has not read yet
                 followed = _token_time(self.state.source_resume_token) or \
                     self.state.source_start_time
-                if followed is not None and followed < behind:
-                    behind = followed
-            source_lag = max(0, latest_source.time - behind.time)
-        followed = self.state.destination_last_event_ts or self.state.destination_start_time
-        destination_lag = None
-        if latest_destination is not None and followed is not None:
-            destination_lag = max(0, latest_destination.time - followed.time)
-            if self.state.destination_resume_token is not None:
-                reached = _token_time(self.state.destination_resume_token)
-                if reached is not None:
-                    destination_lag = max(0, latest_destination.time - reached.time)
+                if followed is not None and followed < source:
+                    source = followed
+        destination = _token_time(self.state.destination_resume_token) or \
+            self.state.destination_last_event_ts or self.state.destination_start_time
+        return source, destination
+
+    def _publish_verified_through(self) -> None:
+        """For the /progress of the other instances of a migration run one per source
+        shard; stored only when it moved by a second or more, the unit of a lag."""
+        source, destination = self.verified_through()
+        state = self.state
+        if _seconds(source, destination) != _seconds(state.source_verified_through,
+                                                     state.destination_verified_through):
+            state.source_verified_through = source
+            state.destination_verified_through = destination
+            self.store.save_state(state, "source_verified_through",
+                                  "destination_verified_through")
+
+    def sides(self, latest_source: Timestamp | None) -> tuple[SideStatus, SideStatus]:
+        with self._lock:
+            summary = self.summary
+            hashed = (self.state.hashed_source_documents + self._hashed_now[0],
+                      self.state.hashed_destination_documents + self._hashed_now[1])
+            latest_destination = self._latest_destination
+        source_through, destination_through = self.verified_through()
         phase = self.state.phase
-        return (SideStatus(summary.estimated_documents, hashed[0], source_lag, summary.collections,
+        return (SideStatus(summary.estimated_documents, hashed[0],
+                           lag_seconds(latest_source, source_through), summary.collections,
                            summary.collections_done, phase),
-                SideStatus(summary.estimated_documents, hashed[1], destination_lag,
+                SideStatus(summary.estimated_documents, hashed[1],
+                           lag_seconds(latest_destination, destination_through),
                            summary.collections, summary.collections_done, phase))
 
     # -- final verification --------------------------------------------------------------------
@@ -664,17 +681,33 @@ def _details(state: VerifierState, pending_rechecks: int, mismatch_count: int,
             "verdict": state.verdict}
 
 
-def stored_figures(store: VerifierStore) -> tuple[tuple[SideStatus, SideStatus],
-                                                  dict[str, Any]]:
+def _seconds(*times: Timestamp | None) -> tuple[int | None, ...]:
+    return tuple(None if time_ is None else time_.time for time_ in times)
+
+
+def lag_seconds(latest: Timestamp | None, through: Timestamp | None) -> int | None:
+    """How far behind ``latest`` a side verified ``through`` is, in seconds."""
+    if latest is None or through is None:
+        return None
+    return max(0, latest.time - through.time)
+
+
+def stored_figures(store: VerifierStore, latest_source: Timestamp | None,
+                   latest_destination: Timestamp | None
+                   ) -> tuple[tuple[SideStatus, SideStatus], dict[str, Any]]:
     """The verification as the coordinator's verifier has stored it, for the /progress of the
     other instances of a migration run one instance per source shard (``verification`` and
-    ``verificationDetails``; the lags are the coordinator's to tell)."""
+    ``verificationDetails``). The lags are measured from the times it verified through to
+    the clusters' latest: they grow while the coordinator is down, as its verifier's would."""
     state = store.load_state() or VerifierState()
     summary = store.task_summary()
-    sides = tuple(SideStatus(summary.estimated_documents, hashed, None, summary.collections,
-                             summary.collections_done, state.phase)
-                  for hashed in (state.hashed_source_documents,
-                                 state.hashed_destination_documents))
+    sides = tuple(SideStatus(summary.estimated_documents, hashed, lag_seconds(latest, through),
+                             summary.collections, summary.collections_done, state.phase)
+                  for hashed, latest, through in (
+                      (state.hashed_source_documents, latest_source,
+                       state.source_verified_through),
+                      (state.hashed_destination_documents, latest_destination,
+                       state.destination_verified_through)))
     details = _details(state, store.recheck_count(), store.mismatch_count(),
                        store.mismatches(SHOWN_MISMATCHES), store.repair_count())
     return (sides[0], sides[1]), details

@@ -200,6 +200,11 @@ def test_three_instances_migrate_three_shards_through_kills_and_the_commit_barri
         copied = sum(p["collectionCopy"]["estimatedCopiedBytes"] for p in totals)
         assert copied >= totals[0]["collectionCopy"]["estimatedTotalBytes"] > 0
         assert all(p["collectionCopy"]["estimatedCopiedBytes"] > 0 for p in totals)
+        # Every instance tells the coordinator's verifier lags (an int, by the contract).
+        for process in instances:
+            process.wait_for(lambda p: all(isinstance(p["verification"][side]["lagTimeSeconds"],
+                                                      int) for side in ("source", "destination")),
+                             timeout=30, what="verification lags")
 
         # The others asked once the coordinator commits: they refused before (canCommit
         # false for good), and the coordinator's /commit timed out waiting for them (campaign

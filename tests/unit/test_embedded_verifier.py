@@ -99,3 +99,32 @@ def test_a_verifier_stopped_before_it_starts_starts_no_thread(monkeypatch: Any) 
     verifier.ensure_started()
     assert verifier.running
     assert verifier.stop(5) and not verifier.running
+
+
+def test_the_other_instances_tell_the_coordinators_verifier_lags_from_what_it_stored() -> None:
+    """With one instance per source shard, the coordinator's verifier verifies every shard;
+    the other instances' /progress showed null lags (the contract says int). They now measure
+    them from the times it stored, so the lags grow while the coordinator is down."""
+    verifier = coordinators_verifier(applied_before=Timestamp(100, 1))
+    verifier.state.source_resume_token = token_at(105)
+    verifier.state.destination_resume_token = token_at(207)
+    saved: list[tuple[str, ...]] = []
+    verifier.store = SimpleNamespace(
+        save_state=lambda state, *fields: saved.append(fields))  # type: ignore[assignment]
+    verifier._publish_verified_through()  # noqa: SLF001 - what its refresh round does
+    verifier._publish_verified_through()  # noqa: SLF001 - unmoved: not stored again
+    assert saved == [("source_verified_through", "destination_verified_through")]
+    stored = verifier.state
+    assert stored.source_verified_through == Timestamp(100, 0)
+    assert stored.destination_verified_through == Timestamp(207, 1)
+
+    figures: Any = SimpleNamespace(
+        load_state=lambda: stored, recheck_count=lambda: 0, mismatch_count=lambda: 0,
+        mismatches=lambda limit: [], repair_count=lambda: 0,
+        task_summary=lambda: SimpleNamespace(estimated_documents=5, collections=1,
+                                             collections_done=1))
+    (source, destination), _ = embedded.stored_figures(figures, Timestamp(112, 3),
+                                                       Timestamp(210, 1))
+    assert (source.lag_seconds, destination.lag_seconds) == (12, 3)
+    (source, destination), _ = embedded.stored_figures(figures, None, Timestamp(260, 1))
+    assert (source.lag_seconds, destination.lag_seconds) == (None, 53)
