@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 os.environ["CAMPAIGN_ONE_PER_SHARD"] = "1"
 
 from tests.campaign.generator import Fault, Op, Plan, generate
-from tests.campaign.repro.kit import verdict
-from tests.campaign.runner import run_plan
+from tests.campaign.repro.kit import replay
 
 
 def plan() -> Plan:
@@ -48,13 +47,7 @@ def plan() -> Plan:
 
 
 def main() -> None:
-    outcomes = [run_plan(plan(), out=lambda line: None) for _ in range(3)]
-    for outcome in outcomes:
-        print(outcome.line().splitlines()[0][:300])
-        if not outcome.passed:
-            print("  " + outcome.reason[:300])
-    hung = [outcome for outcome in outcomes if "canCommit" in outcome.reason]
-    verdict(bool(hung), f"{len(hung)} of {len(outcomes)} runs never reached canCommit")
+    replay(plan(), "canCommit", "never reached canCommit")
 
 
 if __name__ == "__main__":

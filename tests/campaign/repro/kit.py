@@ -53,6 +53,20 @@ def commit(running: Migration) -> None:
     running.wait_for(lambda p: p["state"] == "COMMITTED", timeout=120)
 
 
+def replay(plan: Any, failure: str, what: str, runs: int = 3) -> None:
+    """Run a campaign plan ``runs`` times (its failure may depend on timing), print each
+    outcome, and judge: reproduced when any run failed with ``failure`` in its reason."""
+    from tests.campaign.runner import run_plan
+
+    outcomes = [run_plan(plan, out=lambda line: None) for _ in range(runs)]
+    for outcome in outcomes:
+        print(outcome.line().splitlines()[0][:300])
+        if not outcome.passed:
+            print("  " + outcome.reason[:300])
+    failed = [outcome for outcome in outcomes if failure in outcome.reason]
+    verdict(bool(failed), f"{len(failed)} of {len(outcomes)} runs {what}")
+
+
 def verdict(reproduced: bool, what: str) -> None:
     print(("REPRODUCED: " if reproduced else "not reproduced (fixed?): ") + what)
     sys.exit(1 if reproduced else 0)

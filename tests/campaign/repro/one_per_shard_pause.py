@@ -24,8 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from tests.campaign.generator import Kill, Op, Pause, Plan
-from tests.campaign.repro.kit import verdict
-from tests.campaign.runner import run_plan
+from tests.campaign.repro.kit import replay
 
 
 def plan() -> Plan:
@@ -42,13 +41,7 @@ def plan() -> Plan:
 
 
 def main() -> None:
-    outcomes = [run_plan(plan(), out=lambda line: None) for _ in range(3)]
-    for outcome in outcomes:
-        print(outcome.line().splitlines()[0][:300])
-        if not outcome.passed:
-            print("  " + outcome.reason[:300])
-    lost = [outcome for outcome in outcomes if "VerificationFailed" in outcome.reason]
-    verdict(bool(lost), f"{len(lost)} of {len(outcomes)} runs lost writes")
+    replay(plan(), "VerificationFailed", "lost writes")
 
 
 if __name__ == "__main__":
