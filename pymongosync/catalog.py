@@ -92,23 +92,24 @@ def list_namespaces(cluster: ClusterClient, namespace_filter: NamespaceFilter,
                     settled: Settled | None = None) -> list[NamespaceRecord]:
     """Every collection and view the filter includes, with options, indexes and sizes;
     ``listed_at`` gets, per database, the cluster time before its collections were listed."""
-    shard_keys = cluster.shard_keys()
     found: list[NamespaceRecord] = []
     for db_name in sorted(cluster.database_names()):
         if namespace_filter.includes_database(db_name):
-            found.extend(_list_database(cluster, db_name, namespace_filter, shard_keys,
-                                        listed_at, settled))
+            found.extend(_list_database(cluster, db_name, namespace_filter, listed_at,
+                                        settled))
     return found
 
 
 def _list_database(cluster: ClusterClient, db_name: str, namespace_filter: NamespaceFilter,
-                   shard_keys: Mapping[str, dict[str, Any]],
                    listed_at: dict[str, Timestamp] | None,
                    settled: Settled | None = None) -> list[NamespaceRecord]:
-    """One database's namespaces, listed until the collections (names and UUIDs) are the same
-    after their indexes were read as before: a collection renamed or dropped in between would
-    be recorded without its indexes (listIndexes of a name no longer there answers nothing),
-    and they would never reach the destination.
+    """One database's namespaces, listed until the collections (names and UUIDs) and their
+    shard keys are the same after their indexes were read as before: a collection renamed or
+    dropped in between would be recorded without its indexes (listIndexes of a name no longer
+    there answers nothing), and they would never reach the destination; a sharded collection
+    renamed between the reading of the shard keys (by name) and the listing would be recorded
+    unsharded under its new name (campaign seed 73 with a sharded source and destination: the
+    destination's collection was created unsharded, and the verifier failed the commit).
 
     With ``settled``, also until no DDL event touched the database between the time recorded
     in ``listed_at`` and the end of the listing. The change events after that time are applied
@@ -125,11 +126,16 @@ def _list_database(cluster: ClusterClient, db_name: str, namespace_filter: Names
     def identities(infos: list[Mapping[str, Any]]) -> list[tuple[str, Any]]:
         return [(str(info["name"]), (info.get("info") or {}).get("uuid")) for info in infos]
 
+    def shard_keys() -> dict[str, dict[str, Any]]:
+        return {name: key for name, key in cluster.shard_keys().items()
+                if name.startswith(f"{db_name}.")}
+
     for _ in range(LISTING_ATTEMPTS):
         started = cluster.cluster_time() if listed_at is not None else None
+        keys = shard_keys()
         before = collections()
-        records = [namespace_record(cluster, db_name, info, shard_keys) for info in before]
-        if identities(collections()) == identities(before) and (
+        records = [namespace_record(cluster, db_name, info, keys) for info in before]
+        if identities(collections()) == identities(before) and shard_keys() == keys and (
                 settled is None or started is None
                 or settled(db_name, started, cluster.cluster_time())):
             if listed_at is not None and started is not None:

@@ -216,3 +216,35 @@ def test_prepare_unique_set_again_on_a_unique_index_is_restored() -> None:
     assert specs["a_1"].get("unique") is True and specs["a_1"].get("prepareUnique") is True
     assert shapes(destination) == shapes(source)
 
+
+
+class RenamedWhileListed(FakeCluster):
+    """``app.incoming`` (sharded) renamed over ``app.current`` with dropTarget right after the
+    listing first read the shard keys."""
+
+    renamed = False
+
+    def shard_keys(self) -> dict[str, dict[str, Any]]:
+        keys = super().shard_keys()
+        if not self.renamed:
+            self.renamed = True
+            self.rename_collection("app.incoming", "app.current", drop_target=True)
+        return keys
+
+
+@pytest.mark.parametrize("settled", [False, True])
+def test_a_shard_key_that_moves_while_collections_are_listed_is_listed_where_it_went(
+        settled: bool) -> None:
+    # Campaign seed 73 from a sharded source into a sharded destination: the shard keys were
+    # read once, before the databases were listed, and a rename of a sharded collection in
+    # between listed it unsharded under its new name. Created unsharded on the destination (the
+    # rename, which the listing showed, was not applied again), the verifier failed the commit.
+    source = RenamedWhileListed(sharded=True)
+    source.insert("app", "current", {"_id": 1})
+    source.insert("app", "incoming", {"_id": 2})
+    source.shard_collection("app", "incoming", {"_id": "hashed"})
+    listed_at: dict[str, Any] = {}
+    listed = catalog.list_namespaces(
+        source, EVERYTHING, listed_at=listed_at if settled else None,
+        settled=(lambda db, start, end: True) if settled else None)
+    assert [(ns.id, ns.shard_key) for ns in listed] == [("app.current", {"_id": "hashed"})]
