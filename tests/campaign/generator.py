@@ -1244,6 +1244,10 @@ def generate(seed: int, big: bool = False, long: bool = False, *,
     if sharded_destination and not sharded_source:
         # From a sharded source, the destination's collections take the source's shard keys.
         start_body["sharding"] = choose_sharding(seed, setup, copy + cea, generator.filter)
+    source_shard_keys = choose_source_sharding(seed, setup, copy + cea) \
+        if sharded_source else {}
+    if sharded_source:
+        copy, cea = shard_during_timeline(seed, setup, copy, cea, source_shard_keys)
     return Plan(seed=seed, big=big, load_level=rng.choice([1, 2, 3, 4]), slow_side=slow_side,
                 slow_ms=rng.choice([20, 50, 100]), setup=setup, copy=copy, cea=cea,
                 commit_kills=commit_kills, start_body=start_body,
@@ -1252,8 +1256,7 @@ def generate(seed: int, big: bool = False, long: bool = False, *,
                 hot_documents=choose_hot_documents(seed, copy + cea) if hot_documents else [],
                 server_copies=server_copies, sharded_destination=sharded_destination,
                 sharded_source=sharded_source, one_per_shard=one_per_shard,
-                source_shard_keys=choose_source_sharding(seed, setup, copy + cea)
-                if sharded_source else {})
+                source_shard_keys=source_shard_keys)
 
 
 def _shardable(setup: list[Op], steps: list[Step]) -> list[tuple[str, str]]:
@@ -1270,18 +1273,43 @@ def _shardable(setup: list[Op], steps: list[Step]) -> list[tuple[str, str]]:
             and not unsupported & set(op.args["options"]) and (op.db, op.coll) not in unique]
 
 
-def choose_source_sharding(seed: int, setup: list[Op],
-                           steps: list[Step]) -> dict[str, dict[str, Any]]:
-    """The source collections to shard (one to three; none written in a transaction, which
-    would span the shards), all on {_id: "hashed"}; from a random stream of their own."""
-    rng = random.Random(seed * 1_000_003 + 43)
+def _shardable_outside_transactions(setup: list[Op], steps: list[Step]) -> list[tuple[str, str]]:
+    """:func:`_shardable` collections no transaction writes (it would span the shards, which
+    the emulated router does not run)."""
     in_transactions = {(op.db, op.coll) for step in steps
                        if isinstance(step, Op) and step.kind == "transaction"
                        for op in step.args["ops"]}
-    candidates = [namespace for namespace in _shardable(setup, steps)
-                  if namespace not in in_transactions]
+    return [namespace for namespace in _shardable(setup, steps)
+            if namespace not in in_transactions]
+
+
+def choose_source_sharding(seed: int, setup: list[Op],
+                           steps: list[Step]) -> dict[str, dict[str, Any]]:
+    """The source collections to shard as the setup creates them (one to three), all on
+    {_id: "hashed"}; from a random stream of their own."""
+    rng = random.Random(seed * 1_000_003 + 43)
+    candidates = _shardable_outside_transactions(setup, steps)
     chosen = rng.sample(candidates, min(len(candidates), rng.randint(1, 3)))
     return {f"{db}.{coll}": {"_id": "hashed"} for db, coll in chosen}
+
+
+def shard_during_timeline(seed: int, setup: list[Op], copy: list[Step], cea: list[Step],
+                          sharded: dict[str, dict[str, Any]]
+                          ) -> tuple[list[Step], list[Step]]:
+    """In three plans out of five, one more collection of the setup sharded on the source
+    during the copy or change application (``shardCollection`` during a migration, with the
+    balancers stopped, which mongosync supports); from a random stream of its own."""
+    rng = random.Random(seed * 1_000_003 + 47)
+    candidates = [(db, coll) for db, coll in _shardable_outside_transactions(setup, copy + cea)
+                  if f"{db}.{coll}" not in sharded]
+    if not candidates or rng.random() < 0.4:
+        return copy, cea
+    db, coll = rng.choice(candidates)
+    op = Op("shard_collection", db, coll, {"key": {"_id": "hashed"}})
+    timeline = copy if rng.random() < 0.5 else cea
+    at = rng.randint(0, len(timeline))
+    changed = [*timeline[:at], op, *timeline[at:]]
+    return (changed, cea) if timeline is copy else (copy, changed)
 
 
 def choose_sharding(seed: int, setup: list[Op], steps: list[Step],

@@ -462,8 +462,10 @@ def expand(document: Any) -> Any:
 
 
 class Workload:
-    def __init__(self, client: pymongo.MongoClient, stats: Counter[str]) -> None:
+    def __init__(self, client: pymongo.MongoClient, stats: Counter[str],
+                 admin: pymongo.MongoClient | None = None) -> None:
         self.client = client
+        self.admin = admin  # an operator's client, for what the application may not do
         self.stats = stats
         self.refused: Counter[int] = Counter()
         self.unexpected: list[str] = []
@@ -499,6 +501,15 @@ class Workload:
         client = self.client
         if op.kind == "drop_database":
             client.drop_database(op.db, session=session)
+            return
+        if op.kind == "shard_collection":
+            # The operator shards a collection during the migration: its index on the key
+            # first (shardCollection builds one only in an empty collection).
+            assert self.admin is not None, "sharding needs the operator's client"
+            key = args["key"]
+            self.admin[op.db].command("createIndexes", op.coll, indexes=[
+                {"key": key, "name": "_".join(f"{k}_{v}" for k, v in key.items())}])
+            self.admin.admin.command("shardCollection", f"{op.db}.{op.coll}", key=key)
             return
         if op.kind == "rename":
             client.admin.command("renameCollection", f"{op.db}.{op.coll}",
@@ -644,8 +655,8 @@ class SeedRun:
                 Mongosync(source, destination, log_dir, plan.load_level, plan.hot_documents)
             self.mongosync = mongosync
             try:
-                with app_client(source) as application:
-                    workload = Workload(application, self.stats)
+                with app_client(source) as application, root_client(source) as operator:
+                    workload = Workload(application, self.stats, operator)
                     self.workload = workload
                     self._lap("clusters")
                     self._setup(plan.setup)

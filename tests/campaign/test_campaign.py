@@ -39,11 +39,12 @@ SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289, 369, 10278, 10375]
 # documents its timelines write; 300 and 547 migrate into a sharded destination, on whose
 # shard key {nested.z: 1} the source has its own index (hidden at commit in 300, built during the
 # copy in 547: the stand-in index, and the source's index in place of sharding's); 17 migrates
-# from a sharded source (three collections sharded there, transactions, a /pause that came
-# while change application started the verifier: /pause answered 500 before its fix); 2 with one
+# from a sharded source (three collections sharded there, a fourth sharded during the copy,
+# transactions, a /pause that came while change application started the verifier: /pause
+# answered 500 before its fix); 2 with one
 # mongosync per source shard (kills of one instance, of all while paused, the commit barrier);
-# 27 too: a pause while shard02's instance held writes back for the coordinator, down, lost
-# them before its fix (tests/campaign/repro/one_per_shard_pause.py); 28 from a sharded source
+# 27 too (a collection sharded during the copy): a pause while shard02's instance held writes
+# back for the coordinator, down, lost them before its fix (tests/campaign/repro/one_per_shard_pause.py); 28 from a sharded source
 # into a sharded destination, which takes the source's shard keys (kills, a pause, faults).
 MODE_SEEDS: list[tuple[int, dict[str, bool]]] = [(786, {"server_copies": True}),
                                                  (345, {"hot_documents": True}),
