@@ -408,12 +408,12 @@ class EmbeddedVerifier:
         with self._lock:
             self.summary, self.pending_rechecks, self._oldest_due = summary, pending, oldest
             self._latest_destination = latest_destination
-        if self.follows_source:
-            self._publish_verified_through()
             if state is not None:
                 for name in ("hashed_source_documents", "hashed_destination_documents",
                              "rechecked_documents", "rehashed_documents"):
                     setattr(self.state, name, getattr(state, name))
+        if self.follows_source:
+            self._publish_verified_through()
 
     # -- what /progress shows ----------------------------------------------------------------
     def details(self) -> dict[str, Any]:
