@@ -395,20 +395,29 @@ class MetadataStore:
         or any progress recorded) within that time, and a partition whose claim has lapsed
         is claimable again: its new owner resumes from its last checkpoint. Claims without a
         lease are given back by :meth:`release_claims` when their instance starts again.
+
+        An unfinished partition ``owner`` already holds comes first: a claim the destination
+        applied but answered with an error (a write concern error) is sent again by the
+        retry, and a new claim would leave that one held by a worker that never knew it had
+        it (without a lease, until the instance starts again: the copy never finished).
         """
         lease_millis = None if lease_seconds is None else max(1, int(lease_seconds * 1000))
-        claimable: dict[str, Any] = {"partitionPhase": {"$ne": PartitionStatus.DONE.value},
-                                     "$or": [{"owner": None}, self._CLAIM_LAPSED]}
+        unfinished = {"partitionPhase": {"$ne": PartitionStatus.DONE.value}}
+        claimable: dict[str, Any] = {**unfinished, "$or": [{"owner": None},
+                                                           self._CLAIM_LAPSED]}
         if instance is not None:
             claimable["instance"] = {"$in": [None, instance]}
-        document = self.partitions.find_one_and_update(
-            claimable,
-            {"$set": {"owner": owner, "claimLeaseMillis": lease_millis},
-             "$currentDate": {"claimRenewedAt": True}},
-            sort=[("namespace.db", ASCENDING), ("namespace.coll", ASCENDING),
-                  ("index", ASCENDING)],
-            return_document=ReturnDocument.AFTER)
-        return None if document is None else PartitionRecord.from_document(document)
+        for wanted in ({**unfinished, "owner": owner}, claimable):
+            document = self.partitions.find_one_and_update(
+                wanted,
+                {"$set": {"owner": owner, "claimLeaseMillis": lease_millis},
+                 "$currentDate": {"claimRenewedAt": True}},
+                sort=[("namespace.db", ASCENDING), ("namespace.coll", ASCENDING),
+                      ("index", ASCENDING)],
+                return_document=ReturnDocument.AFTER)
+            if document is not None:
+                return PartitionRecord.from_document(document)
+        return None
 
     @_retried
     def renew_partition_claim(self, partition_id: str, owner: str) -> bool:

@@ -132,10 +132,24 @@ class MetadataVerifierStore:
             retrying(lambda: self.tasks.bulk_write(writes, ordered=False))
 
     def claim_task(self, owner: str) -> VerificationTask | None:
-        document = retrying(lambda: self.tasks.find_one_and_update(
-            {"status": TaskStatus.PENDING.value, "owner": None}, {"$set": {"owner": owner}},
-            sort=[("namespace.db", ASCENDING), ("namespace.coll", ASCENDING), ("_id", ASCENDING)],
-            return_document=ReturnDocument.AFTER))
+        """The next range nobody holds, for ``owner``; a range ``owner`` already holds comes
+        first: a claim the destination applied but answered with an error is sent again by
+        the retry, and a new claim would leave that range held by a worker that never knew it
+        had it, never hashed (campaign seed 12 with CAMPAIGN_ONE_PER_SHARD=1: initial hashing
+        never finished)."""
+        def claim() -> Any:
+            for holder in (owner, None):
+                document = self.tasks.find_one_and_update(
+                    {"status": TaskStatus.PENDING.value, "owner": holder},
+                    {"$set": {"owner": owner}},
+                    sort=[("namespace.db", ASCENDING), ("namespace.coll", ASCENDING),
+                          ("_id", ASCENDING)],
+                    return_document=ReturnDocument.AFTER)
+                if document is not None:
+                    return document
+            return None
+
+        document = retrying(claim)
         return None if document is None else VerificationTask.from_document(document)
 
     def task_progress(self, task_id: str, source: int, destination: int) -> None:

@@ -44,8 +44,9 @@ SEEDS = [3, 7, 11, 19, 24, 43, 161, 200, 240, 289, 369, 10278, 10375]
 # answered 500 before its fix); 2 with one
 # mongosync per source shard (kills of one instance, of all while paused, the commit barrier);
 # 27 too (a collection sharded during the copy): a pause while shard02's instance held writes
-# back for the coordinator, down, lost them before its fix (tests/campaign/repro/one_per_shard_pause.py); 28 from a sharded source
-# into a sharded destination, which takes the source's shard keys (kills, a pause, faults).
+# back for the coordinator, down, lost them before its fix
+# (tests/campaign/repro/one_per_shard_pause.py); 28 from a sharded source into a sharded
+# destination, which takes the source's shard keys (kills, a pause, faults).
 MODE_SEEDS: list[tuple[int, dict[str, bool]]] = [(786, {"server_copies": True}),
                                                  (345, {"hot_documents": True}),
                                                  (300, {"sharded_destination": True}),

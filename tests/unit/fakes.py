@@ -1469,10 +1469,13 @@ class MemoryStore:
                         instance: str | None = None) -> PartitionRecord | None:
         self._enter("claim_partition", owner, mutates=False)
         with self._lock:
-            free = [document for document in self.partition_documents.values()
-                    if document.get("partitionPhase") != PartitionStatus.DONE.value
-                    and (instance is None or document.get("instance") in (None, instance))
-                    and (document.get("owner") is None or self._claim_lapsed(document))]
+            unfinished = [document for document in self.partition_documents.values()
+                          if document.get("partitionPhase") != PartitionStatus.DONE.value]
+            # One the owner holds already first (a claim whose answer was lost, sent again).
+            free = [document for document in unfinished if document.get("owner") == owner] or \
+                [document for document in unfinished
+                 if (instance is None or document.get("instance") in (None, instance))
+                 and (document.get("owner") is None or self._claim_lapsed(document))]
             if not free:
                 return None
             document = min(free, key=lambda d: (d["namespace"]["db"], d["namespace"]["coll"],

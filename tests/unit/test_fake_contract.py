@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import itertools
 import threading
 import time
 import uuid
@@ -557,13 +558,20 @@ def test_store_claims_are_exclusive_and_ordered(store: MigrationStore) -> None:
     assert first is not None and second is not None
     assert (first.id, first.owner) == ("a.y#0", "i:copy-0")
     assert (second.id, second.owner) == ("b.x#0", "i:copy-1")
+    # Claimed again before it is finished (the answer to the first claim was lost): the same.
+    again = store.claim_partition("i:copy-0")
+    assert again is not None and again.id == "a.y#0"
 
     store.release_claims("i:")
     claims: list[str] = []
     lock = threading.Lock()
 
     def claim(worker: int) -> None:
-        while (found := store.claim_partition(f"j:copy-{worker}")) is not None:
+        # Each claim by another owner: an owner that claims again gets what it holds.
+        for attempt in itertools.count():
+            found = store.claim_partition(f"j:copy-{worker}-{attempt}")
+            if found is None:
+                return
             with lock:
                 claims.append(found.id)
 
