@@ -421,6 +421,10 @@ async def rename_collection(ctx: Context) -> dict[str, Any]:
         raise CommandError(20, "Source and destination collections must be on the same "
                                "database.")
     sharded = router.table.sharded(source)
+    if sharded is not None and source_db != target_db:
+        # MongoDB's sharded rename coordinator renames within one database only.
+        raise CommandError(125, f"Source and destination collections must be on the same "
+                                f"database because {source} is sharded.")
     body = command_body(ctx)
     if sharded is None:
         await router.table.ensure_database(target_db, primary)

@@ -612,3 +612,25 @@ def test_an_unsharded_collection_renamed_over_a_sharded_one_replaces_it(
     with shard_clients(cluster) as direct:
         assert {name: shard.over.target.count_documents({}) for name, shard in direct.items()} \
             == {name: (5 if name == "shard01" else 0) for name in direct}
+
+
+def test_a_sharded_collection_is_renamed_within_its_database_only(
+        cluster: ClusterProcess) -> None:
+    """As MongoDB 5.0+: a sharded collection may be renamed within its database (it stays
+    sharded), never into another one (CommandFailed, nothing changed). The emulator renamed
+    it across databases (campaign seed 86 with a sharded source and destination)."""
+    with router(cluster) as client:
+        for db in ("here", "there"):
+            client.admin.command("enableSharding", db, primaryShard="shard01")
+        client.admin.command("shardCollection", "here.items", key={"_id": "hashed"})
+        client.here.items.insert_many([{"_id": i} for i in range(20)])
+        with pytest.raises(OperationFailure) as refused:
+            client.admin.command("renameCollection", "here.items", to="there.items",
+                                 dropTarget=True)
+        assert refused.value.code == 125
+        assert client.here.items.count_documents({}) == 20
+        assert "items" not in client.there.list_collection_names()
+        client.admin.command("renameCollection", "here.items", to="here.renamed")
+        entry = client.config.collections.find_one({"_id": "here.renamed"})
+        assert entry is not None and dict(entry["key"]) == {"_id": "hashed"}
+        assert client.here.renamed.count_documents({}) == 20
