@@ -298,6 +298,16 @@ class ChangeWriter:
                 self.destination.drop_collection(to_db, to_coll)
             self._copy_whole_collection(to_db, to_coll, collection_uuid)
             return
+        if to_db != db and self._shard_key_of(db, coll) is not None:
+            # Into a sharded destination (spec §3.3: renames across databases are never
+            # supported there): MongoDB renames a sharded collection within its database only.
+            raise UnsupportedSourceChange(
+                f"{db}.{coll} was renamed on the source into another database ({to_db}."
+                f"{to_coll}), but it is sharded on the destination, where MongoDB renames a "
+                f"sharded collection within its database only; mongosync does not support "
+                f"renames across databases into a sharded cluster: reset the destination and "
+                f"start again, and rename collections within their database during a "
+                f"migration")
         for document in self.hot_documents().in_namespace(db, coll):
             # Its events under the old name were skipped and none under the new name will
             # bring it up to date: it is taken as the source has it now, before it moves.

@@ -1321,10 +1321,15 @@ def choose_sharding(seed: int, setup: list[Op], steps: list[Step],
     Left out: capped, clustered, time series and collated collections, which MongoDB does not
     shard this way, and collections a plan gives a unique index (or converts one to unique),
     since a destination refuses a unique index whose key does not start with the shard key:
-    mongosync documents both as limits of ``shardingEntries``."""
+    mongosync documents both as limits of ``shardingEntries``. And collections the plan renames
+    into another database: MongoDB renames a sharded collection within its database only, and
+    mongosync documents renames across databases into a sharded cluster as unsupported."""
     rng = random.Random(seed * 1_000_003 + 41)
+    across = {(op.db, op.coll) for op in all_ops(steps)
+              if op.kind == "rename" and op.args["to_db"] != op.db}
     candidates = [(db, coll) for db, coll in _shardable(setup, steps)
-                  if namespace_filter is None or namespace_filter.includes(db, coll)]
+                  if (namespace_filter is None or namespace_filter.includes(db, coll))
+                  and (db, coll) not in across]
     if not candidates or rng.random() < 0.2:
         # A replica set into a sharded cluster needs `sharding` (spec §3.3): none sharded.
         return {"shardingEntries": []}

@@ -73,6 +73,7 @@ REFUSED_AS_MONGODB_DOES = frozenset({
     86,  # IndexKeySpecsConflict
     112,  # WriteConflict (transactions)
     121,  # DocumentValidationFailure
+    125,  # CommandFailed (renaming a sharded collection into another database)
     166,  # CommandNotSupportedOnView
     197,  # InvalidIndexSpecificationOption
     251,  # NoSuchTransaction

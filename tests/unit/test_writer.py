@@ -365,6 +365,23 @@ def test_shard_collection_follows_on_a_sharded_destination_only() -> None:
         assert replay.destination.shard_keys() == ({"shop.orders": {"k": 1}} if sharded else {})
 
 
+def test_a_sharded_collection_renamed_into_another_database_is_unsupported() -> None:
+    # MongoDB renames a sharded collection within its database only: into a sharded
+    # destination such a rename fails with a clear error, before anything is changed (the
+    # emulator renamed it until campaign seed 86 showed that). Within its database it is
+    # renamed, still sharded.
+    replay = Replay(destination_sharded=True)
+    replay.both("shop", "orders", {"_id": 1})
+    replay.destination.shard_collection("shop", "orders", {"_id": "hashed"})
+    replay.source.rename_collection("shop.orders", "shop.archive", False)
+    replay.source.rename_collection("shop.archive", "history.orders", False)
+    with pytest.raises(UnsupportedSourceChange) as failure:
+        replay.apply()
+    assert "history.orders" in str(failure.value)
+    assert replay.destination.documents("shop", "archive") == [{"_id": 1}]
+    assert replay.destination.shard_keys() == {"shop.archive": {"_id": "hashed"}}
+
+
 @pytest.mark.parametrize("kind", ["reshardCollection", "refineCollectionShardKey"])
 def test_resharding_on_the_source_is_unsupported(kind: str) -> None:
     replay = Replay()
