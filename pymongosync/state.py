@@ -596,8 +596,7 @@ class VerifierState(Record):
     # /progress tells its lags from them.
     source_verified_through: Timestamp | None = None
     destination_verified_through: Timestamp | None = None
-    hashed_source_documents: int = 0
-    hashed_destination_documents: int = 0
+    # The documents hashed are summed from the ranges (verifier.store.TaskSummary).
     rechecked_documents: int = 0
     rehashed_documents: int = 0  # hashed again after a stop interrupted their range
     final_started_at: datetime.datetime | None = None

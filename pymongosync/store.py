@@ -148,7 +148,7 @@ class MigrationStore(LeaseStore, Protocol):
     def release_partition(self, partition_id: str, owner: str) -> None: ...
     def release_claims(self, owner_prefix: str) -> None: ...
     def record_partition_progress(self, partition_id: str, owner: str, last_id: Any,
-                                  documents: int, size: int) -> bool: ...
+                                  copied_documents: int, copied_bytes: int) -> bool: ...
     def finish_partition(self, partition_id: str) -> None: ...
     def copy_totals(self, *, instance: str | None = None) -> CopyTotals: ...
     def partition_counts(self, *, instance: str | None = None) -> tuple[int, int]: ...
@@ -444,17 +444,21 @@ class MetadataStore:
 
     @_retried
     def record_partition_progress(self, partition_id: str, owner: str, last_id: Any,
-                                  documents: int, size: int) -> bool:
+                                  copied_documents: int, copied_bytes: int) -> bool:
         """Checkpoint a copied batch and renew the claim; only the claim's holder may, and
         only while the partition is unfinished. False (nothing written) otherwise: the worker
         lost its claim (it lapsed and another took the partition over) and must stop copying
-        it. This is the fence that keeps two workers from copying one partition at once."""
+        it. This is the fence that keeps two workers from copying one partition at once.
+
+        The counts are the partition's totals so far, set, not added: a checkpoint sent again
+        after its answer was lost counts its batch once."""
         result = self.partitions.update_one(
             {"_id": partition_id, "owner": owner,
              "partitionPhase": {"$ne": PartitionStatus.DONE.value}},
             {"$set": {"partitionPhase": PartitionStatus.IN_PROGRESS.value,
-                      "lastCopied": CopiedId(id=last_id).to_document()},
-             "$inc": {"copiedDocumentCount": documents, "copiedByteCount": size},
+                      "lastCopied": CopiedId(id=last_id).to_document(),
+                      "copiedDocumentCount": copied_documents,
+                      "copiedByteCount": copied_bytes},
              "$currentDate": {"claimRenewedAt": True}})
         return result.matched_count == 1
 

@@ -320,6 +320,10 @@ class PartitionCopier:
             store.finish_partition(self.partition_id)
             return Outcome.FINISHED
         read = range_read(partition, where, self.namespace.uuid, settings)
+        # Totals, recorded as such (a checkpoint sent again counts once); a natural-order
+        # partition is read again from its beginning, and so counted again from zero.
+        copied_documents, copied_bytes = (0, 0) if partition.natural else \
+            (partition.copied_document_count, partition.copied_byte_count)
         batches = iter(self.source.read_batches(read))
         while True:
             started = time.perf_counter()
@@ -332,9 +336,12 @@ class PartitionCopier:
                                        partition.namespace.coll, batch)
             seconds = time.perf_counter() - started
             size = sum(len(document.raw) for document in batch)
+            copied_documents += len(batch)
+            copied_bytes += size
             if (self.keeper is not None and self.keeper.lost) or \
                     not store.record_partition_progress(self.partition_id, self.owner,
-                                                        batch[-1]["_id"], len(batch), size):
+                                                        batch[-1]["_id"], copied_documents,
+                                                        copied_bytes):
                 return Outcome.LOST
             self.signals.emit(BatchCopied(
                 self.partition_id, len(batch), size, seconds,

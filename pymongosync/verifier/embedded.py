@@ -307,8 +307,6 @@ class EmbeddedVerifier:
             self.store.add_rechecks([Recheck(key=RecheckKey(ns=f"{db}.{coll}", id=value),
                                              due=due) for value in result.differing])
         self.store.finish_task(task.id, result.source_documents, result.destination_documents)
-        self.store.add_counts(source=result.source_documents,
-                              destination=result.destination_documents)
 
     def _initial_hashing_done(self) -> None:
         with self._lock:
@@ -409,8 +407,7 @@ class EmbeddedVerifier:
             self.summary, self.pending_rechecks, self._oldest_due = summary, pending, oldest
             self._latest_destination = latest_destination
             if state is not None:
-                for name in ("hashed_source_documents", "hashed_destination_documents",
-                             "rechecked_documents", "rehashed_documents"):
+                for name in ("rechecked_documents", "rehashed_documents"):
                     setattr(self.state, name, getattr(state, name))
         if self.follows_source:
             self._publish_verified_through()
@@ -462,8 +459,8 @@ class EmbeddedVerifier:
     def sides(self, latest_source: Timestamp | None) -> tuple[SideStatus, SideStatus]:
         with self._lock:
             summary = self.summary
-            hashed = (self.state.hashed_source_documents + self._hashed_now[0],
-                      self.state.hashed_destination_documents + self._hashed_now[1])
+            hashed = (summary.hashed_source + self._hashed_now[0],
+                      summary.hashed_destination + self._hashed_now[1])
             latest_destination = self._latest_destination
         source_through, destination_through = self.verified_through()
         phase = self.state.phase
@@ -704,9 +701,9 @@ def stored_figures(store: VerifierStore, latest_source: Timestamp | None,
     sides = tuple(SideStatus(summary.estimated_documents, hashed, lag_seconds(latest, through),
                              summary.collections, summary.collections_done, state.phase)
                   for hashed, latest, through in (
-                      (state.hashed_source_documents, latest_source,
+                      (summary.hashed_source, latest_source,
                        state.source_verified_through),
-                      (state.hashed_destination_documents, latest_destination,
+                      (summary.hashed_destination, latest_destination,
                        state.destination_verified_through)))
     details = _details(state, store.recheck_count(), store.mismatch_count(),
                        store.mismatches(SHOWN_MISMATCHES), store.repair_count())

@@ -85,11 +85,8 @@ class LocalVerifierStore:
         self._execute("INSERT OR REPLACE INTO state (id, document) VALUES (1, ?)",
                       [_pack(state.to_document())])
 
-    def add_counts(self, source: int = 0, destination: int = 0, rechecked: int = 0,
-                   rehashed: int = 0) -> None:
+    def add_counts(self, rechecked: int = 0, rehashed: int = 0) -> None:
         state = self.load_state() or VerifierState()
-        state.hashed_source_documents += source
-        state.hashed_destination_documents += destination
         state.rechecked_documents += rechecked
         state.rehashed_documents += rehashed
         self.save_state(state)
@@ -186,8 +183,6 @@ def verify(source: ClusterClient, destination: ClusterClient, store: LocalVerifi
                                       hashed.differing[start:start + RECHECK_BATCH])
             store.add_mismatches([difference.mismatch() for difference in found])
         store.finish_task(task.id, hashed.source_documents, hashed.destination_documents)
-        store.add_counts(source=hashed.source_documents,
-                         destination=hashed.destination_documents)
         if on_progress is not None:
             on_progress(hashed.source_documents)
     state = store.load_state() or state
@@ -198,7 +193,7 @@ def verify(source: ClusterClient, destination: ClusterClient, store: LocalVerifi
         store.save_state(state)
     summary = store.task_summary()
     count = store.mismatch_count()
-    return VerifyReport(equal=count == 0, documents=state.hashed_source_documents,
+    return VerifyReport(equal=count == 0, documents=summary.hashed_source,
                         collections=summary.collections, mismatches=count,
                         first=store.mismatches(20), resumed=resumed)
 

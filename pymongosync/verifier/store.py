@@ -38,6 +38,11 @@ class TaskSummary:
     estimated_documents: int = 0
     collections: int = 0
     collections_done: int = 0
+    # Documents hashed on each side, of the finished ranges: summed from the ranges' own
+    # records, which each finish sets once (a running total incremented beside them would
+    # count a range twice when the answer to its increment is lost and it is sent again).
+    hashed_source: int = 0
+    hashed_destination: int = 0
 
 
 class TaskStore(Protocol):
@@ -45,8 +50,7 @@ class TaskStore(Protocol):
 
     def load_state(self) -> VerifierState | None: ...
     def save_state(self, state: VerifierState, *fields: str) -> None: ...
-    def add_counts(self, source: int = 0, destination: int = 0, rechecked: int = 0,
-                   rehashed: int = 0) -> None: ...
+    def add_counts(self, rechecked: int = 0, rehashed: int = 0) -> None: ...
     def ensure_tasks(self, tasks: Iterable[VerificationTask]) -> None: ...
     def claim_task(self, owner: str) -> VerificationTask | None: ...
     def task_progress(self, task_id: str, source: int, destination: int) -> None: ...
@@ -76,7 +80,10 @@ def summarize(tasks: Iterable[VerificationTask]) -> TaskSummary:
     open_namespaces: dict[str, bool] = {}
     for task in tasks:
         summary.tasks += 1
-        summary.done += task.status == TaskStatus.DONE
+        if task.status == TaskStatus.DONE:
+            summary.done += 1
+            summary.hashed_source += task.hashed_source
+            summary.hashed_destination += task.hashed_destination
         summary.estimated_documents += task.estimated_documents
         name = task.namespace.full_name
         open_namespaces[name] = open_namespaces.get(name, False) or \
@@ -97,7 +104,8 @@ class MetadataVerifierStore:
         self.mismatch_records: Collection[Any] = db["verifierMismatches"]
         self.repairs: Collection[Any] = db["verifierRepairs"]
 
-    # Every method is one idempotent read or write, retried on transient errors.
+    # Every method is one read or write, retried on transient errors, and idempotent but for
+    # the rechecked and rehashed counts (add_counts, release_claims).
     def clear(self) -> None:
         """Forget an earlier verification (of the other direction of a reversed migration)."""
         for collection in (self.states, self.tasks, self.rechecks, self.mismatch_records,
@@ -114,10 +122,11 @@ class MetadataVerifierStore:
         retrying(lambda: self.states.update_one({"_id": state.id}, {"$set": values},
                                                 upsert=True))
 
-    def add_counts(self, source: int = 0, destination: int = 0, rechecked: int = 0,
-                   rehashed: int = 0) -> None:
+    def add_counts(self, rechecked: int = 0, rehashed: int = 0) -> None:
+        # Not idempotent, deliberately: these two figures are told, never relied on, and a
+        # batch counted twice after a lost answer costs less than a record per recheck
+        # would. The hashed counts are exact (TaskSummary).
         increments = {name: value for name, value in (
-            ("hashedSourceDocuments", source), ("hashedDestinationDocuments", destination),
             ("recheckedDocuments", rechecked), ("rehashedDocuments", rehashed)) if value}
         if increments:
             retrying(lambda: self.states.update_one({"_id": "verifier"}, {"$inc": increments},

@@ -1514,7 +1514,7 @@ class MemoryStore:
                                      "claimLeaseMillis": None})
 
     def record_partition_progress(self, partition_id: str, owner: str, last_id: Any,
-                                  documents: int, size: int) -> bool:
+                                  copied_documents: int, copied_bytes: int) -> bool:
         self._enter("record_partition_progress", f"{partition_id}:{owner}")
         with self._lock:
             document = self.partition_documents.get(partition_id)
@@ -1524,9 +1524,8 @@ class MemoryStore:
             document.update(_stored({
                 "partitionPhase": PartitionStatus.IN_PROGRESS.value,
                 "lastCopied": CopiedId(id=last_id).to_document(),
-                "claimRenewedAt": self.clock()}))
-            document["copiedDocumentCount"] = document.get("copiedDocumentCount", 0) + documents
-            document["copiedByteCount"] = document.get("copiedByteCount", 0) + size
+                "claimRenewedAt": self.clock(), "copiedDocumentCount": copied_documents,
+                "copiedByteCount": copied_bytes}))
             return True
 
     def finish_partition(self, partition_id: str) -> None:

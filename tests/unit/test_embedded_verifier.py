@@ -12,6 +12,7 @@ from bson.timestamp import Timestamp
 from pymongosync.state import VerifierState
 from pymongosync.verifier import embedded
 from pymongosync.verifier.embedded import EmbeddedVerifier
+from pymongosync.verifier.store import TaskSummary
 
 
 def token_at(seconds: int) -> dict[str, Any]:
@@ -121,10 +122,12 @@ def test_the_other_instances_tell_the_coordinators_verifier_lags_from_what_it_st
     figures: Any = SimpleNamespace(
         load_state=lambda: stored, recheck_count=lambda: 0, mismatch_count=lambda: 0,
         mismatches=lambda limit: [], repair_count=lambda: 0,
-        task_summary=lambda: SimpleNamespace(estimated_documents=5, collections=1,
-                                             collections_done=1))
+        task_summary=lambda: TaskSummary(tasks=1, done=1, estimated_documents=5, collections=1,
+                                         collections_done=1, hashed_source=5,
+                                         hashed_destination=4))
     (source, destination), _ = embedded.stored_figures(figures, Timestamp(112, 3),
                                                        Timestamp(210, 1))
     assert (source.lag_seconds, destination.lag_seconds) == (12, 3)
+    assert (source.hashed_documents, destination.hashed_documents) == (5, 4)
     (source, destination), _ = embedded.stored_figures(figures, None, Timestamp(260, 1))
     assert (source.lag_seconds, destination.lag_seconds) == (None, 53)

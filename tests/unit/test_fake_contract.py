@@ -628,7 +628,8 @@ def test_store_claim_leases_lapse_and_fence_the_previous_owner(store: MigrationS
     still = store.partition("d.c#1")
     assert still is not None and still.owner == "w:d"  # no lease: still held
 
-    assert store.record_partition_progress("d.c#0", "w:c", Int64(9), 4, 40) is True
+    assert store.record_partition_progress("d.c#0", "w:c", Int64(9), 9, 90) is True
+    assert store.record_partition_progress("d.c#0", "w:c", Int64(9), 9, 90) is True  # resent
     store.finish_partition("d.c#0")
     assert store.record_partition_progress("d.c#0", "w:c", Int64(10), 1, 10) is False  # done
     done = store.partition("d.c#0")
@@ -649,7 +650,7 @@ def test_store_partition_progress_finish_and_totals(store: MigrationStore) -> No
     assert store.record_partition_progress("d.c#0", "i:copy-0", None, 3, 300) is True
     after_null = store.partition("d.c#0")
     assert after_null is not None and after_null.last_copied == CopiedId(id=None)
-    assert store.record_partition_progress("d.c#0", "i:copy-0", Int64(7), 2, 200) is True
+    assert store.record_partition_progress("d.c#0", "i:copy-0", Int64(7), 5, 500) is True
     store.finish_partition("d.c#1")
 
     first, second = store.partition("d.c#0"), store.partition("d.c#1")
