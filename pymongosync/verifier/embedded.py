@@ -61,6 +61,7 @@ from pymongosync.errors import Stopped, VerificationFailed
 from pymongosync.identity import id_key
 from pymongosync.phases.commit import refuse_late_source_writes
 from pymongosync.phases.copy import PARALLELISM_BY_LOAD_LEVEL
+from pymongosync.phases.ddl_order import just_before
 from pymongosync.phases.context import PhaseContext
 from pymongosync.progress import SideStatus
 from pymongosync.retry import is_transient
@@ -188,10 +189,7 @@ class EmbeddedVerifier:
         if not context.layout.multi:
             return context.resume.crud_change_stream_resume_info.last_event_ts
         before = context.group.applied_before()
-        if before is None:
-            return None
-        return Timestamp(before.time, before.inc - 1) if before.inc else \
-            Timestamp(before.time - 1, 2**32 - 1)
+        return None if before is None else just_before(before)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the background work; False if a thread is still running after ``timeout``
