@@ -412,8 +412,16 @@ class ChangeWriter:
             return
         options = catalog.temporary_collection_options(dict(infos[0].get("options", {})))
         catalog.create_collection(self.destination, self.created, db, coll, options)
-        catalog.create_indexes(self.destination, db, coll, catalog.indexes_to_build(
-            self.source.index_specs(*where), self.build_mode))
+        specs = self.source.index_specs(*where)
+        # Sharded as the source has it: its shardCollection event, if any, came under a name
+        # the filter leaves out, or before the listing (campaign seed 223, sharded source and
+        # destination: a sharded collection renamed into the filter was copied unsharded).
+        shard_key = self.source.shard_keys().get(".".join(where)) \
+            if self.destination_sharded else None
+        if shard_key is not None:
+            catalog.shard_collection(self.destination, db, coll, shard_key, specs)
+        catalog.create_indexes(self.destination, db, coll,
+                               catalog.indexes_to_build(specs, self.build_mode))
         self._copy_documents(db, coll, where, collection_uuid)
 
     def _copy_documents(self, db: str, coll: str, where: tuple[str, str] | None,

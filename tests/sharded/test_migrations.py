@@ -273,6 +273,9 @@ def test_three_shards_to_two_while_the_source_balancer_moves_chunks(
                        extra_args=[*FAST, "--balancer-interval", "0.3"]) as source, \
             start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
         _sharded_source(source, chunks=24)
+        # Started before the balancer: /start then comes while the balancer is moving chunks,
+        # however long a loaded machine takes to start a process.
+        process = _mongosync(processes, tmp_path, source, destination)
         writer = ShardedSourceWriter(source)
         try:
             with pymongo.MongoClient(source.uri) as client:
@@ -280,7 +283,6 @@ def test_three_shards_to_two_while_the_source_balancer_moves_chunks(
                 moves = client.config.changelog
                 wait_for(lambda: moves.count_documents({"what": "moveChunk.commit"}) >= 2,
                          timeout=60, what="chunk migrations on the source")
-                process = _mongosync(processes, tmp_path, source, destination)
                 assert process.post("start", START) == (200, {"success": True})
                 # The tool stops the source's balancer; the migration then in flight finishes.
                 # The mode reads "off" before that migration commits, so the count is taken
@@ -458,3 +460,36 @@ def test_a_hot_document_whose_shard_key_changes_is_taken_from_the_source_at_comm
             comparison = compare_clusters(left, right)
             assert comparison.equal, comparison.summary()
             assert right.bulk.items.count_documents({"_id": "hot"}) == 1
+
+
+def test_a_sharded_collection_renamed_into_the_filter_is_sharded_on_the_destination(
+        tmp_path: Path, processes: list[Mongosync]) -> None:
+    """shop.hidden, sharded and left out by the filter, is renamed over shop.kept during
+    change application (dropTarget). The destination's shop.kept was copied whole from the
+    source, unsharded: the verifier failed the commit ("shard key {'_id': 'hashed'} expected,
+    None found"; campaign seed 223, sharded source and destination)."""
+    with start_cluster(shards=2, secured=True, extra_args=FAST) as source, \
+            start_cluster(shards=2, secured=True, extra_args=FAST) as destination:
+        with pymongo.MongoClient(source.uri) as client:
+            for name in ("hidden", "kept"):
+                client.admin.command("shardCollection", f"shop.{name}", key={"_id": "hashed"})
+                client.shop[name].insert_many([{"_id": i, "name": name} for i in range(300)])
+        process = _mongosync(processes, tmp_path, source, destination)
+        body = {**START, "includeNamespaces": [{"database": "shop"}],
+                "excludeNamespaces": [{"database": "shop", "collections": ["hidden"]}]}
+        assert process.post("start", body) == (200, {"success": True})
+        process.wait_for(_unless_failed(lambda p: p["info"] == "change event application"),
+                         timeout=120, what="change event application")
+        with pymongo.MongoClient(source.uri) as client:
+            client.admin.command("renameCollection", "shop.hidden", to="shop.kept",
+                                 dropTarget=True)
+            client.shop.kept.insert_one({"_id": "after", "name": "hidden"})
+        process.wait_for(_unless_failed(lambda p: p["totalEventsApplied"] >= 1), timeout=120,
+                         what="the insert applied")
+        _commit(process)
+        with pymongo.MongoClient(source.uri) as left, pymongo.MongoClient(destination.uri) as right:
+            assert right.config.collections.find_one({"_id": "shop.kept"})["key"] == \
+                {"_id": "hashed"}
+            assert right.shop.kept.count_documents({"name": "hidden"}) == 301
+            assert right.shop.list_collection_names() == ["kept"]
+            assert left.shop.kept.count_documents({}) == 301
