@@ -313,6 +313,9 @@ class EmbeddedVerifier:
             summary = self.store.task_summary()
             if summary.done < summary.tasks:
                 return  # another worker still hashes its range
+            # Shown with the phase: every range's count is in it now (until the next refresh,
+            # /progress said "stream hashing" with the figures of before, 0 hashed in a demo).
+            self.summary = summary
             self.state.phase = VerificationPhase.STREAM_HASHING
         self.store.save_state(self.state, "phase")
         log.info("verifier: initial hashing finished; stream hashing")

@@ -9,7 +9,7 @@ from typing import Any
 
 from bson.timestamp import Timestamp
 
-from pymongosync.state import VerifierState
+from pymongosync.state import VerificationPhase, VerifierState
 from pymongosync.verifier import embedded
 from pymongosync.verifier.embedded import EmbeddedVerifier
 from pymongosync.verifier.store import TaskSummary
@@ -131,3 +131,19 @@ def test_the_other_instances_tell_the_coordinators_verifier_lags_from_what_it_st
     assert (source.hashed_documents, destination.hashed_documents) == (5, 4)
     (source, destination), _ = embedded.stored_figures(figures, None, Timestamp(260, 1))
     assert (source.lag_seconds, destination.lag_seconds) == (None, 53)
+
+
+def test_the_end_of_initial_hashing_shows_every_ranges_count_with_the_new_phase() -> None:
+    # The phase moved on at once, the figures at the next refresh round: a fast migration's
+    # /progress said "stream hashing" with 0 documents hashed and 0/7 collections (make demo).
+    verifier = coordinators_verifier(applied_before=Timestamp(100, 1))
+    verifier.state.phase = VerificationPhase.INITIAL_HASHING
+    hashed = TaskSummary(tasks=7, done=7, estimated_documents=20, collections=7,
+                         collections_done=7, hashed_source=20, hashed_destination=20)
+    verifier.store = SimpleNamespace(  # type: ignore[assignment]
+        task_summary=lambda: hashed, save_state=lambda state, *fields: None)
+    verifier._initial_hashing_done()  # noqa: SLF001 - what the last hashing thread calls
+    source, destination = verifier.sides(latest_source=Timestamp(110, 0))
+    assert source.phase == VerificationPhase.STREAM_HASHING
+    assert (source.hashed_documents, destination.hashed_documents) == (20, 20)
+    assert (source.collections, source.collections_scanned) == (7, 7)
